@@ -1,0 +1,9 @@
+"""leantrain: which optimizations speed up training of your model, by how much, at what cost — measured."""
+from leantrain import data
+from leantrain.config import RunConfig
+from leantrain.errors import UsageError
+from leantrain.techniques import MixedPrecision, Technique
+from leantrain.train.fit import fit
+
+__version__ = "0.1.0"
+__all__ = ["data", "fit", "RunConfig", "UsageError", "Technique", "MixedPrecision", "__version__"]

@@ -1,0 +1,25 @@
+"""Models by name: ``leantrain.models.build("mlp:hidden=256", dataset)``."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from leantrain.data.dataset import Dataset
+from leantrain.models import mlp  # noqa: F401  (registers the models)
+from leantrain.models.registry import MODELS
+from leantrain.registry import call_with_overrides, parse_spec
+
+__all__ = ["MODELS", "build", "flops_per_sample"]
+
+
+def build(spec: str, data: Dataset, **overrides: Any) -> nn.Module:
+    name, spec_overrides = parse_spec(spec)
+    entry = MODELS.get(name)
+    return call_with_overrides("model", name, entry.builder, {**spec_overrides, **overrides}, data=data)
+
+
+def flops_per_sample(model: nn.Module) -> float | None:
+    """Forward FLOPs per sample if the model declares them (every registered model does)."""
+    declared = getattr(model, "flops_per_sample", None)
+    return float(declared()) if callable(declared) else None

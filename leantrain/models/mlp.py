@@ -1,0 +1,36 @@
+"""Seed 000's feed-forward network: input -> hidden (128, ReLU) -> classes; width and depth configurable."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from leantrain.data.dataset import Dataset
+from leantrain.models.registry import MODELS
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 128, depth: int = 1, dropout: float = 0.0):
+        super().__init__()
+        widths = [in_features] + [hidden] * depth
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(w_in, w_out), nn.ReLU(), *([nn.Dropout(dropout)] if dropout else []))
+            for w_in, w_out in zip(widths[:-1], widths[1:])
+        )
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def flops_per_sample(self) -> float:
+        # 2 FLOPs (multiply + add) per weight of every linear layer.
+        return 2.0 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
+
+@MODELS.register("mlp", "feed-forward net (seed 000): input -> 128 ReLU -> classes; options hidden, depth, dropout")
+def mlp(data: Dataset, *, hidden: int = 128, depth: int = 1, dropout: float = 0.0) -> MLP:
+    return MLP(math.prod(data.input_shape), data.num_classes, hidden, depth, dropout)

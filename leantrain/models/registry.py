@@ -1,0 +1,11 @@
+"""The model registry. A builder takes the Dataset (for input shape, classes, vocabulary) and options.
+
+Conventions every registered model keeps, so techniques and metrics work on all of them:
+- ``flops_per_sample()`` returns the forward-pass FLOPs for one sample (one token for sequence models);
+  training costs about three times that (forward + backward).
+- repeated blocks live in ``self.blocks`` (an ``nn.ModuleList``) and ``forward`` runs them in order,
+  so activation checkpointing can wrap them in segments.
+"""
+from leantrain.registry import Registry
+
+MODELS: Registry = Registry("model")

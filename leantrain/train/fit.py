@@ -1,0 +1,46 @@
+"""``leantrain.fit``: train a user's own ``nn.Module`` through leantrain's loop, with minimal changes to their code."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from leantrain.config import RunConfig
+from leantrain.data.dataset import Dataset
+from leantrain.errors import UsageError
+from leantrain.fileio import prepare_output_dir
+from leantrain.techniques.base import Technique
+from leantrain.train.run import execute
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int = 5,
+    techniques: Sequence[Technique] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` (from ``leantrain.data.load`` or ``leantrain.data.from_tensors``).
+
+    ``options`` are RunConfig fields (batch_size, lr, optimizer, device, seed, target, precision, ...).
+    Returns the run's record (the same JSON document ``leantrain train`` writes). With
+    ``checkpoint_dir``, a checkpoint is written each epoch and the record saved there at the end;
+    ``resume=True`` continues from it.
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, Dataset):
+        raise UsageError("fit: data must be a leantrain Dataset; wrap tensors with leantrain.data.from_tensors(x, y)")
+    options.setdefault("name", f"{type(model).__name__.lower()}-{data.name}")
+    config = RunConfig.from_dict({"model": "mlp", "data": "imagenet-sim", "epochs": epochs, **options}, where="fit")
+    out_dir = prepare_output_dir(Path(checkpoint_dir)) if checkpoint_dir else None
+    record = execute(
+        config, model=model, dataset=data, techniques=list(techniques), out_dir=out_dir, resume=resume, quiet=quiet,
+        extra_run_fields={"model": type(model).__name__, "data": data.name},
+    )
+    return record

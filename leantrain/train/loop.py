@@ -1,0 +1,191 @@
+"""The step and epoch loop. It fires the techniques' events and measures; it knows no technique by name.
+
+One optimizer step: draw ``state.accum_steps`` micro-batches -> forward under ``state.autocast`` ->
+loss summed over units / units in the whole step -> backward through the loss scaler -> unscale ->
+``before_optimizer_step`` (gradients final) -> optimizer step through the scaler -> counters.
+"""
+from __future__ import annotations
+
+import math
+from itertools import islice
+from typing import Any, Callable
+
+import torch
+
+from leantrain.data.batches import BatchSource, sequential_batches
+from leantrain.techniques.base import Technique, fire
+from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
+from leantrain.train.progress import Progress
+from leantrain.train.state import TrainState
+
+
+def train(
+    state: TrainState,
+    batches: BatchSource,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    techniques: list[Technique],
+    eval_batch_size: int,
+    progress: Progress,
+    on_epoch_saved: Callable[[TrainState], None] = lambda state: None,
+) -> None:
+    """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``."""
+    fire(techniques, "on_fit_start", state)
+    first_epoch_of_process = True
+    while state.epoch < state.total_epochs and not state.stop_training:
+        record = train_epoch(state, batches, techniques, progress, exclude_warmup=first_epoch_of_process)
+        record.update(evaluate(state, val_x, val_y, eval_batch_size))
+        record.update(_overall_rates(record))
+        fire(techniques, "on_epoch_end", state, record)
+        state.records.append(record)
+        state.epoch += 1
+        progress.epoch_done(record, state.task.metric)
+        on_epoch_saved(state)
+        first_epoch_of_process = False
+    fire(techniques, "on_fit_end", state)
+
+
+def train_epoch(
+    state: TrainState, batches: BatchSource, techniques: list[Technique], progress: Progress, exclude_warmup: bool
+) -> dict[str, Any]:
+    state.model.train()
+    device, task = state.device, state.task
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
+    units = samples = steps = 0
+    tokens: int | None = None
+    activation_bytes = 0
+    micro_batches = iter(batches.epoch(state.epoch))
+    foreign_cpu = ForeignCpuMeter()
+    bar = progress.epoch_bar(state.epoch, state.total_epochs, len(batches))
+    start = now(device)
+    after_first_step = start
+    first_step_samples = 0
+    while True:
+        fire(techniques, "before_step", state)
+        step_batches = list(islice(micro_batches, state.accum_steps))
+        if not step_batches:
+            break
+        # Measure activation memory on the first step of each epoch only: the hooks cost time.
+        meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 else None
+        step_units = sum(task.units(y) for _, y in step_batches)
+        for index, (x, y) in enumerate(step_batches):
+            loss = _forward_backward(state, x, y, step_units, meter)
+            loss_sum += loss
+            fire(techniques, "after_micro_backward", state, index)
+        state.grad_scaler.unscale_(state.optimizer)
+        fire(techniques, "before_optimizer_step", state)
+        state.grad_scaler.step(state.optimizer)
+        state.grad_scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        fire(techniques, "after_optimizer_step", state)
+
+        step_samples = sum(len(y) for _, y in step_batches)
+        step_tokens = [task.tokens(y) for _, y in step_batches]
+        if step_tokens[0] is not None:
+            tokens = (tokens or 0) + sum(step_tokens)
+        samples += step_samples
+        units += step_units
+        steps += 1
+        state.samples_seen += step_samples
+        if meter is not None:
+            activation_bytes = meter.peak_bytes
+        if steps == 1:
+            after_first_step, first_step_samples = now(device), step_samples
+        bar.update(len(step_batches), step_samples)
+    end = now(device)
+    bar.close()
+
+    time_s = end - start
+    # Throughput leaves out the process's first step (allocation, kernel selection, compilation),
+    # when there is more than one step to measure; epoch time_s always counts everything.
+    if exclude_warmup and steps > 1:
+        rate_time, rate_samples, rate_steps = end - after_first_step, samples - first_step_samples, steps - 1
+    else:
+        rate_time, rate_samples, rate_steps = time_s, samples, steps
+    record: dict[str, Any] = {
+        "epoch": state.epoch + 1,
+        "train_loss": (loss_sum.item() / units) if units else math.nan,
+        "time_s": time_s,
+        "train_steps": steps,
+        "train_samples": samples,
+        "train_steps_per_s": rate_steps / rate_time if rate_time > 0 else None,
+        "samples_per_s": rate_samples / rate_time if rate_time > 0 else None,
+        "train_tokens_per_s": tokens * rate_samples / samples / rate_time if tokens and rate_time > 0 else None,
+        "train_tokens": tokens,
+        "activation_bytes": activation_bytes,
+        "state_bytes": state_bytes(state.model, state.optimizer),
+        "accum_steps": state.accum_steps,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "foreign_cpu_cores": foreign_cpu.cores(),
+    }
+    if device.type == "cuda":
+        record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+    else:
+        record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
+    return record
+
+
+def _forward_backward(
+    state: TrainState, x: torch.Tensor, y: torch.Tensor, step_units: int, meter: SavedTensorMeter | None
+) -> torch.Tensor:
+    """One micro-batch; returns its summed loss (detached). The gradient is of the per-unit mean over the step."""
+    if meter is None:
+        with state.autocast():
+            loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
+        state.grad_scaler.scale(loss / step_units).backward()
+    else:
+        with meter.measure():
+            with state.autocast():
+                loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
+            state.grad_scaler.scale(loss / step_units).backward()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
+    """Validation loss and metric over the whole split, with the run's precision."""
+    state.model.eval()
+    device, task = state.device, state.task
+    loss_sum = torch.zeros((), device=device)
+    sums: dict[str, torch.Tensor] = {}
+    units = steps = samples = 0
+    tokens: int | None = None
+    start = now(device)
+    for xb, yb in sequential_batches(x, y, batch_size):
+        with state.autocast():
+            output = task.forward(state.forward, xb, yb)
+            loss_sum += task.loss_sum(output, yb)
+        for key, value in task.metric_sums(output, yb).items():
+            sums[key] = sums.get(key, 0) + value
+        units += task.units(yb)
+        batch_tokens = task.tokens(yb)
+        if batch_tokens is not None:
+            tokens = (tokens or 0) + batch_tokens
+        samples += len(yb)
+        steps += 1
+    val_time = now(device) - start
+    record = {
+        "val_loss": loss_sum.item() / units if units else math.nan,
+        "val_time_s": val_time,
+        "val_steps": steps,
+        "val_samples": samples,
+        "val_tokens": tokens,
+        "val_steps_per_s": steps / val_time if val_time > 0 else None,
+        "val_tokens_per_s": tokens / val_time if tokens and val_time > 0 else None,
+    }
+    record.update(task.finalize({k: float(v) for k, v in sums.items()}, units))
+    return record
+
+
+def _overall_rates(record: dict[str, Any]) -> dict[str, Any]:
+    """Steps/s and tokens/s over training and validation together (the seeds' 'overall' columns)."""
+    total_time = record["time_s"] + record["val_time_s"]
+    overall_tokens = (record["train_tokens"] or 0) + (record["val_tokens"] or 0)
+    return {
+        "overall_steps_per_s": (record["train_steps"] + record["val_steps"]) / total_time if total_time > 0 else None,
+        "overall_tokens_per_s": overall_tokens / total_time if overall_tokens and total_time > 0 else None,
+    }

@@ -1,0 +1,79 @@
+"""A run's record: the JSON document of DESIGN.md section 4, and the summary derived from its epochs."""
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA = 1
+
+
+def time_to_target(epochs: list[dict[str, Any]], metric: str, target: float | None, higher_is_better: bool = True) -> float | None:
+    """Training seconds (sum of epoch ``time_s``) until the first epoch whose metric reaches the target.
+
+    Validation time is left out: it is the same work whatever the training recipe, and the seeds
+    report training time. None when the target is never reached (or not given).
+    """
+    if target is None:
+        return None
+    elapsed = 0.0
+    for epoch in epochs:
+        elapsed += epoch["time_s"]
+        value = epoch.get(metric)
+        if value is not None and (value >= target if higher_is_better else value <= target):
+            return elapsed
+    return None
+
+
+def summarize(epochs: list[dict[str, Any]], metric: str, target: float | None, higher_is_better: bool) -> dict[str, Any]:
+    values = [e[metric] for e in epochs if e.get(metric) is not None]
+    best = (max if higher_is_better else min)(values) if values else None
+    utilisation = [e["utilisation"] for e in epochs if e.get("utilisation") is not None]
+    rates = [e["samples_per_s"] for e in epochs if e.get("samples_per_s")]
+    return {
+        "total_time_s": sum(e["time_s"] + e["val_time_s"] for e in epochs),
+        "train_time_s": sum(e["time_s"] for e in epochs),
+        "target": target,
+        "time_to_target_s": time_to_target(epochs, metric, target, higher_is_better),
+        f"best_{metric}": best,
+        f"final_{metric}": values[-1] if values else None,
+        "final_val_loss": epochs[-1]["val_loss"] if epochs else None,
+        "mean_epoch_time_s": sum(e["time_s"] for e in epochs) / len(epochs) if epochs else None,
+        "median_samples_per_s": sorted(rates)[len(rates) // 2] if rates else None,
+        "peak_mem_bytes": max((e["peak_mem_bytes"] for e in epochs), default=None),
+        "utilisation": sum(utilisation) / len(utilisation) if utilisation else None,
+    }
+
+
+def environment(device: torch.device, peak_flops: float | None) -> dict[str, Any]:
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "hostname": socket.gethostname(),
+        "git_commit": _git_commit(),
+        "peak_flops": peak_flops,
+    }
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
