@@ -1,0 +1,127 @@
+"""Command line: argument parsing only. Every UsageError becomes one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from leantrain.errors import UsageError
+
+DEFAULT_EXPERIMENT = Path("experiments/default.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a flag error already printed as one line
+        return int(e.code or 0)
+    try:
+        return args.handler(args)
+    except UsageError as e:
+        print(f"leantrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leantrain: interrupted; the last finished epoch's checkpoint is kept for --resume", file=sys.stderr)
+        return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (bad flag, bad int) are usage errors too: one line, exit 2, no usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"leantrain: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from leantrain.config import cli_fields
+
+    parser = _Parser(prog="leantrain", description="Measure which optimizations speed up training, and by how much.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train one run; write its JSON record into --out")
+    for name, kind, f in cli_fields():
+        flag = "--" + name.replace("_", "-")
+        if name == "name":
+            flag = "--run-name"
+        choices = f.metadata.get("choices")
+        train.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=f.metadata.get("help"))
+    train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
+    train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(handler=_train)
+
+    run = commands.add_parser("run", help="run an experiment file (a matrix of runs) and write its report")
+    run.add_argument("file", nargs="?", type=Path, default=DEFAULT_EXPERIMENT, help=f"default {DEFAULT_EXPERIMENT}")
+    run.add_argument("--out", type=Path, help="results folder (default results/<experiment name>)")
+    run.add_argument("--resume", action="store_true", help="skip finished runs; continue interrupted ones")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.set_defaults(handler=_run)
+
+    report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
+    report.add_argument("dir", type=Path)
+    report.set_defaults(handler=_report)
+
+    listing = commands.add_parser("list", help="registered models, data sets and techniques")
+    listing.set_defaults(handler=_list)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from leantrain.config import RunConfig, cli_fields
+    from leantrain.fileio import prepare_output_dir
+    from leantrain.train import checkpoint
+    from leantrain.train.run import execute
+
+    given = {name: getattr(args, name) for name, _, _ in cli_fields() if getattr(args, name) is not None}
+    if args.resume:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise UsageError(f"--resume continues with the run's saved settings; drop {flags}")
+        path = checkpoint.find(args.resume)
+        config = RunConfig.from_dict(checkpoint.load(path)["config"], where=str(path))
+        out_dir = args.resume
+    else:
+        config = RunConfig.from_dict(given, where="command line")
+        out_dir = prepare_output_dir(args.out)
+    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet)
+    summary = record["summary"]
+    metric = record["run"]["metric"]
+    print(f"{config.run_name}: final {metric} {summary[f'final_{metric}']:.4f}, "
+          f"{summary['train_time_s']:.2f}s training; record: {out_dir / (config.run_name + '.json')}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from leantrain.experiments.runner import load_experiment, run_experiment
+
+    experiment = load_experiment(args.file)
+    out_dir = args.out or Path("results") / experiment.name
+    run_experiment(experiment, out_dir, resume=args.resume, quiet=args.quiet)
+    print(f"results: {out_dir}/ (summary.md, plots, one JSON per run)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from leantrain.experiments.report import write_report
+
+    print(f"wrote {write_report(args.dir)}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from leantrain.data import DATASETS
+    from leantrain.models import MODELS
+    from leantrain.techniques import TECHNIQUE_SUMMARIES
+
+    for title, rows in (
+        ("models", [(e.name, e.summary) for e in MODELS]),
+        ("data sets", [(e.name, e.summary) for e in DATASETS]),
+        ("techniques (config key)", list(TECHNIQUE_SUMMARIES.items())),
+    ):
+        print(f"{title}:")
+        width = max(len(name) for name, _ in rows)
+        for name, summary in rows:
+            print(f"  {name:<{width}}  {summary}")
+    return 0

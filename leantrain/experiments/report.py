@@ -1,0 +1,208 @@
+"""summary.md from run records alone: per case, one row per recipe (median over seeds, [min–max] spread),
+speedups against the baseline recipe paired by seed, and the quality difference beside every speedup.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from leantrain.experiments import plots
+from leantrain.experiments.results import load_runs
+from leantrain.fileio import write_atomic
+from leantrain.train.record import time_to_target
+
+NOISY_CPU_CORES = 0.15  # other processes' CPU above this during an epoch marks a measurement as polluted
+
+
+@dataclass
+class Case:
+    """All runs of one case (a model on a data set), grouped by recipe; each recipe holds one run per seed."""
+    label: str
+    metric: str
+    higher_is_better: bool
+    recipes: dict[str, list[dict[str, Any]]]
+    baseline: str | None
+    target: float | None
+
+    def time_to_target(self, run: dict[str, Any]) -> float | None:
+        return time_to_target(run["epochs"], self.metric, self.target, self.higher_is_better)
+
+
+def write_report(folder: Path) -> Path:
+    runs = load_runs(folder)
+    cases = group_cases(runs)
+    write_atomic(folder / "summary.md", render_summary(runs, cases))
+    plots.draw(cases, folder)
+    return folder / "summary.md"
+
+
+def group_cases(runs: list[dict[str, Any]]) -> list[Case]:
+    by_case: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        info = run["run"]
+        by_case[info.get("case", info["name"])][info.get("recipe", "run")].append(run)
+    cases = []
+    for label, recipes in by_case.items():
+        first = next(iter(recipes.values()))[0]["run"]
+        settings = first.get("experiment", {})
+        baseline = settings.get("baseline") if settings.get("baseline") in recipes else None
+        metric, higher = first["metric"], first.get("higher_is_better", True)
+        cases.append(Case(label, metric, higher, dict(recipes), baseline, _target(settings, recipes, metric, higher)))
+    return cases
+
+
+def _target(settings: dict[str, Any], recipes: dict[str, list], metric: str, higher: bool) -> float | None:
+    target = settings.get("target")
+    if target == "baseline-final":
+        baseline = recipes.get(settings.get("baseline"), [])
+        finals = [r["summary"][f"final_{metric}"] for r in baseline if r["summary"].get(f"final_{metric}") is not None]
+        if not finals:
+            return None
+        tolerance = settings.get("target_tolerance", 0.0)
+        return statistics.median(finals) - tolerance if higher else statistics.median(finals) + tolerance
+    return target
+
+
+def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
+    settings = runs[0]["run"].get("experiment", {})
+    env = runs[0]["env"]
+    lines = [f"# {settings.get('name', 'leantrain runs')}", ""]
+    if settings.get("description"):
+        lines += [settings["description"], ""]
+    lines += [
+        f"Machine: {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
+        f"python {env['python']}, commit {(env.get('git_commit') or 'unknown')[:10]}.",
+        "Times are training seconds (validation excluded); throughput leaves out the first optimizer step of "
+        "each process (warm-up). Several seeds: median [min–max]. Speedups are paired by seed against the "
+        "baseline recipe.",
+        _noise_note(runs),
+        "",
+    ]
+    for case in cases:
+        lines += _case_section(case)
+    lines.append("Plots: " + ", ".join(f"`{p}`" for p in plots.file_names(cases)))
+    return "\n".join(lines) + "\n"
+
+
+def _case_section(case: Case) -> list[str]:
+    metric, short = case.metric, case.metric.removeprefix("val_")
+    target = "none" if case.target is None else f"{case.metric} {'≥' if case.higher_is_better else '≤'} {case.target:.4f}"
+    lines = [f"## {case.label}", "", f"Target for time-to-target: {target}.", ""]
+    header = [
+        "recipe", "seeds", "epoch time (s)", f"final {short}", "Δ vs baseline", "final val loss", "samples/s",
+        "steps/s train / val / overall", "peak mem", "activation mem", "utilisation", "time to target (s)",
+        "speedup to target", "speedup per epoch",
+    ]
+    has_tokens = any(r["epochs"][0].get("train_tokens_per_s") for runs in case.recipes.values() for r in runs)
+    if has_tokens:
+        header.insert(8, "tokens/s train / val / overall")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    band = next(iter(case.recipes.values()))[0]["run"].get("experiment", {}).get("target_tolerance", 0.005)
+    for recipe, runs in case.recipes.items():
+        final = lambda r: r["summary"].get(f"final_{metric}")  # noqa: E731
+        row = [
+            recipe, str(len(runs)),
+            _spread(runs, lambda r: r["summary"]["mean_epoch_time_s"], "{:.3f}"),
+            _spread(runs, final, "{:.4f}"),
+            _quality_delta(case, runs, final, band),
+            _spread(runs, lambda r: r["summary"]["final_val_loss"], "{:.4f}"),
+            _spread(runs, lambda r: r["summary"]["median_samples_per_s"], "{:,.0f}"),
+            " / ".join(_spread(runs, _mean_of(k), "{:,.1f}") for k in
+                       ("train_steps_per_s", "val_steps_per_s", "overall_steps_per_s")),
+            _spread(runs, lambda r: r["summary"]["peak_mem_bytes"], _mib),
+            _spread(runs, lambda r: max(e.get("activation_bytes") or 0 for e in r["epochs"]), _mib),
+            _spread(runs, lambda r: r["summary"].get("utilisation"), "{:.1%}"),
+            _spread(runs, case.time_to_target, "{:.3f}"),
+            _speedup(case, recipe, case.time_to_target),
+            _speedup(case, recipe, lambda r: r["summary"]["mean_epoch_time_s"]),
+        ]
+        if has_tokens:
+            row.insert(8, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
+                                     ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", *_epoch_table(case), ""]
+    return lines
+
+
+def _epoch_table(case: Case) -> list[str]:
+    short = case.metric.removeprefix("val_")
+    lines = ["Per epoch (median over seeds):", "",
+             f"| recipe | epoch | time (s) | train loss | val loss | {short} |", "|---|---|---|---|---|---|"]
+    for recipe, runs in case.recipes.items():
+        for index in range(min(len(r["epochs"]) for r in runs)):
+            at = lambda key: statistics.median(r["epochs"][index][key] for r in runs)  # noqa: E731
+            lines.append(f"| {recipe} | {index + 1} | {at('time_s'):.3f} | {at('train_loss'):.4f} | "
+                         f"{at('val_loss'):.4f} | {at(case.metric):.4f} |")
+    return lines
+
+
+def _mean_of(key: str) -> Callable[[dict[str, Any]], float | None]:
+    def mean(run: dict[str, Any]) -> float | None:
+        values = [e[key] for e in run["epochs"] if e.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    return mean
+
+
+def _spread(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any], fmt: Any) -> str:
+    values = [v for v in map(value, runs) if v is not None]
+    show = fmt if callable(fmt) else fmt.format
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return show(values[0])
+    return f"{show(statistics.median(values))} [{show(min(values))}–{show(max(values))}]"
+
+
+def paired_ratios(case: Case, recipe: str, value: Callable[[dict[str, Any]], float | None]) -> list[float]:
+    """Per seed: baseline value / recipe value (a speedup when the value is a time)."""
+    if case.baseline is None:
+        return []
+    base = {r["run"]["seed"]: value(r) for r in case.recipes[case.baseline]}
+    ratios = []
+    for run in case.recipes[recipe]:
+        b, v = base.get(run["run"]["seed"]), value(run)
+        if b is not None and v:
+            ratios.append(b / v)
+    return ratios
+
+
+def _speedup(case: Case, recipe: str, value: Callable[[dict[str, Any]], float | None]) -> str:
+    if case.baseline is None:
+        return "—"
+    if recipe == case.baseline:
+        return "1.00×"
+    ratios = paired_ratios(case, recipe, value)
+    if not ratios:
+        return "target not reached"
+    mid = statistics.median(ratios)
+    return f"{mid:.2f}×" if len(ratios) == 1 else f"{mid:.2f}× [{min(ratios):.2f}–{max(ratios):.2f}]"
+
+
+def _quality_delta(case: Case, runs: list[dict[str, Any]], final: Callable, band: float) -> str:
+    if case.baseline is None:
+        return "—"
+    base = [v for v in map(final, case.recipes[case.baseline]) if v is not None]
+    mine = [v for v in map(final, runs) if v is not None]
+    if not base or not mine:
+        return "—"
+    delta = statistics.median(mine) - statistics.median(base)
+    worse = -delta if case.higher_is_better else delta
+    flag = " ⚠ outside band" if worse > band else ""
+    return f"{delta:+.4f}{flag}"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.2f} MiB"
+
+
+def _noise_note(runs: list[dict[str, Any]]) -> str:
+    worst = max((e.get("foreign_cpu_cores") or 0.0 for r in runs for e in r["epochs"]), default=0.0)
+    noisy = sorted({r["run"]["name"] for r in runs for e in r["epochs"] if (e.get("foreign_cpu_cores") or 0) > NOISY_CPU_CORES})
+    note = f"Other processes used at most {worst:.2f} CPU cores during any epoch."
+    if noisy:
+        note += f" ⚠ Above {NOISY_CPU_CORES} cores (timings suspect): {', '.join(noisy)}."
+    return note

@@ -1,0 +1,38 @@
+"""Reading run JSON files back, checked against the schema, for reports."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from leantrain.errors import UsageError
+from leantrain.train.record import SCHEMA
+
+REQUIRED = {"schema", "run", "env", "epochs", "summary"}
+REQUIRED_EPOCH = {"epoch", "train_loss", "val_loss", "time_s", "val_time_s", "samples_per_s", "peak_mem_bytes"}
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable run record ({e})") from None
+    if not isinstance(record, dict) or not REQUIRED <= record.keys():
+        raise UsageError(f"{path}: not a leantrain run record (needs keys {', '.join(sorted(REQUIRED))})")
+    if record["schema"] != SCHEMA:
+        raise UsageError(f"{path}: run record schema {record['schema']!r}; this leantrain reads schema {SCHEMA}")
+    for epoch in record["epochs"]:
+        missing = REQUIRED_EPOCH - epoch.keys()
+        if missing:
+            raise UsageError(f"{path}: epoch {epoch.get('epoch')} lacks {', '.join(sorted(missing))}")
+    return record
+
+
+def load_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run record in a results folder, in name order (the report is independent of file dates)."""
+    if not folder.is_dir():
+        raise UsageError(f"results folder {folder} does not exist")
+    paths = sorted(folder.glob("*.json"))
+    if not paths:
+        raise UsageError(f"results folder {folder} holds no run records (*.json)")
+    return [load_run(p) for p in paths]

@@ -1,0 +1,168 @@
+"""An experiment file is a matrix of runs: cases x recipes x seeds. Parse and validate it all, then run it.
+
+    [experiment]  name, description, baseline = "<recipe>", seeds = [0, 1, 2],
+                  target = <number> | "baseline-final", target_tolerance = 0.005
+    [defaults]    RunConfig fields for every run
+    [[cases]]     one table per case: RunConfig fields (model, data, epochs, ...) and an optional label
+    [recipes.X]   RunConfig fields that make recipe X (they override the case's)
+
+Every run's configuration is validated before the output folder is created, so a typo in the last
+recipe never leaves a half-written results folder behind.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leantrain.config import RunConfig
+from leantrain.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXPERIMENT_KEYS = {"name", "description", "baseline", "seeds", "target", "target_tolerance"}
+TOP_LEVEL_KEYS = {"experiment", "defaults", "cases", "recipes"}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    case: str
+    recipe: str
+    seed: int
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    baseline: str | None
+    seeds: list[int]
+    target: float | str | None
+    target_tolerance: float
+    runs: list[PlannedRun]
+    source: str
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What the report needs to know about the experiment, stored in every run's JSON."""
+        return {
+            "name": self.name, "description": self.description, "baseline": self.baseline,
+            "target": self.target, "target_tolerance": self.target_tolerance, "source": self.source,
+        }
+
+
+def load_experiment(path: Path) -> Experiment:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"experiment file {path} does not exist") from None
+    except OSError as e:
+        raise UsageError(f"experiment file {path} cannot be read ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: malformed TOML ({e})") from None
+    return parse_experiment(raw, str(path))
+
+
+def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
+    _only_keys(raw, TOP_LEVEL_KEYS, where)
+    head = _table(raw, "experiment", where)
+    _only_keys(head, EXPERIMENT_KEYS, f"{where} [experiment]")
+    name = head.get("name") or Path(where).stem
+    seeds = head.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UsageError(f"{where} [experiment]: seeds must be a non-empty list of integers, got {seeds!r}")
+    target = head.get("target")
+    if not (target is None or target == "baseline-final" or _is_number(target)):
+        raise UsageError(f"{where} [experiment]: target must be a number or \"baseline-final\", got {target!r}")
+    tolerance = head.get("target_tolerance", 0.005)
+    if not _is_number(tolerance) or tolerance < 0:
+        raise UsageError(f"{where} [experiment]: target_tolerance must be a number >= 0, got {tolerance!r}")
+
+    defaults = _table(raw, "defaults", where)
+    recipes = _table(raw, "recipes", where) or {"default": {}}
+    cases = raw.get("cases", [{}])
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise UsageError(f"{where}: cases must be an array of tables ([[cases]])")
+    baseline = head.get("baseline")
+    if baseline is not None and baseline not in recipes:
+        raise UsageError(f"{where} [experiment]: baseline {baseline!r} is not a recipe; recipes: {', '.join(recipes)}")
+    if target == "baseline-final" and baseline is None:
+        raise UsageError(f"{where} [experiment]: target = \"baseline-final\" needs a baseline recipe")
+
+    runs = []
+    labels = set()
+    for index, case in enumerate(cases):
+        case = dict(case)
+        label = str(case.pop("label", "") or _case_label({**defaults, **case}))
+        if label in labels:
+            raise UsageError(f"{where}: two cases are both labelled {label!r}; give them distinct labels")
+        labels.add(label)
+        for recipe, fields in recipes.items():
+            if not isinstance(fields, dict):
+                raise UsageError(f"{where}: [recipes.{recipe}] must be a table")
+            for seed in seeds:
+                values = {**defaults, **case, **fields, "seed": seed, "name": f"{label}-{recipe}-s{seed}"}
+                if _is_number(target):
+                    values["target"] = float(target)
+                context = f"{where} (case {label!r}, recipe {recipe!r})"
+                runs.append(PlannedRun(label, recipe, seed, RunConfig.from_dict(values, where=context)))
+    return Experiment(name, head.get("description", ""), baseline, seeds, target, float(tolerance), runs, where)
+
+
+def _case_label(values: dict[str, Any]) -> str:
+    data = str(values.get("data", RunConfig.data)).split(":")[0]
+    model = str(values.get("model", RunConfig.model)).split(":")[0]
+    return f"{data}-{model}"
+
+
+def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _only_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise UsageError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = False, quiet: bool = False) -> list[Path]:
+    """Train every planned run (skipping finished ones when resuming), then rebuild the report."""
+    from leantrain import data as data_sets
+    from leantrain.experiments.report import write_report
+    from leantrain.fileio import prepare_output_dir
+    from leantrain.train.run import execute
+
+    prepare_output_dir(out_dir)
+    datasets: dict[tuple[str, int], Any] = {}  # the same data serves every recipe of a case
+    written = []
+    for number, planned in enumerate(experiment.runs, 1):
+        config = planned.config
+        result_path = out_dir / f"{config.run_name}.json"
+        if resume and result_path.exists():
+            written.append(result_path)
+            continue
+        if not quiet:
+            print(f"[{number}/{len(experiment.runs)}] {config.run_name}", file=sys.stderr, flush=True)
+        key = (config.data, config.seed)
+        if key not in datasets:
+            datasets.clear()  # keep one case's data in memory at a time
+            datasets[key] = data_sets.load(config.data, seed=config.seed)
+        execute(
+            config, dataset=datasets[key], out_dir=out_dir, resume=resume, quiet=quiet,
+            extra_run_fields={"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe},
+        )
+        written.append(result_path)
+    write_report(out_dir)
+    return written
