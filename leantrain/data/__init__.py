@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from leantrain.data import shipped, synthetic  # noqa: F401  (registers the data sets)
+from leantrain.data import images, polynomial, shipped, synthetic, text  # noqa: F401  (registers the data sets)
 from leantrain.data.dataset import Dataset, split_train_val
 from leantrain.data.registry import DATASETS
 from leantrain.registry import call_with_overrides, parse_spec

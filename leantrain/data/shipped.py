@@ -29,3 +29,13 @@ def digits(*, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
 @DATASETS.register("breast-cancer", "scikit-learn breast cancer (Wisconsin): 569 real samples x 30 features, 2 classes")
 def breast_cancer(*, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
     return _sklearn_dataset("breast-cancer", "load_breast_cancer", seed, val_fraction)
+
+
+@DATASETS.register("digits-image", "scikit-learn digits as 1x8x8 images (for CNNs): the digits split and scaling")
+def digits_image(*, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
+    flat = _sklearn_dataset("digits-image", "load_digits", seed, val_fraction)
+    as_images = {k: getattr(flat, k).view(-1, 1, 8, 8) for k in ("x_train", "x_val")}
+    return Dataset(
+        "digits-image", as_images["x_train"], flat.y_train, as_images["x_val"], flat.y_val,
+        num_classes=flat.num_classes, info=flat.info,
+    )
