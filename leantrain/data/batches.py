@@ -10,7 +10,8 @@ sees exactly the batches the uninterrupted run saw.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor

@@ -1,8 +1,9 @@
 """The in-memory data set every run trains on: train and validation tensors plus what the loop must know."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val")}
         return Dataset(self.name, **moved, task=self.task, num_classes=self.num_classes, info=dict(self.info))
 

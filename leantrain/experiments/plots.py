@@ -16,26 +16,26 @@ if TYPE_CHECKING:
     from leantrain.experiments.report import Case
 
 
-def file_names(cases: list["Case"]) -> list[str]:
+def file_names(cases: list[Case]) -> list[str]:
     names = [f"{_slug(c.label)}.png" for c in cases]
     if any(c.baseline for c in cases):
         names.append("speedup.png")
     return names
 
 
-def draw(cases: list["Case"], folder: Path) -> None:
+def draw(cases: list[Case], folder: Path) -> None:
     for case in cases:
         _save(_epoch_curves(case), folder / f"{_slug(case.label)}.png")
     if any(c.baseline for c in cases):
         _save(_speedup_bars(cases), folder / "speedup.png")
 
 
-def _epoch_curves(case: "Case") -> plt.Figure:
+def _epoch_curves(case: Case) -> plt.Figure:
     fig, (ax_time, ax_metric, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
     for recipe, runs in case.recipes.items():
         n = min(len(r["epochs"]) for r in runs)
         epochs = list(range(1, n + 1))
-        median = lambda key: [statistics.median(r["epochs"][i][key] for r in runs) for i in range(n)]  # noqa: E731
+        median = lambda key, runs=runs, n=n: [statistics.median(r["epochs"][i][key] for r in runs) for i in range(n)]  # noqa: E731
         ax_time.plot(epochs, median("time_s"), marker="o", label=recipe)
         ax_metric.plot(epochs, median(case.metric), marker="o", label=recipe)
         (line,) = ax_loss.plot(epochs, median("val_loss"), marker="o", label=f"{recipe} val")
@@ -57,7 +57,7 @@ def _epoch_curves(case: "Case") -> plt.Figure:
     return fig
 
 
-def _speedup_bars(cases: list["Case"]) -> plt.Figure:
+def _speedup_bars(cases: list[Case]) -> plt.Figure:
     from leantrain.experiments.report import paired_ratios  # one definition of pairing by seed
 
     compared = [c for c in cases if c.baseline]

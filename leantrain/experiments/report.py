@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from leantrain.experiments import plots
 from leantrain.experiments.results import load_runs
@@ -133,7 +134,7 @@ def _epoch_table(case: Case) -> list[str]:
              f"| recipe | epoch | time (s) | train loss | val loss | {short} |", "|---|---|---|---|---|---|"]
     for recipe, runs in case.recipes.items():
         for index in range(min(len(r["epochs"]) for r in runs)):
-            at = lambda key: statistics.median(r["epochs"][index][key] for r in runs)  # noqa: E731
+            at = lambda key, index=index, runs=runs: statistics.median(r["epochs"][index][key] for r in runs)  # noqa: E731
             lines.append(f"| {recipe} | {index + 1} | {at('time_s'):.3f} | {at('train_loss'):.4f} | "
                          f"{at('val_loss'):.4f} | {at(case.metric):.4f} |")
     return lines

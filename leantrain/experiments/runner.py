@@ -96,7 +96,7 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
 
     runs = []
     labels = set()
-    for index, case in enumerate(cases):
+    for case in cases:
         case = dict(case)
         label = str(case.pop("label", "") or _case_label({**defaults, **case}))
         if label in labels:

@@ -1,8 +1,9 @@
 """``leantrain.fit``: train a user's own ``nn.Module`` through leantrain's loop, with minimal changes to their code."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 

@@ -7,8 +7,9 @@ loss summed over units / units in the whole step -> backward through the loss sc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import islice
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

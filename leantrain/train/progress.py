@@ -17,7 +17,7 @@ class Progress:
         self.live = self.enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.label = label
 
-    def epoch_bar(self, epoch: int, total_epochs: int, steps: int) -> "_Bar":
+    def epoch_bar(self, epoch: int, total_epochs: int, steps: int) -> _Bar:
         if not self.live:
             return _Bar(None)
         desc = f"{self.label} epoch {epoch + 1}/{total_epochs}".strip()

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ class TrainState:
     total_epochs: int
     # What the loop calls for the forward pass; a technique may swap in a compiled or wrapped module.
     forward: Callable[..., torch.Tensor] | None = None
-    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
     compute_dtype: torch.dtype = torch.float32
     grad_scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
     accum_steps: int = 1  # micro-batches per optimizer step; techniques may change it between steps

@@ -44,8 +44,9 @@ def finished(tmp_path_factory):
 
 
 def test_the_matrix_is_cases_times_recipes_times_seeds_with_recipe_over_case():
-    from leantrain.experiments.runner import parse_experiment
     import tomllib
+
+    from leantrain.experiments.runner import parse_experiment
 
     experiment = parse_experiment(tomllib.loads(EXPERIMENT), "tiny.toml")
     assert len(experiment.runs) == 2 * 2 * 2
