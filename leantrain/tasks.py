@@ -6,8 +6,11 @@ different sizes, that is the mean per unit, not a mean of per-micro-batch means.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -63,6 +66,112 @@ class Classification:
 
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
         return {"val_acc": sums["correct"] / max(units, 1)}
+
+
+@TASKS.register("reconstruction", "squared error per element, MSE and PSNR (data in [0, 1])")
+class Reconstruction:
+    """Unit: one tensor ELEMENT (pixel x channel), so the per-unit mean loss is the usual MSE
+    (``nn.MSELoss()``). PSNR = 10 log10(1 / MSE) assumes data in [0, 1], and takes the MSE of the whole
+    validation split (not a mean of per-image PSNRs)."""
+
+    metric = "val_psnr"
+    higher_is_better = True
+
+    def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
+        return model(x)
+
+    def loss_sum(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(output.float(), target.float(), reduction="sum")
+
+    def units(self, target: Tensor) -> int:
+        return target.numel()
+
+    def tokens(self, target: Tensor) -> int | None:
+        return None
+
+    def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {"squared_error": self.loss_sum(output, target)}
+
+    def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        mse = sums["squared_error"] / max(units, 1)
+        return {"val_mse": mse, "val_psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf}
+
+
+@TASKS.register("language-model", "next-token cross-entropy per token, perplexity")
+class LanguageModel:
+    """x: (N, L) token ids, y: (N, L) the next tokens; no padding (fixed-length chunks of a corpus), so
+    the unit, a TOKEN, is counted as ``y.numel()`` with no host sync."""
+
+    metric = "val_ppl"
+    higher_is_better = False
+
+    def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
+        return model(x)
+
+    def loss_sum(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output.flatten(0, 1).float(), target.flatten(), reduction="sum")
+
+    def units(self, target: Tensor) -> int:
+        return target.numel()
+
+    def tokens(self, target: Tensor) -> int | None:
+        return target.numel()
+
+    def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {"nll": self.loss_sum(output, target), "correct": (output.argmax(dim=-1) == target).sum()}
+
+    def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        nll = sums["nll"] / max(units, 1)
+        return {"val_ppl": math.exp(min(nll, 700.0)), "val_token_acc": sums["correct"] / max(units, 1)}
+
+
+@TASKS.register("seq2seq", "teacher-forced cross-entropy per target token; greedy-decode exact match")
+class SequenceToSequence:
+    """x: (N, S) source ids; y: (N, T) target ids BOS ... EOS, both padded with PAD. The model sees
+    ``y[:, :-1]`` and predicts ``y[:, 1:]``; the unit is a non-pad target TOKEN (counting them syncs
+    with the device once per batch). Under ``torch.no_grad()`` (evaluation) the model is asked for a
+    greedy decode as well, ``model(x, y_in, decode=True) -> (logits, tokens)``; the loss stays the
+    teacher-forced one, the metrics are the decode's: token accuracy over non-pad target positions and
+    exact match of whole sequences (up to and including EOS)."""
+
+    metric = "val_exact_match"
+    higher_is_better = True
+    PAD = 0  # the data sets' convention: info["pad_index"] == 0
+
+    def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Any:
+        if torch.is_grad_enabled():
+            return model(x, y[:, :-1])
+        return model(x, y[:, :-1], decode=True)
+
+    def loss_sum(self, output: Any, target: Tensor) -> Tensor:
+        logits = output[0] if isinstance(output, tuple) else output
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=self.PAD, reduction="sum"
+        )
+
+    def units(self, target: Tensor) -> int:
+        return int((target[:, 1:] != self.PAD).sum())
+
+    def tokens(self, target: Tensor) -> int | None:
+        return self.units(target)
+
+    def metric_sums(self, output: Any, target: Tensor) -> dict[str, Tensor]:
+        logits, decoded = output if isinstance(output, tuple) else (output, output.argmax(dim=-1))
+        gold = target[:, 1:]
+        real = gold != self.PAD
+        return {
+            "correct": ((decoded == gold) & real).sum(),
+            "teacher_forced_correct": ((logits.argmax(dim=-1) == gold) & real).sum(),
+            "exact": (decoded == gold).all(dim=1).sum(),
+            "sequences": torch.tensor(len(gold)),
+        }
+
+    def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        return {
+            "val_exact_match": sums["exact"] / max(sums["sequences"], 1),
+            "val_token_acc": sums["correct"] / max(units, 1),
+            "val_teacher_forced_acc": sums["teacher_forced_correct"] / max(units, 1),
+        }
 
 
 def get_task(name: str) -> Task:

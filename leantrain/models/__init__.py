@@ -6,7 +6,7 @@ from typing import Any
 from torch import nn
 
 from leantrain.data.dataset import Dataset
-from leantrain.models import mlp  # noqa: F401  (registers the models)
+from leantrain.models import autoencoder, cnn, gpt2, mlp, nbow, resnet, seq2seq, vgg  # noqa: F401  (registers the models)
 from leantrain.models.registry import MODELS
 from leantrain.registry import call_with_overrides, parse_spec
 
