@@ -140,7 +140,8 @@ def make_record(
     flops = models.flops_per_sample(state.model)
     peak = peak_matmul_flops(state.device, state.compute_dtype) if flops else None
     for epoch in state.records:
-        rate = epoch.get("samples_per_s")
+        # Sequence models declare FLOPs per token, the others per sample.
+        rate = epoch.get("train_tokens_per_s") or epoch.get("samples_per_s")
         # Training costs ~3x the forward FLOPs (forward, and backward for inputs and for weights).
         epoch["utilisation"] = 3.0 * flops * rate / peak if flops and peak and rate else None
     task = state.task
