@@ -2,8 +2,20 @@
 from leantrain import data
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
-from leantrain.techniques import MixedPrecision, Technique
+from leantrain.techniques import (
+    ActivationCheckpointing,
+    AdaptiveAccumulation,
+    Compile,
+    ComplexityMatching,
+    GradClip,
+    MixedPrecision,
+    Technique,
+    WarmupCosine,
+)
 from leantrain.train.fit import fit
 
 __version__ = "0.1.0"
-__all__ = ["data", "fit", "RunConfig", "UsageError", "Technique", "MixedPrecision", "__version__"]
+__all__ = [
+    "data", "fit", "RunConfig", "UsageError", "Technique", "MixedPrecision", "GradClip", "ActivationCheckpointing",
+    "AdaptiveAccumulation", "WarmupCosine", "ComplexityMatching", "Compile", "__version__",
+]

@@ -34,6 +34,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from leantrain.config import cli_fields
 
@@ -46,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "name":
             flag = "--run-name"
         choices = f.metadata.get("choices")
-        train.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=f.metadata.get("help"))
+        parse = _parse_bool if kind is bool else kind
+        train.add_argument(flag, dest=name, type=parse, default=None, choices=choices, help=f.metadata.get("help"))
     train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")

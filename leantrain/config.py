@@ -18,6 +18,10 @@ from leantrain.errors import UsageError
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+ACCUMULATIONS = ("off", "adaptive")
+LR_SCALINGS = ("sqrt", "linear", "none")
+SCHEDULES = ("constant", "warmup-cosine")
+COMPLEXITIES = ("off", "match")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -38,6 +42,23 @@ class RunConfig:
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
     )
     precision: str = _opt("fp32", "compute precision: fp32, bf16 autocast, or fp16 autocast with loss scaling", PRECISIONS)
+    grad_clip: float | None = _opt(None, "clip the gradient norm to this max (after fp16 unscaling); none: no clipping")
+    checkpointing: str | int = _opt(
+        "off", "activation checkpointing of the model's blocks: off, sqrt (√L segments), or a segment count"
+    )
+    accumulation: str = _opt(
+        "off", "gradient accumulation: off, or adaptive (k micro-batches per step follows the gradient noise scale)",
+        ACCUMULATIONS,
+    )
+    accum_max: int = _opt(16, "adaptive accumulation: most micro-batches per optimizer step (least is 2)")
+    lr_scaling: str = _opt("sqrt", "adaptive accumulation: lr = lr * k**p, p = 0.5 (sqrt), 1 (linear), 0 (none)", LR_SCALINGS)
+    schedule: str = _opt("constant", "learning-rate schedule: constant, or linear warmup + cosine annealing", SCHEDULES)
+    warmup: float = _opt(0.05, "warmup-cosine: fraction of training spent warming up")
+    min_lr_ratio: float = _opt(0.1, "warmup-cosine: final lr as a fraction of lr")
+    complexity: str = _opt("off", "complexity matching (mlp): off, or match (widen the hidden layer while it helps)", COMPLEXITIES)
+    start_width: int = _opt(8, "complexity matching: hidden width to start from")
+    max_width: int = _opt(256, "complexity matching: largest hidden width")
+    compile: bool = _opt(False, "torch.compile the model (eager mode, with a warning, where it fails)")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _opt(0, "seed for data, initialisation and batch order")
     target: float | None = _opt(None, "target validation metric (e.g. accuracy 0.7) for time-to-target")
@@ -52,7 +73,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> RunConfig:
         """Build from TOML/JSON values: unknown keys and wrong types are errors that say where they are."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -62,10 +83,10 @@ class RunConfig:
             kwargs[key] = _check_type(key, value, _field_type(known[key]), where)
         return cls(**kwargs).validated(where)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
-    def validated(self, where: str = "config") -> "RunConfig":
+    def validated(self, where: str = "config") -> RunConfig:
         """Check every value; raise UsageError naming the first bad one. Returns self for chaining."""
         from leantrain.data.registry import DATASETS  # late: the registries import leantrain modules
         from leantrain.models.registry import MODELS
@@ -80,6 +101,7 @@ class RunConfig:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
         if self.threads is not None and self.threads <= 0:
             raise UsageError(f"{where}: threads must be a positive integer, got {self.threads}")
+        self._validate_techniques(where)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -88,6 +110,25 @@ class RunConfig:
         check_spec(DATASETS, self.data, "seed")
         check_spec(MODELS, self.model, "data")
         return self
+
+    def _validate_techniques(self, where: str) -> None:
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UsageError(f"{where}: grad_clip must be > 0 (or none), got {self.grad_clip}")
+        ckpt = self.checkpointing
+        if isinstance(ckpt, str) and ckpt.isdigit():
+            ckpt = self.checkpointing = int(ckpt)  # from the command line, a count arrives as text
+        if not (ckpt in ("off", "sqrt") or (isinstance(ckpt, int) and ckpt >= 1)):
+            raise UsageError(f"{where}: checkpointing {ckpt!r} is not off, sqrt or a positive segment count")
+        if self.accum_max < 2:
+            raise UsageError(f"{where}: accum_max must be >= 2 (adaptive accumulation needs two batch sizes), got {self.accum_max}")
+        if not 0 <= self.warmup < 1:
+            raise UsageError(f"{where}: warmup must be a fraction in [0, 1), got {self.warmup}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError(f"{where}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 1 <= self.start_width <= self.max_width:
+            raise UsageError(f"{where}: need 1 <= start_width <= max_width, got {self.start_width} and {self.max_width}")
+        if self.complexity != "off" and not self.model.split(":")[0] == "mlp":
+            raise UsageError(f"{where}: complexity matching works on the mlp model, not {self.model!r}")
 
 
 def resolve_device(device: str, where: str = "config") -> torch.device:

@@ -91,3 +91,11 @@ def test_list_shows_models_data_sets_and_techniques(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "mlp" in out and "imagenet-sim" in out and "digits" in out and "precision" in out
+
+
+def test_boolean_flags_parse_true_and_false(capsys, tmp_path):
+    from leantrain.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--compile", "false"]).compile is False
+    assert build_parser().parse_args(["train", "--compile", "true"]).compile is True
+    _fails(capsys, ["train", "--compile", "maybe"], "'maybe' is not true or false")

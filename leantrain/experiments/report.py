@@ -13,9 +13,8 @@ from typing import Any
 from leantrain.experiments import plots
 from leantrain.experiments.results import load_runs
 from leantrain.fileio import write_atomic
+from leantrain.train.metrics import NOISY_FOREIGN_CORES as NOISY_CPU_CORES
 from leantrain.train.record import time_to_target
-
-NOISY_CPU_CORES = 0.15  # other processes' CPU above this during an epoch marks a measurement as polluted
 
 
 @dataclass

@@ -13,6 +13,7 @@ from leantrain.models.registry import MODELS
 class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, hidden: int = 128, depth: int = 1, dropout: float = 0.0):
         super().__init__()
+        self.hidden = hidden
         widths = [in_features] + [hidden] * depth
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Linear(w_in, w_out), nn.ReLU(), *([nn.Dropout(dropout)] if dropout else []))
@@ -25,6 +26,18 @@ class MLP(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x)
+
+    def linear_layers(self) -> list[nn.Linear]:
+        """The chain of linear layers, input to output (for resizing the hidden width: complexity matching)."""
+        return [block[0] for block in self.blocks] + [self.head]
+
+    def set_linear_layers(self, layers: list[nn.Linear]) -> None:
+        """Replace the chain of linear layers (same count) with resized ones; activations are kept."""
+        *hidden, head = layers
+        for block, layer in zip(self.blocks, hidden):
+            block[0] = layer
+        self.head = head
+        self.hidden = head.in_features
 
     def flops_per_sample(self) -> float:
         # 2 FLOPs (multiply + add) per weight of every linear layer.

@@ -5,6 +5,10 @@ compute runs in the low-precision type. fp16's narrow exponent range underflows 
 loss is multiplied by a scale before backward and the gradients divided by it before the optimizer
 step; a step whose gradients hold inf/NaN is skipped and the scale backed off (torch.amp.GradScaler:
 growth x2 every ``growth_interval`` clean steps, back-off x0.5). bf16 has fp32's range: no scaling.
+
+Skipped steps are counted on the device: the scaler's own found-inf flag (set by ``unscale_``, which
+the loop calls before ``before_optimizer_step``) is added to a device tensor, so no step waits for the
+device; the count is read once per epoch.
 """
 from __future__ import annotations
 
@@ -26,6 +30,19 @@ def compute_dtype(precision: str) -> torch.dtype:
     return DTYPES.get(precision, torch.float32)
 
 
+def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """The scaler's on-device 0/1 flag "this step's gradients held inf/NaN", after ``unscale_``; None if unknown.
+
+    GradScaler keeps it per optimizer (``_found_inf_per_device``, stable since PyTorch 1.6); reading it
+    avoids a second pass over the gradients and any host sync.
+    """
+    try:
+        flags = scaler._found_inf_per_device(optimizer)
+    except (AttributeError, AssertionError, KeyError):
+        return None
+    return sum(flags.values()) if flags else None
+
+
 class MixedPrecision(Technique):
     name = "precision"
 
@@ -33,12 +50,17 @@ class MixedPrecision(Technique):
         if precision not in DTYPES:
             raise ValueError(f"precision {precision!r} is not one of: {', '.join(DTYPES)}")
         self.precision, self.init_scale, self.growth_interval = precision, init_scale, growth_interval
-        self.skipped_steps = 0
+        self._skipped: torch.Tensor | int = 0  # a device tensor once counting starts
         self._saved_scaler: dict[str, Any] | None = None  # from a checkpoint, applied in on_fit_start
         self._scaler: torch.amp.GradScaler | None = None
 
     def describe(self) -> str:
         return self.precision
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for inf/NaN gradients so far (reading it syncs with the device)."""
+        return int(self._skipped)
 
     def on_fit_start(self, state) -> None:
         device, precision = state.device, self.precision
@@ -51,14 +73,13 @@ class MixedPrecision(Technique):
             if self._saved_scaler:
                 state.grad_scaler.load_state_dict(self._saved_scaler)
             self._scaler = state.grad_scaler
+            self._skipped = torch.as_tensor(self._skipped, dtype=torch.int64, device=device)
 
     def before_optimizer_step(self, state) -> None:
-        self._scale_before = state.grad_scaler.get_scale() if self.precision == "fp16" else None
-
-    def after_optimizer_step(self, state) -> None:
-        # GradScaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
-        if self._scale_before is not None and state.grad_scaler.get_scale() < self._scale_before:
-            self.skipped_steps += 1
+        if self.precision == "fp16":
+            flag = found_inf(state.grad_scaler, state.optimizer)
+            if flag is not None:
+                self._skipped += flag.to(torch.int64)  # in place, on device: no sync
 
     def on_epoch_end(self, state, record: dict[str, Any]) -> None:
         if self.precision == "fp16":
@@ -69,6 +90,26 @@ class MixedPrecision(Technique):
         return {"skipped_steps": self.skipped_steps, "grad_scaler": self._scaler.state_dict() if self._scaler else None}
 
     def load_state_dict(self, saved: dict[str, Any], state) -> None:
-        self.skipped_steps = saved["skipped_steps"]
+        self._skipped = saved["skipped_steps"]
         self._saved_scaler = saved["grad_scaler"]
 
+
+class GradClip(Technique):
+    """Clip the global gradient norm to ``max_norm`` before each optimizer step.
+
+    Runs in ``before_optimizer_step``, after the loop's ``grad_scaler.unscale_``: the norm is of the true
+    gradients, never of fp16-scaled ones. A step with inf/NaN gradients is skipped by the scaler anyway.
+    """
+
+    name = "grad_clip"
+
+    def __init__(self, max_norm: float = 1.0):
+        if not max_norm > 0:
+            raise ValueError(f"grad_clip max_norm must be > 0, got {max_norm}")
+        self.max_norm = max_norm
+
+    def describe(self) -> str:
+        return f"clip{self.max_norm:g}"
+
+    def before_optimizer_step(self, state) -> None:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.max_norm, foreach=True)

@@ -11,6 +11,7 @@ from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.fileio import prepare_output_dir
+from leantrain.techniques import from_config
 from leantrain.techniques.base import Technique
 from leantrain.train.run import execute
 
@@ -39,9 +40,15 @@ def fit(
         raise UsageError("fit: data must be a leantrain Dataset; wrap tensors with leantrain.data.from_tensors(x, y)")
     options.setdefault("name", f"{type(model).__name__.lower()}-{data.name}")
     config = RunConfig.from_dict({"model": "mlp", "data": "imagenet-sim", "epochs": epochs, **options}, where="fit")
+    # Techniques switched on by option (precision="bf16") and those passed as objects, never both for one name.
+    switched_on = from_config(config)
+    clashes = {t.name for t in switched_on} & {t.name for t in techniques}
+    if clashes:
+        raise UsageError(f"fit: {', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
     out_dir = prepare_output_dir(Path(checkpoint_dir)) if checkpoint_dir else None
     record = execute(
-        config, model=model, dataset=data, techniques=list(techniques), out_dir=out_dir, resume=resume, quiet=quiet,
+        config, model=model, dataset=data, techniques=switched_on + list(techniques), out_dir=out_dir, resume=resume,
+        quiet=quiet,
         extra_run_fields={"model": type(model).__name__, "data": data.name},
     )
     return record

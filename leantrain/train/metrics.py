@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
-from contextlib import contextmanager
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def synchronize(device: torch.device) -> None:
@@ -24,17 +26,26 @@ def now(device: torch.device) -> float:
 
 
 class SavedTensorMeter:
-    """Peak bytes of activations saved for backward, via saved-tensor hooks.
+    """Peak bytes of activations held for backward, via saved-tensor hooks, including checkpoint recomputation.
 
     Tensors are counted once per storage and only while alive (a saved tensor's storage is released
     when autograd frees its node), so the peak is the activation memory the step needed. Parameters
     are excluded: they are counted with the model's state. Works on any device.
+
+    Activation checkpointing (torch.utils.checkpoint, non-reentrant) hides part of that memory from the
+    hooks: the segment inputs it keeps are packed through them (so they are counted), but the tensors it
+    recomputes during backward are packed by its own innermost hook and never reach ours. Left alone, the
+    peak under checkpointing would miss the recomputed segment and look ~2x better than it is. So, while
+    measuring, a dispatch mode also watches ops that run with grad enabled *inside* a backward pass (that
+    is recomputation) and counts their outputs while their storages live (a C++ weak reference tells).
     """
 
     def __init__(self, exclude: list[torch.Tensor]):
         self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
         self._live: dict[int, int] = {}  # storage pointer -> reference count
         self._bytes = 0
+        self._recomputed: dict[int, tuple[StorageWeakRef, int]] = {}  # pointer -> (weak ref, bytes)
+        self._recomputed_bytes = 0
         self.peak_bytes = 0
 
     def _pack(self, tensor: torch.Tensor) -> object:
@@ -45,7 +56,7 @@ class SavedTensorMeter:
         if ptr not in self._live:
             self._live[ptr] = 0
             self._bytes += storage.nbytes()
-            self.peak_bytes = max(self.peak_bytes, self._bytes)
+            self._update_peak()
         self._live[ptr] += 1
         return _Held(tensor, self, ptr, storage.nbytes())
 
@@ -55,11 +66,50 @@ class SavedTensorMeter:
             del self._live[ptr]
             self._bytes -= nbytes
 
+    def _update_peak(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self._bytes + self._recomputed_bytes)
+
+    def _watch_recomputed(self, outputs: object) -> None:
+        """Called after every op while measuring: track new recomputed outputs, drop freed ones."""
+        for ptr, (ref, nbytes) in list(self._recomputed.items()):
+            if ref.expired():
+                del self._recomputed[ptr]
+                self._recomputed_bytes -= nbytes
+        recomputing = torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1
+        if recomputing:
+            for t in _tensors(outputs):
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if t.device.type == "meta" or ptr in self._excluded or ptr in self._live or ptr in self._recomputed:
+                    continue
+                self._recomputed[ptr] = (StorageWeakRef(storage), storage.nbytes())
+                self._recomputed_bytes += storage.nbytes()
+        self._update_peak()
+
     @contextmanager
-    def measure(self) -> Iterator["SavedTensorMeter"]:
+    def measure(self) -> Iterator[SavedTensorMeter]:
         unpack = lambda held: held.tensor if isinstance(held, _Held) else held  # noqa: E731
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, unpack):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, unpack), _RecomputeWatch(self):
             yield self
+
+
+class _RecomputeWatch(TorchDispatchMode):
+    def __init__(self, meter: SavedTensorMeter):
+        super().__init__()
+        self._meter = meter
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        self._meter._watch_recomputed(out)
+        return out
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 class _Held:
@@ -85,46 +135,59 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return params + grads + opt
 
 
+NOISY_FOREIGN_CORES = 0.15  # other processes' CPU above this makes a timing suspect
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LEANTRAIN_CACHE_DIR", Path.home() / ".cache" / "leantrain"))
 
 
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """The machine's measured dense matmul peak (FLOP/s) for a dtype, measured once and cached on disk.
+    """The machine's measured dense matmul peak (FLOP/s) for a dtype, cached on disk.
 
     Utilisation divides by this, not by a vendor's datasheet figure, so it cannot exceed 100% on
-    hardware newer than a hard-coded table.
+    hardware newer than a hard-coded table. A low-precision type slower than fp32 (fp16 on most CPUs)
+    is held to fp32's peak: the machine could always have run the model at that rate. A measurement
+    disturbed by other processes is used but not cached, and the cache keeps the best one seen.
     """
+    peak = _cached_peak(device, dtype)
+    return max(peak, _cached_peak(device, torch.float32)) if dtype != torch.float32 else peak
+
+
+def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     key = f"{device.type}|{name}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
     cached = _read_json(path)
-    if key not in cached:
-        cached[key] = _measure_matmul(device, dtype)
+    if key in cached:
+        return cached[key]
+    foreign = ForeignCpuMeter()
+    measured = _measure_matmul(device, dtype)
+    if (foreign.cores() or 0.0) <= NOISY_FOREIGN_CORES:
+        cached = _read_json(path)  # another process may have written meanwhile
+        cached[key] = max(measured, cached.get(key, 0.0))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(cached, indent=1))
         os.replace(tmp, path)
-    return cached[key]
+    return measured
 
 
-def _measure_matmul(device: torch.device, dtype: torch.dtype) -> float:
+def _measure_matmul(device: torch.device, dtype: torch.dtype, budget_s: float = 0.6) -> float:
+    """Best of repeated n x n matmuls within a wall-time budget (slow types get fewer repeats, not more time)."""
     n = 4096 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm up: kernel selection, allocation
     best = float("inf")
-    for _ in range(3):  # warm up
-        a @ b
-    deadline = time.perf_counter() + (0.3 if device.type == "cpu" else 0.5)
-    reps = 0
-    while time.perf_counter() < deadline or reps < 5:
+    deadline = time.perf_counter() + budget_s
+    while True:
         start = now(device)
-        for _ in range(4):
-            a @ b
-        best = min(best, (now(device) - start) / 4)
-        reps += 1
-    return 2.0 * n**3 / best
+        a @ b
+        best = min(best, now(device) - start)
+        if time.perf_counter() >= deadline:
+            return 2.0 * n**3 / best
 
 
 def _read_json(path: Path) -> dict:

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -77,3 +78,10 @@ def test_time_to_target_is_training_time_until_the_first_epoch_at_target():
     epochs = record["epochs"]
     first = next(i for i, e in enumerate(epochs) if e["val_acc"] >= 0.5)
     assert math.isclose(record["summary"]["time_to_target_s"], sum(e["time_s"] for e in epochs[: first + 1]))
+
+
+def test_techniques_switch_on_by_option_as_well_as_by_object():
+    record = lt.fit(TwoLayer(), _separable(), epochs=1, precision="bf16", schedule="warmup-cosine")
+    assert record["run"]["techniques"] == ["bf16", "warmup0.05-cosine"]
+    with pytest.raises(lt.UsageError, match="precision given both"):
+        lt.fit(TwoLayer(), _separable(), epochs=1, precision="bf16", techniques=[lt.MixedPrecision("fp16")])

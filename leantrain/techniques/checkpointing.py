@@ -1,0 +1,117 @@
+"""Activation checkpointing: keep only segment inputs in the forward pass, recompute the rest in backward.
+
+A stack of L blocks split into s segments keeps s segment inputs plus, during backward, the
+activations of one segment (L/s blocks) at a time: memory ~ s + L/s blocks' worth, least at s = √L
+(Chen et al. 2016, "Training deep nets with sublinear memory cost"), for one extra forward pass.
+
+Works on any model that keeps its repeated blocks in ``self.blocks`` (an ``nn.ModuleList`` that forward
+runs in order: ``for block in self.blocks: x = block(x)``). ``self.blocks`` is swapped for a ModuleList
+holding the same modules under the same names (so checkpoints stay plain) whose iteration, in training
+with grad enabled, yields one checkpointed callable per segment instead of the blocks themselves.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from leantrain.techniques.base import Technique
+
+
+def segment_count(setting: str | int, num_blocks: int) -> int:
+    """Segments for a setting: "sqrt" -> round(√L), an int -> itself (at most L), "off" -> 0."""
+    if setting == "off" or num_blocks == 0:
+        return 0
+    if setting == "sqrt":
+        return max(1, round(math.sqrt(num_blocks)))
+    return max(1, min(int(setting), num_blocks))
+
+
+def split_segments(num_blocks: int, segments: int) -> list[range]:
+    """Contiguous, near-equal ranges of block indices (earlier segments take the remainder)."""
+    size, extra = divmod(num_blocks, segments)
+    ranges, start = [], 0
+    for s in range(segments):
+        stop = start + size + (1 if s < extra else 0)
+        ranges.append(range(start, stop))
+        start = stop
+    return ranges
+
+
+class _Segment:
+    """A callable running blocks[i..j] under torch.utils.checkpoint (non-reentrant: works with autocast,
+    keyword arguments and inputs that do not require grad)."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        self.blocks = blocks
+
+    def _run(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, *args, **kwargs)
+        return x
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return checkpoint(self._run, x, *args, use_reentrant=False, **kwargs)
+
+
+class CheckpointedBlocks(nn.ModuleList):
+    """The model's blocks, same names and order; iterating yields checkpointed segments while training."""
+
+    def __init__(self, blocks: nn.ModuleList, segments: int):
+        super().__init__(blocks)
+        self.segments = segments
+
+    def __iter__(self) -> Iterator[Any]:
+        modules = list(self._modules.values())
+        if not (self.training and torch.is_grad_enabled()):
+            return iter(modules)  # evaluation: nothing is saved, nothing to recompute
+        return iter([_Segment(modules[r.start : r.stop]) for r in split_segments(len(modules), self.segments)])
+
+
+def checkpoint_blocks(model: nn.Module, setting: str | int = "sqrt") -> int:
+    """Checkpoint ``model.blocks`` in segments, in place; returns the segment count (0: nothing to do)."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(
+            f"activation checkpointing needs the model's repeated blocks in `self.blocks` (an nn.ModuleList); "
+            f"{type(model).__name__} has none"
+        )
+    if isinstance(blocks, CheckpointedBlocks):
+        blocks = nn.ModuleList(blocks._modules.values())
+    segments = segment_count(setting, len(blocks))
+    model.blocks = CheckpointedBlocks(blocks, segments) if segments else blocks
+    return segments
+
+
+def uncheckpoint_blocks(model: nn.Module) -> None:
+    if isinstance(getattr(model, "blocks", None), CheckpointedBlocks):
+        model.blocks = nn.ModuleList(model.blocks._modules.values())
+
+
+class ActivationCheckpointing(Technique):
+    name = "checkpointing"
+
+    def __init__(self, segments: str | int = "sqrt"):
+        if not (segments in ("sqrt",) or (isinstance(segments, int) and segments >= 1)):
+            raise ValueError(f"checkpointing segments must be 'sqrt' or a positive int, got {segments!r}")
+        self.setting = segments
+        self.segments = 0
+
+    def describe(self) -> str:
+        return f"ckpt-{self.setting}"
+
+    def on_fit_start(self, state) -> None:
+        self.segments = checkpoint_blocks(state.model, self.setting)
+
+    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+        # A technique that rebuilt the model (complexity matching) may have replaced the blocks.
+        if not isinstance(state.model.blocks, CheckpointedBlocks):
+            self.segments = checkpoint_blocks(state.model, self.setting)
+        record["checkpoint_segments"] = self.segments
+
+    def on_fit_end(self, state) -> None:
+        uncheckpoint_blocks(state.model)  # hand the user back the module they gave

@@ -1,0 +1,73 @@
+"""Technique switches in RunConfig: built by name, validated with one-line errors, and composed through the loop."""
+import warnings
+
+import pytest
+import torch
+
+import leantrain
+from leantrain.config import RunConfig
+from leantrain.errors import UsageError
+from leantrain.techniques import from_config
+from leantrain.techniques.compile import Compile
+
+
+def test_from_config_builds_techniques_by_name_in_hook_order():
+    config = RunConfig(model="mlp:depth=4", precision="bf16", checkpointing="sqrt", accumulation="adaptive",
+                       schedule="warmup-cosine", complexity="match", compile=True, grad_clip=1.0).validated()
+    names = [t.name for t in from_config(config)]
+    assert names == ["complexity", "precision", "checkpointing", "compile", "accumulation", "schedule", "grad_clip"]
+    assert from_config(RunConfig().validated()) == []
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"checkpointing": "half"}, "checkpointing 'half'"),
+    ({"checkpointing": 0}, "checkpointing 0"),
+    ({"accumulation": "fixed"}, "accumulation 'fixed'"),
+    ({"schedule": "step"}, "schedule 'step'"),
+    ({"warmup": 1.5}, "warmup must be"),
+    ({"grad_clip": -1.0}, "grad_clip must be"),
+    ({"accum_max": 1}, "accum_max must be"),
+    ({"start_width": 64, "max_width": 8}, "start_width"),
+    ({"complexity": "match", "model": "other"}, "complexity matching works on the mlp"),
+])
+def test_bad_technique_settings_are_one_line_usage_errors(changes, fragment):
+    with pytest.raises(UsageError, match=fragment) as error:
+        RunConfig.from_dict({**RunConfig().to_dict(), **changes})
+    assert "\n" not in str(error.value)
+
+
+def test_checkpointing_count_from_command_line_text_becomes_int():
+    assert RunConfig.from_dict({"checkpointing": "4"}).checkpointing == 4
+    assert RunConfig.from_dict({"checkpointing": 4}).checkpointing == 4
+
+
+def test_compile_failure_warns_and_trains_eagerly(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        def fails(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    g = torch.Generator().manual_seed(0)
+    data = leantrain.data.from_tensors(torch.randn(100, 4, generator=g), torch.randint(0, 2, (100,), generator=g))
+    technique = Compile()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = leantrain.fit(torch.nn.Linear(4, 2), data, epochs=1, batch_size=32, device="cpu", techniques=[technique])
+    assert any("eager mode" in str(w.message) for w in caught)
+    assert record["epochs"][0]["compiled"] is False
+    assert record["epochs"][0]["train_loss"] == record["epochs"][0]["train_loss"]  # trained: a number, not NaN
+
+
+def test_train_cli_switches_techniques_on_by_flag(tmp_path):
+    from leantrain.cli import main
+
+    code = main(["train", "--model", "mlp:depth=4,hidden=16", "--data", "healthcare-sim:n=300", "--epochs", "1",
+                 "--precision", "bf16", "--checkpointing", "sqrt", "--accumulation", "adaptive",
+                 "--schedule", "warmup-cosine", "--grad-clip", "1.0", "--device", "cpu", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    import json
+
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["run"]["techniques"] == ["bf16", "ckpt-sqrt", "accum-adaptive2-16", "warmup0.05-cosine", "clip1"]
+    assert record["epochs"][0]["checkpoint_segments"] == 2

@@ -1,0 +1,82 @@
+"""Mixed precision: fp16/bf16 track fp32, the loss scaler skips and counts overflow steps, clipping sees unscaled grads."""
+import pytest
+import torch
+from torch import nn
+
+import leantrain
+from leantrain.data import from_tensors
+from leantrain.techniques import GradClip, MixedPrecision, Technique
+
+
+def _data(seed=0, n=512, d=16, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x @ torch.randn(d, classes, generator=g)).argmax(1)
+    return from_tensors(x, y, seed=seed)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_final_loss_matches_fp32(precision):
+    data = _data()
+    ref = leantrain.fit(_model(), data, epochs=3, batch_size=32, lr=3e-3, device="cpu")
+    low = leantrain.fit(_model(), data, epochs=3, batch_size=32, lr=3e-3, device="cpu", techniques=[MixedPrecision(precision)])
+    ref_loss, low_loss = ref["epochs"][-1]["val_loss"], low["epochs"][-1]["val_loss"]
+    assert ref_loss < 0.85  # it learned something (chance: ln 3 = 1.10)
+    assert abs(low_loss - ref_loss) < 0.05 * ref_loss + 0.01
+
+
+class InjectInf(Technique):
+    """Poison one parameter's gradient with inf on a chosen optimizer step."""
+
+    name = "inject"
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+        self.weights_before = None
+
+    def after_micro_backward(self, state, micro_index):
+        if state.step == self.at_step:
+            next(state.model.parameters()).grad[0, 0] = float("inf")
+            self.weights_before = [p.detach().clone() for p in state.model.parameters()]
+
+    def after_optimizer_step(self, state):
+        if state.step == self.at_step + 1:
+            self.weights_after = [p.detach().clone() for p in state.model.parameters()]
+            self.scale_after = state.grad_scaler.get_scale()
+
+
+def test_fp16_scaler_skips_and_counts_inf_step_and_backs_off():
+    precision, inject = MixedPrecision("fp16", init_scale=1024.0), InjectInf(at_step=3)
+    record = leantrain.fit(_model(), _data(), epochs=1, batch_size=64, device="cpu", techniques=[precision, inject])
+    assert all(torch.equal(a, b) for a, b in zip(inject.weights_before, inject.weights_after))  # step skipped
+    assert inject.scale_after == 512.0  # backed off by half
+    assert record["epochs"][0]["skipped_steps"] == 1
+    assert precision.skipped_steps == 1
+
+
+def test_gradients_are_unscaled_before_clipping():
+    """One fp16 step with clipping moves the weights as the fp32 step with clipping does (scale 2**16 otherwise)."""
+    data = _data(n=80)
+
+    class Grab(Technique):
+        name = "grab"
+
+        def before_optimizer_step(self, state):
+            self.grads = [p.grad.clone() for p in state.model.parameters()]
+
+    results = {}
+    for precision in ("fp32", "fp16"):
+        grab = Grab()
+        techniques = ([MixedPrecision("fp16")] if precision == "fp16" else []) + [GradClip(0.05), grab]
+        leantrain.fit(_model(), data, epochs=1, batch_size=64, device="cpu", techniques=techniques)
+        results[precision] = grab.grads
+    norm32 = torch.stack([g.norm() for g in results["fp32"]]).norm()
+    norm16 = torch.stack([g.norm() for g in results["fp16"]]).norm()
+    assert norm32 == pytest.approx(0.05, rel=1e-4) and norm16 == pytest.approx(0.05, rel=1e-3)
+    for a, b in zip(results["fp32"], results["fp16"]):
+        assert torch.allclose(a, b, atol=2e-3 * 0.05, rtol=2e-2)
