@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from leantrain import data as data_sets
-from leantrain.experiments.report import NOISY_CPU_CORES
 from leantrain.experiments.runner import load_experiment
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
 from leantrain.train.record import time_to_target
 from leantrain.train.run import execute
 
@@ -46,7 +46,7 @@ def main() -> None:
             print(f"{case}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
         rows += _compare(case, records, baseline, tolerance)
 
-    print(f"\nmachine: {torch.__config__.parallel_info().splitlines()[0]} | torch {torch.__version__} | "
+    print(f"\nmachine: {cpu_name()} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | repeats {args.repeats} | file {args.file}")
     header = ["case", "recipe", "final acc", "Δ acc (pt)", "epoch time (s)", "time to target (s)",
               "speedup to target", "speedup per epoch", "noisy repeats"]
@@ -70,7 +70,7 @@ def _compare(case: str, records: dict[str, list[dict]], baseline: str, tolerance
             if t_base and t_mine:
                 speedups.append(t_base / t_mine)
             epoch_speedups.append(epoch_time(base) / epoch_time(mine))
-            noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_CPU_CORES for e in base["epochs"] + mine["epochs"])
+            noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in base["epochs"] + mine["epochs"])
         reached = [t for t in to_target if t is not None]
         rows.append([
             case, recipe,

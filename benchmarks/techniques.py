@@ -29,7 +29,7 @@ from leantrain.techniques import (
     MixedPrecision,
     WarmupCosine,
 )
-from leantrain.train.metrics import ForeignCpuMeter, _cpu_name
+from leantrain.train.metrics import ForeignCpuMeter, cpu_name
 
 POLLUTED_CORES = 0.15
 
@@ -138,7 +138,7 @@ def main() -> None:
     amx_rows = summarize(measure(matmul_model, args.data, args.batch_size, args.repeats, amx), "baseline fp32")
     flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
     has_amx = "amx_bf16" in flags
-    print(f"\nmachine: {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"AMX-bf16 {'yes' if has_amx else 'no'}, avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}")
     print(f"command: .venv/bin/python benchmarks/techniques.py --repeats {args.repeats}"
           + (" --compile" if args.compile else "") + f"  ({time.perf_counter() - start:.0f} s, "

@@ -17,7 +17,7 @@ from leantrain.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOADERS = ("tensor", "dataloader")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "fused-adam", "adamw", "sgd")
 ACCUMULATIONS = ("off", "adaptive")
 LR_SCALINGS = ("sqrt", "linear", "none")
 SCHEDULES = ("constant", "warmup-cosine")
@@ -36,7 +36,7 @@ class RunConfig:
     batch_size: int = _opt(64, "samples per optimizer step (per worker)")
     eval_batch_size: int = _opt(1024, "samples per validation batch")
     lr: float = _opt(1e-3, "learning rate")
-    optimizer: str = _opt("adam", "optimizer", OPTIMIZERS)
+    optimizer: str = _opt("adam", "optimizer (fused-adam: the same Adam update in one fused kernel per step)", OPTIMIZERS)
     weight_decay: float = _opt(0.0, "weight decay")
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS

@@ -156,7 +156,7 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     key = f"{device.type}|{name}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
     cached = _read_json(path)
@@ -197,7 +197,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

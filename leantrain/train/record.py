@@ -1,7 +1,6 @@
 """A run's record: the JSON document of DESIGN.md section 4, and the summary derived from its epochs."""
 from __future__ import annotations
 
-import platform
 import socket
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from leantrain.train.metrics import cpu_name
 
 SCHEMA = 1
 
@@ -55,7 +56,7 @@ def environment(device: torch.device, peak_flops: float | None) -> dict[str, Any
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
-        device_name = platform.processor() or platform.machine()
+        device_name = cpu_name()
     return {
         "torch": torch.__version__,
         "python": sys.version.split()[0],
