@@ -124,9 +124,13 @@ def test_model_trains_and_evaluates_under_bf16_autocast(spec, kind, dataset):
     task = get_task(data.task)
     torch.manual_seed(0)
     model = models.build(spec, data)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = task.loss_sum(task.forward(model, data.x_train, data.y_train), data.y_train)
-    loss.backward()
+    # torch 2.13 CPU: oneDNN's bf16 weight gradient of a stride-2 3x3 conv on a 2x2 input (ResNet-50's last
+    # stage at this test's 16x16 images) returns uninitialised memory (NaN/1e22) from the second call on in a
+    # process; the native kernel is correct. Test our model, not that upstream kernel.
+    with torch.backends.mkldnn.flags(enabled=not spec.startswith("resnet50")):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = task.loss_sum(task.forward(model, data.x_train, data.y_train), data.y_train)
+        loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
