@@ -7,16 +7,12 @@ from leantrain.models import build
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_cnn_reaches_97_percent_on_held_out_real_digits(seed):
+@pytest.mark.parametrize("model,data,epochs,batch_size,lr,bar", [
+    ("cnn", "digits-image", 20, 64, 2e-3, 0.97),
+    ("mlp", "digits", 15, 32, 3e-3, 0.95),
+])
+def test_model_reaches_its_bar_on_held_out_real_digits(model, data, epochs, batch_size, lr, bar, seed):
     torch.manual_seed(seed)
-    data = lt.data.load("digits-image", seed=seed)
-    record = lt.fit(build("cnn", data), data, seed=seed, epochs=20, batch_size=64, lr=2e-3)
-    assert record["summary"]["final_val_acc"] >= 0.97
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_mlp_reaches_95_percent_on_held_out_real_digits(seed):
-    torch.manual_seed(seed)
-    data = lt.data.load("digits", seed=seed)
-    record = lt.fit(build("mlp", data), data, seed=seed, epochs=15, batch_size=32, lr=3e-3)
-    assert record["summary"]["final_val_acc"] >= 0.95
+    dataset = lt.data.load(data, seed=seed)
+    record = lt.fit(build(model, dataset), dataset, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr)
+    assert record["summary"]["final_val_acc"] >= bar
