@@ -4,7 +4,8 @@
                   target = <number> | "baseline-final", target_tolerance = 0.005
     [defaults]    RunConfig fields for every run
     [[cases]]     one table per case: RunConfig fields (model, data, epochs, ...) and an optional label
-    [recipes.X]   RunConfig fields that make recipe X (they override the case's)
+    [recipes.X]   RunConfig fields that make recipe X (they override the case's); optional
+                  cases = ["label", ...] limits the recipe to those cases
 
 Every run's configuration is validated before the output folder is created, so a typo in the last
 recipe never leaves a half-written results folder behind.
@@ -105,12 +106,21 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
         for recipe, fields in recipes.items():
             if not isinstance(fields, dict):
                 raise UsageError(f"{where}: [recipes.{recipe}] must be a table")
+            fields = dict(fields)
+            only = fields.pop("cases", None)  # a recipe may apply to some cases only (e.g. an MLP-only technique)
+            if only is not None and label not in only:
+                continue
             for seed in seeds:
                 values = {**defaults, **case, **fields, "seed": seed, "name": f"{label}-{recipe}-s{seed}"}
                 if _is_number(target):
                     values["target"] = float(target)
                 context = f"{where} (case {label!r}, recipe {recipe!r})"
                 runs.append(PlannedRun(label, recipe, seed, RunConfig.from_dict(values, where=context)))
+    for recipe, fields in recipes.items():
+        unknown = sorted(set(fields.get("cases", [])) - labels) if isinstance(fields, dict) else []
+        if unknown:
+            raise UsageError(f"{where}: [recipes.{recipe}] cases names unknown case(s) {', '.join(unknown)}; "
+                             f"cases: {', '.join(sorted(labels))}")
     return Experiment(name, head.get("description", ""), baseline, seeds, target, float(tolerance), runs, where)
 
 

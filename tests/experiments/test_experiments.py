@@ -112,3 +112,18 @@ def test_the_shipped_experiment_files_parse():
 
     for path in sorted(Path(__file__).parents[2].glob("experiments/*.toml")):
         assert load_experiment(path).runs, path
+
+
+def test_a_recipe_can_be_limited_to_some_cases_and_unknown_case_names_are_errors():
+    import tomllib
+
+    from leantrain.errors import UsageError
+    from leantrain.experiments.runner import parse_experiment
+
+    raw = tomllib.loads(EXPERIMENT.replace('[recipes.fast]', '[recipes.fast]\ncases = ["small"]'))
+    experiment = parse_experiment(raw, "tiny.toml")
+    assert sorted({(r.case, r.recipe) for r in experiment.runs}) == [
+        ("healthcare-sim-mlp", "slow"), ("small", "fast"), ("small", "slow")]
+    raw = tomllib.loads(EXPERIMENT.replace('[recipes.fast]', '[recipes.fast]\ncases = ["smal"]'))
+    with pytest.raises(UsageError, match="unknown case\\(s\\) smal"):
+        parse_experiment(raw, "tiny.toml")
