@@ -79,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from leantrain.config import RunConfig, cli_fields
-    from leantrain.fileio import prepare_output_dir
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
 
@@ -93,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
         out_dir = args.resume
     else:
         config = RunConfig.from_dict(given, where="command line")
-        out_dir = prepare_output_dir(args.out)
+        out_dir = args.out
     record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = record["summary"]
     metric = record["run"]["metric"]

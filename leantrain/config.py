@@ -6,6 +6,7 @@ fields, so a new option is added in one place. Below this edge, code trusts a va
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ def _check_type(key: str, value: Any, expected: Any, where: str) -> Any:
         return None
     for t in allowed:
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UsageError(f"{where}: {key} = {value!r} must be a finite number")
             return float(value)
         if t is not float and t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from leantrain.cli import main
 
@@ -29,7 +30,14 @@ def _fails(capsys, argv, expected, out_dir=None):
     (["--batch-size", "-8"], "batch_size must be a positive integer, got -8"),
     (["--lr", "0"], "lr must be > 0, got 0.0"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--device", "cuda"], "CUDA is not available"),
+    pytest.param(["--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["--lr", "inf"], "lr = inf must be a finite number"),
+    (["--data", "imagenet-sim:n=-5"], "n=-5 must be at least 2"),
+    (["--data", "healthcare-sim:n=300,val_fraction=0"], "leaves an empty split"),
+    (["--model", "mlp:hidden=0"], "hidden=0 and depth=1 must be at least 1"),
+    (["--model", "mlp:dropout=1.5"], "dropout=1.5 must be in [0, 1)"),
+    (["--data", "digits-image", "--model", "gpt2-tiny"], "gpt2"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
     (["--epochs", "many"], "invalid int value: 'many'"),
 ])
@@ -99,3 +107,25 @@ def test_boolean_flags_parse_true_and_false(capsys, tmp_path):
     assert build_parser().parse_args(["train", "--compile", "false"]).compile is False
     assert build_parser().parse_args(["train", "--compile", "true"]).compile is True
     _fails(capsys, ["train", "--compile", "maybe"], "'maybe' is not true or false")
+
+
+def test_a_late_case_whose_model_does_not_fit_its_data_fails_before_any_output(capsys, tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text('[experiment]\nname="e"\n[defaults]\nepochs=1\ndata="healthcare-sim:n=300"\n'
+                   '[[cases]]\nmodel="mlp"\n[[cases]]\nmodel="gpt2-tiny"\n')
+    _fails(capsys, ["run", str(exp), "--out", str(tmp_path / "r")], "case 'healthcare-sim-gpt2-tiny'", tmp_path / "r")
+
+
+def test_experiment_names_must_be_plain_folder_names(capsys, tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text('[experiment]\nname="../../x"\n')
+    _fails(capsys, ["run", str(exp)], "name must be a plain folder name")
+    exp.write_text('[experiment]\nname="e"\ndescription=3\n')
+    _fails(capsys, ["run", str(exp)], "description must be a string")
+    exp.write_text('[experiment]\nname="e"\n[recipes.a]\ncases="x"\n')
+    _fails(capsys, ["run", str(exp)], "cases must be a list of case labels")
+
+
+def test_a_data_set_that_cannot_be_read_leaves_no_output_folder(capsys, tmp_path):
+    _fails(capsys, ["train", "--data", f"mnist:path={tmp_path / 'none'}", "--out", str(tmp_path / "o")], "expected MNIST IDX files",
+           tmp_path / "o")

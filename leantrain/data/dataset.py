@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from leantrain.errors import UsageError
+
 
 @dataclass
 class Dataset:
@@ -35,8 +37,10 @@ class Dataset:
 
 def split_train_val(x: Tensor, y: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A seeded random split; the first (1 - val_fraction) of a permutation trains."""
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_train = round(len(x) * (1.0 - val_fraction))
+    if not 0 < n_train < len(x):
+        raise UsageError(f"val_fraction={val_fraction} of {len(x)} samples leaves an empty split; use a value in (0, 1)")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     train, val = order[:n_train], order[n_train:]
     return x[train], y[train], x[val], y[val]
 

@@ -10,6 +10,7 @@ import torch
 
 from leantrain.data.dataset import Dataset, split_train_val
 from leantrain.data.registry import DATASETS
+from leantrain.errors import UsageError
 
 
 def teacher_classification(
@@ -30,6 +31,12 @@ def _register_sim(name: str, n_default: int, features_default: int, classes_defa
         *, seed: int = 0, n: int = n_default, features: int = features_default, classes: int = classes_default,
         teacher_hidden: int = 64, label_noise: float = 0.1, margin: float = 3.0, val_fraction: float = 0.2,
     ) -> Dataset:
+        for option, value, low in (("n", n, 2), ("features", features, 1), ("classes", classes, 2),
+                                   ("teacher_hidden", teacher_hidden, 1)):
+            if value < low:
+                raise UsageError(f"data set {name!r}: {option}={value} must be at least {low}")
+        if not 0.0 <= label_noise <= 1.0:
+            raise UsageError(f"data set {name!r}: label_noise={label_noise} must be in [0, 1]")
         # Distinct data per name even at equal seeds: mix the name into the generator's seed.
         data_seed = seed * 1_000_003 + sum(map(ord, name))
         x, y = teacher_classification(

@@ -74,6 +74,10 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
     head = _table(raw, "experiment", where)
     _only_keys(head, EXPERIMENT_KEYS, f"{where} [experiment]")
     name = head.get("name") or Path(where).stem
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UsageError(f"{where} [experiment]: name must be a plain folder name, got {name!r}")
+    if not isinstance(head.get("description", ""), str):
+        raise UsageError(f"{where} [experiment]: description must be a string")
     seeds = head.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UsageError(f"{where} [experiment]: seeds must be a non-empty list of integers, got {seeds!r}")
@@ -108,6 +112,8 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
                 raise UsageError(f"{where}: [recipes.{recipe}] must be a table")
             fields = dict(fields)
             only = fields.pop("cases", None)  # a recipe may apply to some cases only (e.g. an MLP-only technique)
+            if only is not None and (not isinstance(only, list) or not all(isinstance(c, str) for c in only)):
+                raise UsageError(f"{where}: [recipes.{recipe}] cases must be a list of case labels, got {only!r}")
             if only is not None and label not in only:
                 continue
             for seed in seeds:
@@ -149,13 +155,12 @@ def _is_number(value: Any) -> bool:
 
 def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = False, quiet: bool = False) -> list[Path]:
     """Train every planned run (skipping finished ones when resuming), then rebuild the report."""
-    from leantrain import data as data_sets
     from leantrain.experiments.report import write_report
     from leantrain.fileio import prepare_output_dir
     from leantrain.train.run import execute
 
+    datasets = preflight(experiment)
     prepare_output_dir(out_dir)
-    datasets: dict[tuple[str, int], Any] = {}  # the same data serves every recipe of a case
     written = []
     for number, planned in enumerate(experiment.runs, 1):
         config = planned.config
@@ -165,14 +170,34 @@ def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = Fals
             continue
         if not quiet:
             print(f"[{number}/{len(experiment.runs)}] {config.run_name}", file=sys.stderr, flush=True)
-        key = (config.data, config.seed)
-        if key not in datasets:
-            datasets.clear()  # keep one case's data in memory at a time
-            datasets[key] = data_sets.load(config.data, seed=config.seed)
         execute(
-            config, dataset=datasets[key], out_dir=out_dir, resume=resume, quiet=quiet,
+            config, dataset=datasets[(config.data, config.seed)], out_dir=out_dir, resume=resume, quiet=quiet,
             extra_run_fields={"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe},
         )
         written.append(result_path)
     write_report(out_dir)
     return written
+
+
+def preflight(experiment: Experiment) -> dict[tuple[str, int], Any]:
+    """Build every data set and every model once before anything is written, so that a value only a
+    builder can judge (a model that does not fit its data, a missing file) fails before the first run.
+    Returns the data sets, which the runs then share."""
+    from leantrain import data as data_sets
+    from leantrain import models
+
+    datasets: dict[tuple[str, int], Any] = {}
+    checked: set[tuple[str, str]] = set()
+    for planned in experiment.runs:
+        config = planned.config
+        key = (config.data, config.seed)
+        if key not in datasets:
+            datasets[key] = data_sets.load(config.data, seed=config.seed)
+        if (config.model, config.data) not in checked:
+            where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
+            try:
+                models.build(config.model, datasets[key])
+            except UsageError as e:
+                raise UsageError(f"{where}: {e}") from None
+            checked.add((config.model, config.data))
+    return datasets

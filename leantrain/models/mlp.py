@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from leantrain.data.dataset import Dataset
+from leantrain.errors import UsageError
 from leantrain.models.registry import MODELS
 
 
@@ -46,4 +47,8 @@ class MLP(nn.Module):
 
 @MODELS.register("mlp", "feed-forward net (seed 000): input -> 128 ReLU -> classes; options hidden, depth, dropout")
 def mlp(data: Dataset, *, hidden: int = 128, depth: int = 1, dropout: float = 0.0) -> MLP:
+    if hidden < 1 or depth < 1:
+        raise UsageError(f"model 'mlp': hidden={hidden} and depth={depth} must be at least 1")
+    if not 0.0 <= dropout < 1.0:
+        raise UsageError(f"model 'mlp': dropout={dropout} must be in [0, 1)")
     return MLP(math.prod(data.input_shape), data.num_classes, hidden, depth, dropout)

@@ -48,6 +48,7 @@ def choose_accum_steps(noise_scale_micro: float, k_now: int, k_min: int, k_max: 
 
 class AdaptiveAccumulation(Technique):
     name = "accumulation"
+    order = 60
 
     def __init__(
         self, k_min: int = 2, k_max: int = 16, lr_scaling: str = "sqrt", ema: float = 0.95,

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 class Technique:
     name = "technique"
+    # Where two techniques write the same thing, the lower order fires first: complexity matching
+    # replaces the optimizer before anything reads it; accumulation sets the effective batch's base lr
+    # before the schedule shapes it; clipping sees gradients after every other technique.
+    order = 50
 
     def on_fit_start(self, state: TrainState) -> None: ...
 
@@ -46,6 +50,11 @@ class Technique:
         return {}
 
     def load_state_dict(self, saved: dict[str, Any], state: TrainState) -> None: ...
+
+
+def in_hook_order(techniques: list[Technique]) -> list[Technique]:
+    """Sorted by ``order`` (stable), so the order a user lists them in cannot break their contract."""
+    return sorted(techniques, key=lambda t: t.order)
 
 
 def fire(techniques: list[Technique], event: str, state: TrainState, *args: Any) -> None:

@@ -94,6 +94,7 @@ def uncheckpoint_blocks(model: nn.Module) -> None:
 
 class ActivationCheckpointing(Technique):
     name = "checkpointing"
+    order = 30
 
     def __init__(self, segments: str | int = "sqrt"):
         if not (segments in ("sqrt",) or (isinstance(segments, int) and segments >= 1)):

@@ -55,6 +55,7 @@ class CompiledForward:
 
 class Compile(Technique):
     name = "compile"
+    order = 40
 
     def __init__(self, mode: str | None = None):
         self.mode = mode

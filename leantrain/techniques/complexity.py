@@ -169,6 +169,7 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, moved:
 
 class ComplexityMatching(Technique):
     name = "complexity"
+    order = 10
 
     def __init__(self, start_width: int = 8, max_width: int = 256, factor: int = 2, patience: int = 2,
                  min_delta: float = 0.01, min_gain: float = 0.02, prune: bool = True, method: str = "fresh",

@@ -45,6 +45,7 @@ def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) ->
 
 class MixedPrecision(Technique):
     name = "precision"
+    order = 20
 
     def __init__(self, precision: str = "bf16", init_scale: float = 2.0**16, growth_interval: int = 2000):
         if precision not in DTYPES:
@@ -102,6 +103,7 @@ class GradClip(Technique):
     """
 
     name = "grad_clip"
+    order = 90
 
     def __init__(self, max_norm: float = 1.0):
         if not max_norm > 0:

@@ -31,6 +31,7 @@ def warmup_cosine_lr(t: int, total: int, base_lr: float, warmup: float = 0.05, m
 
 class WarmupCosine(Technique):
     name = "schedule"
+    order = 70
 
     def __init__(self, warmup: float = 0.05, min_lr_ratio: float = 0.1):
         if not 0 <= warmup < 1:

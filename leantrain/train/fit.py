@@ -10,7 +10,6 @@ from torch import nn
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
-from leantrain.fileio import prepare_output_dir
 from leantrain.techniques import from_config
 from leantrain.techniques.base import Technique
 from leantrain.train.run import execute
@@ -45,7 +44,7 @@ def fit(
     clashes = {t.name for t in switched_on} & {t.name for t in techniques}
     if clashes:
         raise UsageError(f"fit: {', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
-    out_dir = prepare_output_dir(Path(checkpoint_dir)) if checkpoint_dir else None
+    out_dir = Path(checkpoint_dir) if checkpoint_dir else None
     record = execute(
         config, model=model, dataset=data, techniques=switched_on + list(techniques), out_dir=out_dir, resume=resume,
         quiet=quiet,

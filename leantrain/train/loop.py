@@ -6,6 +6,7 @@ loss summed over units / units in the whole step -> backward through the loss sc
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from itertools import islice
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from leantrain.data.batches import BatchSource, sequential_batches
+from leantrain.models import flops_per_sample
 from leantrain.techniques.base import Technique, fire
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
@@ -34,8 +36,20 @@ def train(
     """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``."""
     fire(techniques, "on_fit_start", state)
     first_epoch_of_process = True
+    measured: tuple[int, int] | None = None  # the model whose activation memory was last measured
+    activation_bytes = 0
     while state.epoch < state.total_epochs and not state.stop_training:
-        record = train_epoch(state, batches, techniques, progress, exclude_warmup=first_epoch_of_process)
+        # The saved-tensor hooks cost time, so measure once per model (a technique may resize it).
+        model_key = (id(state.model), sum(p.numel() for p in state.model.parameters()))
+        measure = model_key != measured
+        record = train_epoch(state, batches, techniques, progress, exclude_warmup=first_epoch_of_process,
+                             measure_activations=measure)
+        if measure:
+            measured, activation_bytes = model_key, record["activation_bytes"]
+        else:
+            record["activation_bytes"] = activation_bytes
+            if state.device.type != "cuda":
+                record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
         record.update(_overall_rates(record))
         fire(techniques, "on_epoch_end", state, record)
@@ -48,7 +62,8 @@ def train(
 
 
 def train_epoch(
-    state: TrainState, batches: BatchSource, techniques: list[Technique], progress: Progress, exclude_warmup: bool
+    state: TrainState, batches: BatchSource, techniques: list[Technique], progress: Progress, exclude_warmup: bool,
+    measure_activations: bool = True,
 ) -> dict[str, Any]:
     state.model.train()
     device, task = state.device, state.task
@@ -69,8 +84,7 @@ def train_epoch(
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
-        # Measure activation memory on the first step of each epoch only: the hooks cost time.
-        meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 else None
+        meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 and measure_activations else None
         step_units = sum(task.units(y) for _, y in step_batches)
         for index, (x, y) in enumerate(step_batches):
             loss = _forward_backward(state, x, y, step_units, meter)
@@ -118,6 +132,7 @@ def train_epoch(
         "train_tokens_per_s": tokens * rate_samples / samples / rate_time if tokens and rate_time > 0 else None,
         "train_tokens": tokens,
         "activation_bytes": activation_bytes,
+        "flops_per_sample": flops_per_sample(state.model),
         "state_bytes": state_bytes(state.model, state.optimizer),
         "accum_steps": state.accum_steps,
         "lr": state.optimizer.param_groups[0]["lr"],
@@ -134,15 +149,10 @@ def _forward_backward(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, step_units: int, meter: SavedTensorMeter | None
 ) -> torch.Tensor:
     """One micro-batch; returns its summed loss (detached). The gradient is of the per-unit mean over the step."""
-    if meter is None:
+    with meter.measure() if meter is not None else contextlib.nullcontext():
         with state.autocast():
             loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
         state.grad_scaler.scale(loss / step_units).backward()
-    else:
-        with meter.measure():
-            with state.autocast():
-                loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
-            state.grad_scaler.scale(loss / step_units).backward()
     return loss.detach()
 
 

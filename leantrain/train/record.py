@@ -71,10 +71,15 @@ def environment(device: torch.device, peak_flops: float | None) -> dict[str, Any
 
 @lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """The code's commit, with "+dirty" when the working tree differs from it (the figures are then not
+    reproducible from the commit alone)."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if head.returncode != 0 or not head.stdout.strip():
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")

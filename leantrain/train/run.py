@@ -17,9 +17,10 @@ from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
-from leantrain.fileio import write_json
+from leantrain.fileio import prepare_output_dir, write_json
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
+from leantrain.techniques.base import in_hook_order
 from leantrain.train import checkpoint
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops
@@ -49,7 +50,9 @@ def execute(
     _seed_everything(config.seed)
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
     model = model if model is not None else models.build(config.model, dataset)
-    techniques = list(techniques) if techniques is not None else from_config(config)
+    techniques = in_hook_order(list(techniques) if techniques is not None else from_config(config))
+    if out_dir:
+        prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
 
@@ -114,6 +117,7 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "techniques": {t.name: t.state_dict() for t in techniques},
+        "technique_labels": _stateful_labels(techniques),
         "rng": checkpoint.rng_states(),
     }
 
@@ -125,6 +129,10 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
             f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
             "resume with the original configuration"
         )
+    labels = _stateful_labels(techniques)
+    if saved.get("technique_labels", labels) != labels:
+        raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
+                         "resume with the original techniques")
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
         technique.load_state_dict(saved["techniques"].get(technique.name, {}), state)
     state.model.load_state_dict(saved["model"])
@@ -135,16 +143,22 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     checkpoint.restore_rng_states(saved["rng"])
 
 
+def _stateful_labels(techniques: list[Technique]) -> list[str]:
+    """Techniques whose state a checkpoint carries; a stateless callback may come and go between sessions."""
+    return [t.describe() for t in techniques if type(t).state_dict is not Technique.state_dict]
+
+
 def make_record(
     config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any]
 ) -> dict[str, Any]:
     flops = models.flops_per_sample(state.model)
     peak = peak_matmul_flops(state.device, state.compute_dtype) if flops else None
     for epoch in state.records:
-        # Sequence models declare FLOPs per token, the others per sample.
+        # Sequence models declare FLOPs per token, the others per sample; a resized model, per epoch.
         rate = epoch.get("train_tokens_per_s") or epoch.get("samples_per_s")
+        epoch_flops = epoch.get("flops_per_sample") or flops
         # Training costs ~3x the forward FLOPs (forward, and backward for inputs and for weights).
-        epoch["utilisation"] = 3.0 * flops * rate / peak if flops and peak and rate else None
+        epoch["utilisation"] = 3.0 * epoch_flops * rate / peak if epoch_flops and peak and rate else None
     task = state.task
     return {
         "schema": SCHEMA,

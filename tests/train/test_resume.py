@@ -59,3 +59,12 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
     model, data = _model_and_data()
     with pytest.raises(lt.UsageError, match="other settings \\(lr\\)"):
         lt.fit(model, data, epochs=3, lr=0.5, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resume_refuses_other_techniques_than_the_checkpoint_was_written_with(tmp_path):
+    model, data = _model_and_data()
+    with pytest.raises(KeyboardInterrupt):
+        lt.fit(model, data, epochs=3, checkpoint_dir=tmp_path, techniques=[Crash(1)])
+    model, data = _model_and_data()
+    with pytest.raises(lt.UsageError, match="written with techniques"):
+        lt.fit(model, data, epochs=3, checkpoint_dir=tmp_path, resume=True, techniques=[lt.MixedPrecision("fp16")])
