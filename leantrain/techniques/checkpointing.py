@@ -11,6 +11,7 @@ with grad enabled, yields one checkpointed callable per segment instead of the b
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +43,22 @@ def split_segments(num_blocks: int, segments: int) -> list[range]:
     return ranges
 
 
+@contextlib.contextmanager
+def _running_stats_frozen(blocks: list[nn.Module]) -> Iterator[None]:
+    """Batch norm runs the same code (so recomputation saves the same tensors) with momentum 0, which
+    leaves its running statistics exactly as they were; the step counter is put back afterwards."""
+    norms = [m for b in blocks for m in b.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
 class _Segment:
     """A callable running blocks[i..j] under torch.utils.checkpoint (non-reentrant: works with autocast,
     keyword arguments and inputs that do not require grad)."""
@@ -50,8 +67,12 @@ class _Segment:
         self.blocks = blocks
 
     def _run(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, *args, **kwargs)
+        # Inside backward this forward is the recomputation: batch norm must not update its running
+        # statistics a second time (the checkpointed model would otherwise evaluate differently).
+        recomputing = torch._C._current_graph_task_id() != -1
+        with _running_stats_frozen(self.blocks) if recomputing else contextlib.nullcontext():
+            for block in self.blocks:
+                x = block(x, *args, **kwargs)
         return x
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

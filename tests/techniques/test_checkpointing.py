@@ -77,3 +77,31 @@ def test_checkpointing_inside_fit_reports_lower_activation_bytes():
     ratio = runs["ckpt"]["epochs"][0]["activation_bytes"] / runs["plain"]["epochs"][0]["activation_bytes"]
     assert 0.3 < ratio < 0.65
     assert runs["ckpt"]["epochs"][0]["val_loss"] == pytest.approx(runs["plain"]["epochs"][0]["val_loss"], rel=1e-5)
+
+
+def test_recomputation_does_not_update_batch_norm_running_statistics_twice():
+    from torch import nn
+
+    from leantrain.techniques.checkpointing import checkpoint_blocks
+
+    class NormStack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()) for _ in range(4))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x.sum()
+
+    torch.manual_seed(0)
+    plain, checkpointed = NormStack(), NormStack()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpoint_blocks(checkpointed, "sqrt")
+    x = torch.randn(32, 8)
+    plain(x).backward()
+    checkpointed(x).backward()
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        assert torch.equal(a, b), name  # running_mean, running_var, num_batches_tracked included
+    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
