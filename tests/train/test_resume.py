@@ -27,6 +27,13 @@ def _model_and_data():
     return build("mlp:dropout=0.2", data), data  # dropout: the global RNG must be restored too
 
 
+def _interrupt(checkpoint_dir, at_epoch, **options):
+    """A run killed at the start of epoch ``at_epoch``: its last checkpoint stays in ``checkpoint_dir``."""
+    model, data = _model_and_data()
+    with pytest.raises(KeyboardInterrupt):
+        lt.fit(model, data, checkpoint_dir=checkpoint_dir, techniques=[Crash(at_epoch)], **options)
+
+
 def _untimed(epochs):
     return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in epochs]
 
@@ -37,9 +44,7 @@ def test_resume_after_epoch_k_is_bitwise_identical_to_an_uninterrupted_run(tmp_p
     model, data = _model_and_data()
     whole = lt.fit(model, data, checkpoint_dir=tmp_path / "whole", **options)
 
-    interrupted, data = _model_and_data()
-    with pytest.raises(KeyboardInterrupt):
-        lt.fit(interrupted, data, checkpoint_dir=tmp_path / "part", techniques=[Crash(at_epoch=2)], **options)
+    _interrupt(tmp_path / "part", at_epoch=2, **options)
     assert len(list((tmp_path / "part").glob("*.ckpt"))) == 1 and not list((tmp_path / "part").glob("*.json"))
 
     resumed_model, data = _model_and_data()  # a fresh process would rebuild the model like this
@@ -53,18 +58,14 @@ def test_resume_after_epoch_k_is_bitwise_identical_to_an_uninterrupted_run(tmp_p
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
-    model, data = _model_and_data()
-    with pytest.raises(KeyboardInterrupt):
-        lt.fit(model, data, epochs=3, checkpoint_dir=tmp_path, techniques=[Crash(1)])
+    _interrupt(tmp_path, at_epoch=1, epochs=3)
     model, data = _model_and_data()
     with pytest.raises(lt.UsageError, match="other settings \\(lr\\)"):
         lt.fit(model, data, epochs=3, lr=0.5, checkpoint_dir=tmp_path, resume=True)
 
 
 def test_resume_refuses_other_techniques_than_the_checkpoint_was_written_with(tmp_path):
-    model, data = _model_and_data()
-    with pytest.raises(KeyboardInterrupt):
-        lt.fit(model, data, epochs=3, checkpoint_dir=tmp_path, techniques=[Crash(1)])
+    _interrupt(tmp_path, at_epoch=1, epochs=3)
     model, data = _model_and_data()
     with pytest.raises(lt.UsageError, match="written with techniques"):
         lt.fit(model, data, epochs=3, checkpoint_dir=tmp_path, resume=True, techniques=[lt.MixedPrecision("fp16")])
