@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from leantrain import data as data_sets
+from leantrain.experiments.report import median_spread
 from leantrain.experiments.runner import load_experiment
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
 from leantrain.train.record import time_to_target
@@ -76,20 +77,14 @@ def _compare(case: str, records: dict[str, list[dict]], baseline: str, tolerance
             case, recipe,
             f"{statistics.median(map(final, runs)):.4f}",
             f"{100 * (statistics.median(map(final, runs)) - statistics.median(map(final, records[baseline]))):+.2f}",
-            _spread([epoch_time(r) for r in runs], "{:.3f}"),
-            _spread(reached, "{:.3f}") if len(reached) == len(runs) else f"not reached in {len(runs) - len(reached)}",
-            _spread(speedups, "{:.1f}×"),
-            _spread(epoch_speedups, "{:.1f}×"),
+            median_spread([epoch_time(r) for r in runs], "{:.3f}"),
+            median_spread(reached, "{:.3f}") if len(reached) == len(runs) else f"not reached in {len(runs) - len(reached)}",
+            median_spread(speedups, "{:.1f}×"),
+            median_spread(epoch_speedups, "{:.1f}×"),
             f"{noisy}/{len(runs)}",
         ])
     return rows
 
-
-def _spread(values: list[float], fmt: str) -> str:
-    if not values:
-        return "—"
-    mid = fmt.format(statistics.median(values))
-    return mid if len(values) == 1 else f"{mid} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
 
 
 if __name__ == "__main__":

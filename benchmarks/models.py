@@ -27,9 +27,9 @@ import torch
 
 from leantrain import models
 from leantrain.data.dataset import Dataset
-from leantrain.experiments.report import NOISY_CPU_CORES
+from leantrain.experiments.report import NOISY_CPU_CORES, median_spread
 from leantrain.tasks import get_task
-from leantrain.train.metrics import ForeignCpuMeter, now, peak_matmul_flops
+from leantrain.train.metrics import ForeignCpuMeter, now, peak_matmul_flops, training_utilisation
 
 
 @dataclass
@@ -166,10 +166,6 @@ class Peaks:
         self.foreign.append(meter.cores() or 0.0)
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -220,9 +216,10 @@ def main() -> None:
         row = [case.label, f"{params / 1e6:.2f}M", f"{flops / 1e6:.3g}", "token" if per_token else "sample"]
         for name in dtypes:
             r = results[name]
-            utilisation = 3 * flops * statistics.median(r["tokens"] if per_token else r["samples"]) / peaks.best[name]
+            rate = statistics.median(r["tokens"] if per_token else r["samples"])
+            utilisation = training_utilisation(flops, rate, peaks.best[name])
             noisy = sum(f > NOISY_CPU_CORES for f in r["foreign"])
-            row += [spread(r["samples"]), spread(r["tokens"]) if per_token else "-",
+            row += [median_spread(r["samples"], "{:,.0f}"), median_spread(r["tokens"], "{:,.0f}") if per_token else "-",
                     f"{100 * utilisation:.1f}%", f"{max(r['foreign']):.2f}" + (f" ({noisy} noisy)" if noisy else "")]
         rows.append(row)
 

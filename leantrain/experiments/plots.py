@@ -2,7 +2,6 @@
 and for experiments with a baseline, bars of speedup and peak memory per recipe."""
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from leantrain.fileio import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
     from leantrain.experiments.report import Case
@@ -94,13 +95,11 @@ def _speedup_bars(cases: list[Case]) -> plt.Figure:
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def _slug(label: str) -> str:

@@ -147,14 +147,18 @@ def _mean_of(key: str) -> Callable[[dict[str, Any]], float | None]:
     return mean
 
 
-def _spread(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any], fmt: Any) -> str:
-    values = [v for v in map(value, runs) if v is not None]
+def median_spread(values: list[float], fmt: Any) -> str:
+    """'median [min–max]' of repeated measurements (just the value when there is one); fmt: format string or function."""
     show = fmt if callable(fmt) else fmt.format
     if not values:
         return "—"
     if len(values) == 1:
         return show(values[0])
     return f"{show(statistics.median(values))} [{show(min(values))}–{show(max(values))}]"
+
+
+def _spread(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any], fmt: Any) -> str:
+    return median_spread([v for v in map(value, runs) if v is not None], fmt)
 
 
 def paired_ratios(case: Case, recipe: str, value: Callable[[dict[str, Any]], float | None]) -> list[float]:
@@ -176,10 +180,7 @@ def _speedup(case: Case, recipe: str, value: Callable[[dict[str, Any]], float | 
     if recipe == case.baseline:
         return "1.00×"
     ratios = paired_ratios(case, recipe, value)
-    if not ratios:
-        return "target not reached"
-    mid = statistics.median(ratios)
-    return f"{mid:.2f}×" if len(ratios) == 1 else f"{mid:.2f}× [{min(ratios):.2f}–{max(ratios):.2f}]"
+    return median_spread(ratios, "{:.2f}×") if ratios else "target not reached"
 
 
 def _quality_delta(case: Case, runs: list[dict[str, Any]], final: Callable, band: float) -> str:

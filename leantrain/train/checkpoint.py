@@ -1,7 +1,6 @@
 """Checkpoints: written atomically at each epoch end, read back with a clear error when they are not ours."""
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from leantrain.errors import UsageError
+from leantrain.fileio import atomic_path
 
 FORMAT = 1
 SUFFIX = ".ckpt"
@@ -18,9 +18,8 @@ SUFFIX = ".ckpt"
 
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file beside the target, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -140,6 +140,12 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 NOISY_FOREIGN_CORES = 0.15  # other processes' CPU above this makes a timing suspect
 
 
+def training_utilisation(flops_per_unit: float, units_per_s: float, peak_flops: float) -> float:
+    """Model FLOP/s over peak: training costs ~3x the forward FLOPs (forward, then backward for the
+    inputs and for the weights)."""
+    return 3.0 * flops_per_unit * units_per_s / peak_flops
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LEANTRAIN_CACHE_DIR", Path.home() / ".cache" / "leantrain"))
 

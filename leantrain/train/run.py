@@ -23,7 +23,7 @@ from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.train import checkpoint
 from leantrain.train.loop import train
-from leantrain.train.metrics import peak_matmul_flops
+from leantrain.train.metrics import peak_matmul_flops, training_utilisation
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
@@ -157,8 +157,7 @@ def make_record(
         # Sequence models declare FLOPs per token, the others per sample; a resized model, per epoch.
         rate = epoch.get("train_tokens_per_s") or epoch.get("samples_per_s")
         epoch_flops = epoch.get("flops_per_sample") or flops
-        # Training costs ~3x the forward FLOPs (forward, and backward for inputs and for weights).
-        epoch["utilisation"] = 3.0 * epoch_flops * rate / peak if epoch_flops and peak and rate else None
+        epoch["utilisation"] = training_utilisation(epoch_flops, rate, peak) if epoch_flops and peak and rate else None
     task = state.task
     return {
         "schema": SCHEMA,
