@@ -9,12 +9,21 @@ growth x2 every ``growth_interval`` clean steps, back-off x0.5). bf16 has fp32's
 Skipped steps are counted on the device: the scaler's own found-inf flag (set by ``unscale_``, which
 the loop calls before ``before_optimizer_step``) is added to a device tensor, so no step waits for the
 device; the count is read once per epoch.
+
+Not every CPU can run every op in a low-precision type: on one without bf16 hardware (AVX2 only),
+oneDNN cannot build its fused LSTM/GRU primitive for bf16 and raises mid-run. So before training, each
+recurrent layer type the model uses is tried once, tiny, under the run's autocast; a type that fails
+keeps its layers in fp32 (autocast off inside them, inputs cast up), the way autocast's own op lists
+keep some ops in fp32. The rest of the model still runs in the low-precision type, and the record
+names the layers kept in fp32.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
+from torch import nn
 
 from leantrain.techniques.base import Technique
 
@@ -43,6 +52,61 @@ def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) ->
     return sum(flags.values()) if flags else None
 
 
+# Layers that CPU autocast runs as one fused oneDNN primitive, which some CPUs cannot build in low precision.
+RECURRENT_LAYERS: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU, nn.RNN)
+
+
+@functools.cache
+def runs_in_low_precision(layer_type: type[nn.Module], device_type: str, dtype: torch.dtype) -> bool:
+    """Whether a tiny ``layer_type`` trains (forward and backward) under autocast to ``dtype`` on this machine."""
+    layer = layer_type(4, 4, batch_first=True).to(device_type)
+    x = torch.randn(2, 3, 4, device=device_type, requires_grad=True)
+    try:
+        with torch.autocast(device_type, dtype=dtype):
+            out = layer(x)[0]
+        out.float().sum().backward()
+    except RuntimeError:  # oneDNN: "could not create a primitive descriptor ..."
+        return False
+    return True
+
+
+class _Fp32Forward(nn.Module):
+    """Mixed into a layer's class: its forward runs with autocast off, on fp32 inputs."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type, enabled=False):
+            return super().forward(*_to_fp32(args), **_to_fp32(kwargs))
+
+
+def _to_fp32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_fp32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_fp32(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _fp32_class(layer_type: type[nn.Module]) -> type[nn.Module]:
+    return type(f"Fp32{layer_type.__name__}", (_Fp32Forward, layer_type), {})
+
+
+def keep_unsupported_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Switch every recurrent layer whose type fails under autocast here to an fp32 forward; returns their names.
+
+    The class swap keeps parameters, names and state dicts as they were, and survives ``deepcopy``."""
+    kept = []
+    for name, module in model.named_modules():
+        layer_type = next((t for t in RECURRENT_LAYERS if type(module) is t), None)
+        if layer_type is not None and not runs_in_low_precision(layer_type, device.type, dtype):
+            module.__class__ = _fp32_class(layer_type)
+            kept.append(name or type(module).__name__)
+    return kept
+
+
 class MixedPrecision(Technique):
     name = "precision"
     order = 20
@@ -54,6 +118,7 @@ class MixedPrecision(Technique):
         self._skipped: torch.Tensor | int = 0  # a device tensor once counting starts
         self._saved_scaler: dict[str, Any] | None = None  # from a checkpoint, applied in on_fit_start
         self._scaler: torch.amp.GradScaler | None = None
+        self.kept_fp32: list[str] = []  # layers this machine cannot run in the low-precision type
 
     def describe(self) -> str:
         return self.precision
@@ -67,6 +132,7 @@ class MixedPrecision(Technique):
         device, precision = state.device, self.precision
         state.autocast = lambda: autocast_for(device, precision)
         state.compute_dtype = DTYPES[precision]
+        self.kept_fp32 = keep_unsupported_in_fp32(state.model, device, DTYPES[precision])
         if precision == "fp16":
             state.grad_scaler = torch.amp.GradScaler(
                 device.type, init_scale=self.init_scale, growth_interval=self.growth_interval
@@ -83,6 +149,8 @@ class MixedPrecision(Technique):
                 self._skipped += flag.to(torch.int64)  # in place, on device: no sync
 
     def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+        if self.kept_fp32:
+            record["kept_fp32"] = self.kept_fp32
         if self.precision == "fp16":
             record["loss_scale"] = state.grad_scaler.get_scale()
             record["skipped_steps"] = self.skipped_steps
