@@ -12,18 +12,31 @@ DEFAULT_EXPERIMENT = Path("experiments/default.toml")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a flag error already printed as one line
         return int(e.code or 0)
+    args.argv = argv  # for launching the same command in worker processes
     try:
         return args.handler(args)
     except UsageError as e:
-        print(f"leantrain: error: {e}", file=sys.stderr)
+        print(f"leantrain: error: {_rank_prefix()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("leantrain: interrupted; the last finished epoch's checkpoint is kept for --resume", file=sys.stderr)
         return 130
+
+
+def _rank_prefix() -> str:
+    """Worker processes other than rank 0 name themselves, so N workers' messages can be told apart."""
+    from leantrain.parallel.env import detect
+
+    try:
+        world = detect()
+    except UsageError:
+        return ""
+    return f"[rank {world.rank}] " if world.rank else ""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--max-restarts", type=int, default=0,
+                       help="with --procs: restart the workers this many times after a failure; they resume from the last checkpoint")
+    train.add_argument("--run-fields", help=argparse.SUPPRESS)  # JSON: an experiment's fields for the record
     train.set_defaults(handler=_train)
 
     run = commands.add_parser("run", help="run an experiment file (a matrix of runs) and write its report")
@@ -78,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import json
+
     from leantrain.config import RunConfig, cli_fields
+    from leantrain.parallel.env import detect
+    from leantrain.parallel.launch import run_local_workers
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
 
@@ -93,12 +113,24 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = RunConfig.from_dict(given, where="command line")
         out_dir = args.out
-    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet)
-    summary = record["summary"]
-    metric = record["run"]["metric"]
-    print(f"{config.run_name}: final {metric} {summary[f'final_{metric}']:.4f}, "
-          f"{summary['train_time_s']:.2f}s training; record: {out_dir / (config.run_name + '.json')}")
+    world = detect()
+    if config.procs is not None and not world.launched and (config.procs > 1 or config.parallel != "none"):
+        status = run_local_workers(config.procs, args.argv, max_restarts=args.max_restarts)
+        result = out_dir / f"{config.run_name}.json"
+        if status == 0 and result.is_file():
+            _print_result(config.run_name, json.loads(result.read_text()), result)
+        return status
+    extra = json.loads(args.run_fields) if args.run_fields else {}
+    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields=extra)
+    if world.rank == 0 and config.procs is None:  # with --procs, the launching process prints it
+        _print_result(config.run_name, record, out_dir / (config.run_name + ".json"))
     return 0
+
+
+def _print_result(run_name: str, record: dict, path: Path) -> None:
+    summary, metric = record["summary"], record["run"]["metric"]
+    print(f"{run_name}: final {metric} {summary[f'final_{metric}']:.4f}, "
+          f"{summary['train_time_s']:.2f}s training; record: {path}")
 
 
 def _run(args: argparse.Namespace) -> int:

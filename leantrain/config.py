@@ -23,6 +23,8 @@ ACCUMULATIONS = ("off", "adaptive")
 LR_SCALINGS = ("sqrt", "linear", "none")
 SCHEDULES = ("constant", "warmup-cosine")
 COMPLEXITIES = ("off", "match")
+PARALLELS = ("none", "ddp")
+BACKENDS = ("auto", "gloo", "nccl")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -60,7 +62,15 @@ class RunConfig:
     start_width: int = _opt(8, "complexity matching: hidden width to start from")
     max_width: int = _opt(256, "complexity matching: largest hidden width")
     compile: bool = _opt(False, "torch.compile the model (eager mode, with a warning, where it fails)")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (launched workers use cuda:LOCAL_RANK)")
+    parallel: str = _opt(
+        "none", "none (one process), or ddp: data parallel over the launched processes (batch_size per worker)",
+        PARALLELS,
+    )
+    procs: int | None = _opt(None, "launch this many local worker processes (torch.distributed.run); "
+                                   "none: as launched by torchrun/mpirun/srun, or one")
+    backend: str = _opt("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", BACKENDS)
+    dist_timeout: float = _opt(300.0, "seconds a collective or the rendezvous may wait before every rank fails")
     seed: int = _opt(0, "seed for data, initialisation and batch order")
     target: float | None = _opt(None, "target validation metric (e.g. accuracy 0.7) for time-to-target")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
@@ -102,12 +112,21 @@ class RunConfig:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
         if self.threads is not None and self.threads <= 0:
             raise UsageError(f"{where}: threads must be a positive integer, got {self.threads}")
+        if self.procs is not None and self.procs <= 0:
+            raise UsageError(f"{where}: procs must be a positive integer, got {self.procs}")
+        if not self.dist_timeout > 0:
+            raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         self._validate_techniques(where)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UsageError(f"{where}: {f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
-        resolve_device(self.device, where)
+        device = resolve_device(self.device, where)
+        if self.backend == "nccl" and device.type != "cuda":
+            raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
+        if self.procs is not None and self.procs > 1 and self.parallel == "none":
+            raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
+                             "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
         check_spec(MODELS, self.model, "data")
         return self

@@ -68,7 +68,7 @@ class AdaptiveAccumulation(Technique):
         self._estimates = 0
         self._prev: list[torch.Tensor] | None = None
         self._delta_sq: torch.Tensor | None = None
-        self._micro = 0
+        self._micro = self._seen = 0  # micro-batches in the estimate; seen in this step
         self._epoch_micro = self._epoch_steps = 0
 
     def describe(self) -> str:
@@ -105,6 +105,9 @@ class AdaptiveAccumulation(Technique):
             self._apply_k(state)
 
     def after_micro_backward(self, state, micro_index: int) -> None:
+        self._seen = micro_index + 1
+        if state.dist.world_size > 1 and micro_index == state.accum_steps - 1:
+            return  # DDP has just averaged the gradients over ranks: this micro-batch's own part is gone
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         if micro_index == 0:
             if self._prev is None or [g.shape for g in grads] != [p.shape for p in self._prev]:
@@ -119,17 +122,24 @@ class AdaptiveAccumulation(Technique):
         self._micro += 1
 
     def before_optimizer_step(self, state) -> None:
-        self._epoch_micro += self._micro
+        self._epoch_micro += self._seen
         self._epoch_steps += 1
-        n = self._micro
-        if n < 2 or n != state.accum_steps:  # a short last step: micro-batch sizes may differ
+        n, world = state.accum_steps, state.dist.world_size
+        if n < 2 or self._micro != (n if world == 1 else n - 1):  # a short last step: micro-batch sizes may differ
             return
         # Gradients are unscaled now; the micro-batch deltas were taken under the loss scale.
         scaler = state.grad_scaler
         scale_sq = scaler._scale.double() ** 2 if scaler.is_enabled() and scaler._scale is not None else 1.0
-        small_sq = n * self._delta_sq.double() / scale_sq  # mean over i of |n·Δ_i|²
+        # Micro-batch i's mean gradient is n·Δ_i. On several ranks, each rank's first n-1 micro-batches are
+        # its own (DDP's no_sync), and B is every micro-batch of every rank: b = 1, B = n·world.
+        if world == 1:
+            small_sq = n * self._delta_sq.double() / scale_sq  # mean over i of |n·Δ_i|²
+        else:
+            small_sq = n * n * state.dist.all_reduce_(self._delta_sq.double()) / (world * self._micro) / scale_sq
         big_sq = _sum_sq([p.grad for p in state.model.parameters() if p.grad is not None]).double()
-        true_sq, trace = noise_scale_terms(small_sq, big_sq, 1.0, float(n))
+        true_sq, trace = noise_scale_terms(small_sq, big_sq, 1.0, float(n * world))
+        # In units of a global micro-batch (one micro-batch on every rank), which is what k counts.
+        trace = trace / world
         ok = torch.isfinite(true_sq) & torch.isfinite(trace)  # fp16 overflow steps are skipped, not averaged
         a = self.ema
         self._ema_true_sq = torch.where(ok, a * self._ema_true_sq + (1 - a) * true_sq.to(self._ema_true_sq), self._ema_true_sq)
@@ -141,7 +151,7 @@ class AdaptiveAccumulation(Technique):
         b_micro = self.noise_scale_micro()
         record["noise_scale_microbatches"] = b_micro
         if self.micro_batch_size and b_micro is not None:
-            record["noise_scale"] = b_micro * self.micro_batch_size  # in samples
+            record["noise_scale"] = b_micro * self.micro_batch_size * state.dist.world_size  # in samples
         record["accum_steps_mean"] = self._epoch_micro / self._epoch_steps if self._epoch_steps else None
         self._epoch_micro = self._epoch_steps = 0
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from leantrain.techniques.base import Technique
 
@@ -20,7 +19,7 @@ from leantrain.techniques.base import Technique
 class CompiledForward:
     """Calls ``torch.compile(model)``; on a failure before the first success, warns and calls ``model`` from then on."""
 
-    def __init__(self, model: nn.Module, mode: str | None = None):
+    def __init__(self, model: Callable[..., Any], mode: str | None = None):
         self.model = model
         self.compiled: Callable[..., Any] | None = None
         self.verified = False
@@ -65,7 +64,7 @@ class Compile(Technique):
         return "compile" if self.mode is None else f"compile-{self.mode}"
 
     def on_fit_start(self, state) -> None:
-        self.forward = CompiledForward(state.model, self.mode)
+        self.forward = CompiledForward(state.forward, self.mode)  # under DDP: compile(DDP(model)), as torch advises
         state.forward = self.forward
 
     def on_epoch_end(self, state, record: dict[str, Any]) -> None:

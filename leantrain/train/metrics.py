@@ -243,10 +243,14 @@ class ForeignCpuMeter:
 
     def cores(self) -> float | None:
         """Mean cores used by other processes since construction (or the last call)."""
+        reading = self.split()
+        return None if reading is None else max(0.0, reading[0] - reading[1])
+
+    def split(self) -> tuple[float, float] | None:
+        """(cores the whole machine used, cores this process used) since construction (or the last call)."""
         end = self._read()
         start, self._start = self._start, end
         if start is None or end is None or end[2] <= start[2]:
             return None
-        ticks = os.sysconf("SC_CLK_TCK")
-        foreign = (end[0] - start[0]) - (end[1] - start[1])
-        return max(0.0, foreign / ticks / (end[2] - start[2]))
+        per_s = os.sysconf("SC_CLK_TCK") * (end[2] - start[2])
+        return (end[0] - start[0]) / per_s, (end[1] - start[1]) / per_s

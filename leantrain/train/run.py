@@ -18,6 +18,11 @@ from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.fileio import prepare_output_dir, write_json
+from leantrain.parallel import env as parallel_env
+from leantrain.parallel.ddp import DataParallel
+from leantrain.parallel.dist import Dist, process_group
+from leantrain.parallel.env import World
+from leantrain.parallel.launch import cores_available
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -40,24 +45,58 @@ def execute(
     quiet: bool = False,
     extra_run_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one run. With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end.
+    """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
-    With ``resume``, continue from ``<out_dir>/<run>.ckpt`` if it exists (else start afresh).
+    With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
+    With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
+    it exists (else start afresh).
     """
+    world = parallel_env.detect()
+    check_world(config, world)
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
+    if device.type == "cuda" and world.launched:
+        device = torch.device("cuda", world.local_rank)
+    with process_group(world, config.backend, device, config.dist_timeout) as dist:
+        return _execute(config, dist, device, model, dataset, techniques, out_dir,
+                        resume or world.restart_count > 0, quiet, extra_run_fields or {})
+
+
+def check_world(config: RunConfig, world: World) -> None:
+    """The launch and the configuration must agree; say how to launch when they do not."""
+    if config.parallel == "none" and world.world_size > 1:
+        raise UsageError(f"launched as {world.world_size} processes ({world.launcher}) but parallel is none: "
+                         "add --parallel ddp, or launch one process")
+    if config.parallel != "none" and not world.launched:
+        raise UsageError(f"--parallel {config.parallel} needs worker processes: add --procs N, or launch with "
+                         f"torchrun --nproc-per-node N -m leantrain train ..., mpirun -n N or srun")
+    if config.procs is not None and world.launched and world.local_world_size != config.procs:
+        raise UsageError(f"procs is {config.procs} but {world.launcher} started {world.local_world_size} "
+                         "processes on this node; drop --procs when launching with torchrun/mpirun/srun")
+
+
+def _execute(
+    config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
+    techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
+) -> dict[str, Any]:
+    threads = config.threads or (_threads_per_worker(dist.world) if dist.world_size > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
+    _seed_everything(config.seed)  # the same on every rank: the same data and initial weights
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
     model = model if model is not None else models.build(config.model, dataset)
-    techniques = in_hook_order(list(techniques) if techniques is not None else from_config(config))
-    if out_dir:
+    techniques = list(techniques) if techniques is not None else from_config(config)
+    if config.parallel == "ddp":
+        techniques.append(DataParallel())
+    techniques = in_hook_order(techniques)
+    if out_dir and dist.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
+    if dist.world_size > 1:
+        torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
 
     task = get_task(dataset.task)
-    batches = _batch_source(config, dataset)
+    batches = _batch_source(config, dataset, dist)
     state = TrainState(
         model=model,
         optimizer=make_optimizer(config, model),
@@ -66,23 +105,36 @@ def execute(
         base_lr=config.lr,
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
+        dist=dist,
     )
     ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         restore(state, techniques, checkpoint.load(ckpt_path), config)
 
-    progress = Progress(quiet=quiet, label=config.run_name)
-    save = (lambda s: checkpoint.save(ckpt_path, snapshot(s, techniques, config))) if ckpt_path else (lambda s: None)
+    progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
+
+    def save(state: TrainState) -> None:
+        if ckpt_path is None:
+            return
+        payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
+        if dist.is_main:
+            checkpoint.save(ckpt_path, payload)
+
     train(
         state, batches, dataset.x_val, dataset.y_val,
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
-    record = make_record(config, state, dataset, techniques, extra_run_fields or {})
-    if out_dir:
+    record = make_record(config, state, dataset, techniques, extra)
+    if out_dir and dist.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
+    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return record
+
+
+def _threads_per_worker(world: World) -> int:
+    return max(1, cores_available() // max(1, world.local_world_size))
 
 
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -95,9 +147,11 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
 
 
-def _batch_source(config: RunConfig, dataset: Dataset) -> BatchSource:
+def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
+    """Every rank shuffles alike and takes its slice of each global batch (see data/batches.py)."""
     source = TensorBatches if config.loader == "tensor" else DataLoaderBatches
-    return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed)
+    return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed,
+                  rank=dist.rank, world_size=dist.world_size)
 
 
 def _seed_everything(seed: int) -> None:
@@ -119,6 +173,8 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "techniques": {t.name: t.state_dict() for t in techniques},
         "technique_labels": _stateful_labels(techniques),
         "rng": checkpoint.rng_states(),
+        "world_size": state.dist.world_size,
+        "rng_per_rank": state.dist.gather(checkpoint.rng_states()) if state.dist.world_size > 1 else None,
     }
 
 
@@ -140,7 +196,12 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     state.epoch, state.step = saved["epoch"], saved["step"]
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
-    checkpoint.restore_rng_states(saved["rng"])
+    dist = state.dist
+    saved_world = saved.get("world_size", 1)
+    if saved_world != dist.world_size:
+        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
+                         f"not {dist.world_size} (the batch order and per-rank random states depend on it)")
+    checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 
 
 def _stateful_labels(techniques: list[Technique]) -> list[str]:
@@ -170,8 +231,12 @@ def make_record(
             "metric": task.metric,
             "higher_is_better": task.higher_is_better,
             "techniques": [t.describe() for t in techniques],
-            "parallel": "none",
-            "world_size": 1,
+            "parallel": config.parallel,
+            "world_size": state.dist.world_size,
+            "procs_per_node": state.dist.world.local_world_size,
+            "nodes": state.dist.world.nodes,
+            "launcher": state.dist.world.launcher,
+            "backend": state.dist.backend,
             "seed": config.seed,
             "params": sum(p.numel() for p in state.model.parameters()),
             "flops_per_sample": flops,

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain.parallel.dist import Dist
 from leantrain.tasks import Task
 
 
@@ -24,6 +25,11 @@ class TrainState:
     total_epochs: int
     # What the loop calls for the forward pass; a technique may swap in a compiled or wrapped module.
     forward: Callable[..., torch.Tensor] | None = None
+    # What validation calls; None: ``forward``. The parallel wrap points it at the bare module (no collectives).
+    eval_forward: Callable[..., torch.Tensor] | None = None
+    # Entered around every micro-batch's backward but the last of a step: DDP's no_sync skips the all-reduce.
+    no_sync: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    dist: Dist = field(default_factory=Dist)
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
     compute_dtype: torch.dtype = torch.float32
     grad_scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
