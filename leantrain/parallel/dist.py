@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -110,18 +111,20 @@ def process_group(world: World, backend: str, device: torch.device, timeout_s: f
     backend = resolve_backend(backend, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    init_method = world.init_method
-    if init_method is None:
-        if not world.master_addr or not world.master_port:
-            raise UsageError(f"launched by {world.launcher} as rank {world.rank} of {world.world_size}, but with no "
-                             "rendezvous address: set MASTER_ADDR and MASTER_PORT (rank 0's host and a free port)")
-        init_method = f"tcp://{_host(world.master_addr)}:{world.master_port}"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    where = world.init_method.split("://")[-1] if world.init_method else f"{world.master_addr}:{world.master_port}"
     try:
-        torch_dist.init_process_group(backend, init_method=init_method, rank=world.rank, world_size=world.world_size,
-                                      timeout=datetime.timedelta(seconds=timeout_s))
+        if world.init_method:
+            torch_dist.init_process_group(backend, init_method=world.init_method, rank=world.rank,
+                                          world_size=world.world_size, timeout=timeout)
+        else:
+            torch_dist.init_process_group(backend, store=_store(world, timeout), rank=world.rank,
+                                          world_size=world.world_size, timeout=timeout)
     except (RuntimeError, ValueError) as e:  # DistStoreError, DistNetworkError are RuntimeErrors
+        if isinstance(e, UsageError):
+            raise
         first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UsageError(f"rank {world.rank} could not reach the rendezvous at {init_method.split('://')[-1]} within "
+        raise UsageError(f"rank {world.rank} could not reach the rendezvous at {where} within "
                          f"{timeout_s:g}s ({type(e).__name__}: {first_line})") from None
     try:
         yield Dist(world, backend, device)
@@ -129,8 +132,18 @@ def process_group(world: World, backend: str, device: torch.device, timeout_s: f
         torch_dist.destroy_process_group()
 
 
-def _host(addr: str) -> str:
-    return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
+def _store(world: World, timeout: datetime.timedelta) -> torch_dist.Store:
+    """The key-value store the ranks meet in: torchrun's agent serves one; otherwise rank 0 serves it.
+
+    Keys get a prefix per torchrun restart: a restarted worker group meets in the agent's store again,
+    and must not read the addresses its killed predecessors left there."""
+    if not world.master_addr or not world.master_port:
+        raise UsageError(f"launched by {world.launcher} as rank {world.rank} of {world.world_size}, but with no "
+                         "rendezvous address: set MASTER_ADDR and MASTER_PORT (rank 0's host and a free port)")
+    agent_serves = world.launcher == "torchrun" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = torch_dist.TCPStore(world.master_addr, world.master_port, world.world_size,
+                                is_master=world.rank == 0 and not agent_serves, timeout=timeout)
+    return torch_dist.PrefixStore(f"leantrain/restart{world.restart_count}/", store)
 
 
 def free_port() -> int:
