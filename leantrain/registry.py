@@ -1,7 +1,9 @@
 """Name -> builder registries (timm-style): a decorator to add, a lookup that lists what exists."""
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -32,6 +34,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Undo ``register`` (for tests that declare an entry of their own)."""
+        del self._entries[name]
+
     def get(self, name: str) -> Entry[T]:
         try:
             return self._entries[name]
@@ -46,6 +52,12 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of a package, so that a new file's ``@register`` runs without being listed anywhere."""
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{module.name}")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:

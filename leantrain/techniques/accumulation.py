@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
-from leantrain.techniques.base import Technique
+from leantrain.options import Option
+from leantrain.techniques.base import PARALLEL_MODES, Technique
+from leantrain.techniques.registry import register
 
 LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 
@@ -46,9 +48,33 @@ def choose_accum_steps(noise_scale_micro: float, k_now: int, k_min: int, k_max: 
     return int(max(k_min, min(k_max, 2 * k_now, max(k_now // 2, target))))
 
 
+def _at_least_two(accum_max: int) -> int:
+    if accum_max < 2:
+        raise ValueError(f"accum_max must be >= 2 (adaptive accumulation needs two batch sizes), got {accum_max}")
+    return accum_max
+
+
+@register
 class AdaptiveAccumulation(Technique):
     name = "accumulation"
-    order = 60
+    summary = "adaptive gradient accumulation: micro-batches per step follow the gradient noise scale (McCandlish 2018)"
+    options = (
+        Option("accumulation", str, "off",
+               "gradient accumulation: off, or adaptive (k micro-batches per step follows the gradient noise scale)",
+               choices=("off", "adaptive")),
+        Option("accum_max", int, 16, "adaptive accumulation: most micro-batches per optimizer step (least is 2)", check=_at_least_two),
+        Option("lr_scaling", str, "sqrt", "adaptive accumulation: lr = lr * k**p, p = 0.5 (sqrt), 1 (linear), 0 (none)",
+               choices=tuple(LR_SCALINGS)),
+    )
+    runs_after = ("complexity",)  # scales the lr of the optimizer complexity matching may replace
+    # The noise scale needs whole gradients per micro-batch: not one FSDP shard's, and the pipeline owns micro-batching.
+    parallel_modes = frozenset(PARALLEL_MODES) - {"fsdp", "pipeline", "hybrid"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> AdaptiveAccumulation | None:
+        if config.accumulation != "adaptive":
+            return None
+        return cls(k_max=config.accum_max, lr_scaling=config.lr_scaling, micro_batch_size=config.batch_size)
 
     def __init__(
         self, k_min: int = 2, k_max: int = 16, lr_scaling: str = "sqrt", ema: float = 0.95,

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from leantrain.options import Option
 from leantrain.techniques.base import Technique
+from leantrain.techniques.registry import register
 
 
 def segment_count(setting: str | int, num_blocks: int) -> int:
@@ -113,9 +115,27 @@ def uncheckpoint_blocks(model: nn.Module) -> None:
         model.blocks = nn.ModuleList(model.blocks._modules.values())
 
 
+def _setting(value: str | int) -> str | int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # from the command line, a count arrives as text
+    if not (value in ("off", "sqrt") or (isinstance(value, int) and value >= 1)):
+        raise ValueError(f"checkpointing {value!r} is not off, sqrt or a positive segment count")
+    return value
+
+
+@register
 class ActivationCheckpointing(Technique):
     name = "checkpointing"
-    order = 30
+    summary = "activation checkpointing of the model's blocks in √L (or N) segments: less memory, one more forward"
+    options = (
+        Option("checkpointing", str | int, "off",
+               "activation checkpointing of the model's blocks: off, sqrt (√L segments), or a segment count", check=_setting),
+    )
+    runs_after = ("complexity",)  # wraps the blocks complexity matching may rebuild
+
+    @classmethod
+    def from_config(cls, config: Any) -> ActivationCheckpointing | None:
+        return cls(config.checkpointing) if config.checkpointing != "off" else None
 
     def __init__(self, segments: str | int = "sqrt"):
         if not (segments in ("sqrt",) or (isinstance(segments, int) and segments >= 1)):

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain.options import Option
 from leantrain.techniques.base import Technique
+from leantrain.techniques.registry import register
 
 
 class CompiledForward:
@@ -53,9 +55,16 @@ class CompiledForward:
         return out
 
 
+@register
 class Compile(Technique):
     name = "compile"
-    order = 40
+    summary = "torch.compile the forward pass; eager mode with a warning where it fails"
+    options = (Option("compile", bool, False, "torch.compile the model (eager mode, with a warning, where it fails)"),)
+    runs_after = ("complexity", "checkpointing")  # compile the model as the others leave it
+
+    @classmethod
+    def from_config(cls, config: Any) -> Compile | None:
+        return cls() if config.compile else None
 
     def __init__(self, mode: str | None = None):
         self.mode = mode

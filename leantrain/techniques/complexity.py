@@ -33,7 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain.options import Option
 from leantrain.techniques.base import Technique
+from leantrain.techniques.registry import register
 
 # Powers of the split fraction applied to (rows, columns) of each kind of tensor shaped like a weight.
 _POWERS = {"param": (0, 1), "exp_avg": (1, 0), "momentum_buffer": (1, 0), "exp_avg_sq": (2, 0), "max_exp_avg_sq": (2, 0)}
@@ -167,9 +169,31 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, moved:
     return new_opt
 
 
+@register
 class ComplexityMatching(Technique):
     name = "complexity"
-    order = 10
+    summary = "complexity matching (seed 000): start narrow, widen the hidden layer (Net2Net) while it helps"
+    options = (
+        Option("complexity", str, "off", "complexity matching (mlp): off, or match (widen the hidden layer while it helps)",
+               choices=("off", "match")),
+        Option("start_width", int, 8, "complexity matching: hidden width to start from"),
+        Option("max_width", int, 256, "complexity matching: largest hidden width"),
+    )
+    # It rebuilds the model and optimizer mid-run: a sharded, staged or compiled-in-place model cannot follow.
+    parallel_modes = frozenset({"none", "ddp", "mpi", "ensemble"})
+
+    @classmethod
+    def from_config(cls, config: Any) -> ComplexityMatching | None:
+        if config.complexity != "match":
+            return None
+        return cls(config.start_width, config.max_width, seed=config.seed)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        if not 1 <= config.start_width <= config.max_width:
+            raise ValueError(f"need 1 <= start_width <= max_width, got {config.start_width} and {config.max_width}")
+        if config.complexity != "off" and not config.model.split(":")[0] == "mlp":
+            raise ValueError(f"complexity matching works on the mlp model, not {config.model!r}")
 
     def __init__(self, start_width: int = 8, max_width: int = 256, factor: int = 2, patience: int = 2,
                  min_delta: float = 0.01, min_gain: float = 0.02, prune: bool = True, method: str = "fresh",

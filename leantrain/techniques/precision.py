@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from leantrain.techniques.base import Technique
+from leantrain.options import Option
+from leantrain.techniques.base import PARALLEL_MODES, Technique
+from leantrain.techniques.registry import register
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,9 +45,25 @@ def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) ->
     return sum(flags.values()) if flags else None
 
 
+def _positive_or_none(max_norm: float | None) -> float | None:
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"grad_clip must be > 0 (or none), got {max_norm}")
+    return max_norm
+
+
+@register
 class MixedPrecision(Technique):
     name = "precision"
-    order = 20
+    summary = "mixed precision: bf16 autocast, or fp16 autocast + fp32 master weights + dynamic loss scaling"
+    options = (
+        Option("precision", str, "fp32", "compute precision: fp32, bf16 autocast, or fp16 autocast with loss scaling",
+               choices=("fp32", "bf16", "fp16")),
+    )
+    runs_after = ("complexity",)  # the scaler steps the optimizer complexity matching may replace
+
+    @classmethod
+    def from_config(cls, config: Any) -> MixedPrecision | None:
+        return cls(config.precision) if config.precision != "fp32" else None
 
     def __init__(self, precision: str = "bf16", init_scale: float = 2.0**16, growth_interval: int = 2000):
         if precision not in DTYPES:
@@ -95,6 +113,7 @@ class MixedPrecision(Technique):
         self._saved_scaler = saved["grad_scaler"]
 
 
+@register
 class GradClip(Technique):
     """Clip the global gradient norm to ``max_norm`` before each optimizer step.
 
@@ -103,7 +122,19 @@ class GradClip(Technique):
     """
 
     name = "grad_clip"
-    order = 90
+    summary = "clip the global gradient norm to a maximum (after fp16 unscaling)"
+    options = (
+        Option("grad_clip", float | None, None, "clip the gradient norm to this max (after fp16 unscaling); none: no clipping",
+               check=_positive_or_none),
+    )
+    # Clipping sees the gradients after every technique that inspects them (the noise scale needs them unclipped).
+    runs_after = ("precision", "accumulation")
+    # Pipeline stages hold a part of the model each: the norm here would be one stage's, not the global one.
+    parallel_modes = frozenset(PARALLEL_MODES) - {"pipeline", "hybrid"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> GradClip | None:
+        return cls(config.grad_clip) if config.grad_clip is not None else None
 
     def __init__(self, max_norm: float = 1.0):
         if not max_norm > 0:

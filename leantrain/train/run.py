@@ -130,7 +130,7 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
             "resume with the original configuration"
         )
     labels = _stateful_labels(techniques)
-    if saved.get("technique_labels", labels) != labels:
+    if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
         raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
                          "resume with the original techniques")
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
