@@ -87,17 +87,11 @@ def resolve_options(kind: str, name: str, builder: Callable[..., Any], overrides
 def call_with_overrides(kind: str, name: str, builder: Callable[..., Any], overrides: dict[str, Any], **fixed: Any) -> Any:
     """Call a builder with string or typed overrides, coerced to the types of its keyword defaults.
 
-    A builder that rejects a value deep inside (a negative size reaching torch) still gives one line.
+    Bad names and option types are UsageErrors here; a builder raises UsageError itself for a value out of
+    range. Anything else a builder raises is a bug in it, and propagates with its own traceback.
     """
     kwargs = resolve_options(kind, name, builder, overrides, fixed)
-    try:
-        return builder(**fixed, **kwargs)
-    except UsageError:
-        raise
-    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
-        shown = ",".join(f"{k}={v}" for k, v in overrides.items())
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{kind} {name}{':' + shown if shown else ''} cannot be built: {detail}") from None
+    return builder(**fixed, **kwargs)
 
 
 def check_spec(registry: Registry, spec: str, *fixed_names: str) -> None:
