@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from leantrain._torch_private import foreach_copy_, foreach_norm, foreach_sub, scale_tensor
 from leantrain.options import Option
 from leantrain.techniques.base import PARALLEL_MODES, Technique
 from leantrain.techniques.registry import register
@@ -136,12 +137,12 @@ class AdaptiveAccumulation(Technique):
             if self._prev is None or [g.shape for g in grads] != [p.shape for p in self._prev]:
                 self._prev = [g.detach().clone() for g in grads]  # first step, or the model was resized
             else:
-                torch._foreach_copy_(self._prev, grads)
+                foreach_copy_(self._prev, grads)
             self._delta_sq = _sum_sq(grads)
         else:
-            deltas = torch._foreach_sub(grads, self._prev)
+            deltas = foreach_sub(grads, self._prev)
             self._delta_sq = self._delta_sq + _sum_sq(deltas)
-            torch._foreach_copy_(self._prev, grads)
+            foreach_copy_(self._prev, grads)
         self._micro += 1
 
     def before_optimizer_step(self, state) -> None:
@@ -151,8 +152,8 @@ class AdaptiveAccumulation(Technique):
         if n < 2 or n != state.accum_steps:  # a short last step: micro-batch sizes may differ
             return
         # Gradients are unscaled now; the micro-batch deltas were taken under the loss scale.
-        scaler = state.grad_scaler
-        scale_sq = scaler._scale.double() ** 2 if scaler.is_enabled() and scaler._scale is not None else 1.0
+        scale = scale_tensor(state.grad_scaler)
+        scale_sq = scale.double() ** 2 if scale is not None else 1.0
         small_sq = n * self._delta_sq.double() / scale_sq  # mean over i of |n·Δ_i|²
         big_sq = _sum_sq([p.grad for p in state.model.parameters() if p.grad is not None]).double()
         true_sq, trace = noise_scale_terms(small_sq, big_sq, 1.0, float(n))
@@ -186,4 +187,4 @@ class AdaptiveAccumulation(Technique):
 
 
 def _sum_sq(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(torch._foreach_norm(tensors)).float().pow(2).sum()
+    return torch.stack(foreach_norm(tensors)).float().pow(2).sum()

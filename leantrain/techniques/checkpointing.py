@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from leantrain._torch_private import BatchNormBase, inside_backward
 from leantrain.options import Option
 from leantrain.techniques.base import Technique
 from leantrain.techniques.registry import register
@@ -49,7 +50,7 @@ def split_segments(num_blocks: int, segments: int) -> list[range]:
 def _running_stats_frozen(blocks: list[nn.Module]) -> Iterator[None]:
     """Batch norm runs the same code (so recomputation saves the same tensors) with momentum 0, which
     leaves its running statistics exactly as they were; the step counter is put back afterwards."""
-    norms = [m for b in blocks for m in b.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for b in blocks for m in b.modules() if isinstance(m, BatchNormBase) and m.track_running_stats]
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
@@ -71,7 +72,7 @@ class _Segment:
     def _run(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Inside backward this forward is the recomputation: batch norm must not update its running
         # statistics a second time (the checkpointed model would otherwise evaluate differently).
-        recomputing = torch._C._current_graph_task_id() != -1
+        recomputing = inside_backward()
         with _running_stats_frozen(self.blocks) if recomputing else contextlib.nullcontext():
             for block in self.blocks:
                 x = block(x, *args, **kwargs)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from leantrain._torch_private import found_inf_flags
 from leantrain.options import Option
 from leantrain.techniques.base import PARALLEL_MODES, Technique
 from leantrain.techniques.registry import register
@@ -35,14 +36,11 @@ def compute_dtype(precision: str) -> torch.dtype:
 def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """The scaler's on-device 0/1 flag "this step's gradients held inf/NaN", after ``unscale_``; None if unknown.
 
-    GradScaler keeps it per optimizer (``_found_inf_per_device``, stable since PyTorch 1.6); reading it
-    avoids a second pass over the gradients and any host sync.
+    GradScaler keeps it per optimizer (a private API: see ``leantrain._torch_private``); reading it avoids
+    a second pass over the gradients and any host sync.
     """
-    try:
-        flags = scaler._found_inf_per_device(optimizer)
-    except (AttributeError, AssertionError, KeyError):
-        return None
-    return sum(flags.values()) if flags else None
+    flags = found_inf_flags(scaler, optimizer)
+    return torch.stack(list(flags.values())).sum() if flags else None
 
 
 def _positive_or_none(max_norm: float | None) -> float | None:
