@@ -6,6 +6,8 @@ than 2.4 in PyTorch's history, but they have not been run on 2.4 here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode as _TorchDispatchMode
@@ -33,7 +35,7 @@ def inside_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
-def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> dict[torch.device, torch.Tensor] | None:
+def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> dict[Any, torch.Tensor] | None:
     """The scaler's on-device 0/1 "gradients held inf/NaN" flags for ``optimizer`` after ``unscale_``; None if unknown.
 
     Reading them counts skipped steps without a second pass over the gradients and without a host sync;

@@ -80,7 +80,7 @@ def speedup_bars(cases: list[Case]) -> plots.SpeedupBars | None:
 def _target(settings: dict[str, Any], recipes: dict[str, list], metric: str, higher: bool) -> float | None:
     target = settings.get("target")
     if target == "baseline-final":
-        baseline = recipes.get(settings.get("baseline"), [])
+        baseline = recipes.get(settings.get("baseline") or "", [])
         finals = [r["summary"][f"final_{metric}"] for r in baseline if r["summary"].get(f"final_{metric}") is not None]
         if not finals:
             return None

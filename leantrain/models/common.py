@@ -18,7 +18,7 @@ def image_shape(data: Dataset, model: str) -> tuple[int, int, int]:
             f"model {model!r} needs float images (N, C, H, W); data set {data.name!r} has inputs of shape "
             f"(N, {', '.join(map(str, shape))}) and dtype {data.x_train.dtype}"
         )
-    return shape  # type: ignore[return-value]
+    return (shape[0], shape[1], shape[2])
 
 
 def token_length(data: Dataset, model: str) -> int:

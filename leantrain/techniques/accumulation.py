@@ -89,8 +89,8 @@ class AdaptiveAccumulation(Technique):
         self.update_every, self.micro_batch_size = update_every, micro_batch_size
         self.k = k_min
         self.original_lr: float | None = None
-        self._ema_true_sq: torch.Tensor | None = None  # EMA of |G|² (per-micro-batch-mean units)
-        self._ema_trace: torch.Tensor | None = None  # EMA of tr(Σ) in micro-batch units
+        self._ema_true_sq = torch.zeros(())  # EMA of |G|² (per-micro-batch-mean units); on the device from on_fit_start
+        self._ema_trace = torch.zeros(())  # EMA of tr(Σ) in micro-batch units
         self._steps_since_update = 0
         self._estimates = 0
         self._prev: list[torch.Tensor] | None = None
@@ -105,6 +105,7 @@ class AdaptiveAccumulation(Technique):
         return float(k) ** LR_SCALINGS[self.lr_scaling]
 
     def _apply_k(self, state) -> None:
+        assert self.original_lr is not None, "set in on_fit_start"
         state.accum_steps = self.k
         state.base_lr = self.original_lr * self.lr_factor(self.k)
         state.set_lr(state.base_lr)
@@ -112,9 +113,8 @@ class AdaptiveAccumulation(Technique):
     def on_fit_start(self, state) -> None:
         if self.original_lr is None:
             self.original_lr = state.base_lr
-        if self._ema_true_sq is None:
-            self._ema_true_sq = torch.zeros((), device=state.device)
-            self._ema_trace = torch.zeros((), device=state.device)
+        self._ema_true_sq = self._ema_true_sq.to(state.device)  # no copy when restored onto it already
+        self._ema_trace = self._ema_trace.to(state.device)
         self._apply_k(state)
 
     def noise_scale_micro(self) -> float | None:
@@ -128,7 +128,9 @@ class AdaptiveAccumulation(Technique):
         self._micro, self._delta_sq = 0, None
         if self._steps_since_update >= self.update_every and self._estimates:
             self._steps_since_update = 0
-            self.k = choose_accum_steps(self.noise_scale_micro(), self.k, self.k_min, self.k_max)
+            noise_scale = self.noise_scale_micro()
+            assert noise_scale is not None, "there are estimates"
+            self.k = choose_accum_steps(noise_scale, self.k, self.k_min, self.k_max)
             self._apply_k(state)
 
     def after_micro_backward(self, state, micro_index: int) -> None:
@@ -140,6 +142,7 @@ class AdaptiveAccumulation(Technique):
                 foreach_copy_(self._prev, grads)
             self._delta_sq = _sum_sq(grads)
         else:
+            assert self._prev is not None and self._delta_sq is not None, "micro-batch 0 set them"
             deltas = foreach_sub(grads, self._prev)
             self._delta_sq = self._delta_sq + _sum_sq(deltas)
             foreach_copy_(self._prev, grads)
@@ -151,6 +154,7 @@ class AdaptiveAccumulation(Technique):
         n = self._micro
         if n < 2 or n != state.accum_steps:  # a short last step: micro-batch sizes may differ
             return
+        assert self._delta_sq is not None, "after_micro_backward set it"
         # Gradients are unscaled now; the micro-batch deltas were taken under the loss scale.
         scale = scale_tensor(state.grad_scaler)
         scale_sq = scale.double() ** 2 if scale is not None else 1.0
@@ -186,5 +190,5 @@ class AdaptiveAccumulation(Technique):
         self._ema_trace = saved["ema_trace"].to(state.device)
 
 
-def _sum_sq(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _sum_sq(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.stack(foreach_norm(tensors)).float().pow(2).sum()

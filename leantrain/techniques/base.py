@@ -18,7 +18,6 @@ A technique that holds state across steps returns it from ``state_dict`` so a ch
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
@@ -43,6 +42,19 @@ class Event(enum.Enum):
     ON_FIT_END = "on_fit_end"
 
 
+class AutocastFactory(Protocol):
+    """Makes the context the forward pass runs in (autocast, or nothing). A callback protocol, not a Callable,
+    so that mypy lets a dataclass field of this type be assigned."""
+
+    def __call__(self) -> AbstractContextManager[Any]: ...
+
+
+class Forward(Protocol):
+    """What the loop calls for the forward pass: the model, or a technique's compiled or wrapped stand-in."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class StepState(Protocol):
     """What a technique may read and change while training; the loop's TrainState is one.
 
@@ -53,8 +65,8 @@ class StepState(Protocol):
     optimizer: torch.optim.Optimizer
     device: torch.device
     base_lr: float
-    forward: Callable[..., torch.Tensor] | None
-    autocast: Callable[[], AbstractContextManager]
+    forward: Forward
+    autocast: AutocastFactory
     compute_dtype: torch.dtype
     grad_scaler: torch.amp.GradScaler
     accum_steps: int

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ def _running_stats_frozen(blocks: list[nn.Module]) -> Iterator[None]:
     """Batch norm runs the same code (so recomputation saves the same tensors) with momentum 0, which
     leaves its running statistics exactly as they were; the step counter is put back afterwards."""
     norms = [m for b in blocks for m in b.modules() if isinstance(m, BatchNormBase) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    saved = [(m.momentum, cast(torch.Tensor, m.num_batches_tracked).clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
@@ -59,7 +59,7 @@ def _running_stats_frozen(blocks: list[nn.Module]) -> Iterator[None]:
     finally:
         for m, (momentum, tracked) in zip(norms, saved):
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+            cast(torch.Tensor, m.num_batches_tracked).copy_(tracked)
 
 
 class _Segment:
@@ -112,8 +112,9 @@ def checkpoint_blocks(model: nn.Module, setting: str | int = "sqrt") -> int:
 
 
 def uncheckpoint_blocks(model: nn.Module) -> None:
-    if isinstance(getattr(model, "blocks", None), CheckpointedBlocks):
-        model.blocks = nn.ModuleList(model.blocks._modules.values())
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, CheckpointedBlocks):
+        model.blocks = nn.ModuleList(blocks._modules.values())
 
 
 def _setting(value: str | int) -> str | int:

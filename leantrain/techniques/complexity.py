@@ -28,7 +28,7 @@ Works on models that expose ``linear_layers()`` / ``set_linear_layers(layers)`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -132,11 +132,25 @@ def prune_plan(layers: list[nn.Linear], keep: int) -> list[UnitMap]:
     return maps
 
 
-def resize_model(model: nn.Module, maps: list[UnitMap], generator: torch.Generator | None = None) -> dict[nn.Parameter, tuple]:
+class Resizable(Protocol):
+    """A model whose hidden width complexity matching can change (leantrain's ``mlp``)."""
+
+    hidden: int
+
+    def linear_layers(self) -> list[nn.Linear]: ...
+
+    def set_linear_layers(self, layers: list[nn.Linear]) -> None: ...
+
+
+def _resizable(model: nn.Module) -> Resizable:
+    return cast(Resizable, model)  # checked once, in ComplexityMatching.on_fit_start
+
+
+def resize_model(model: nn.Module, maps: list[UnitMap], generator: torch.Generator | None = None) -> dict[torch.Tensor, tuple]:
     """Apply unit maps to ``model`` in place; returns {old parameter: (new parameter, row map, col map)}."""
-    old_layers = model.linear_layers()
+    old_layers = _resizable(model).linear_layers()
     new_layers = remap_layers(old_layers, maps, generator)
-    model.set_linear_layers(new_layers)
+    _resizable(model).set_linear_layers(new_layers)
     moved = {}
     for index, (old, new) in enumerate(zip(old_layers, new_layers)):
         rows = maps[index] if index < len(maps) else None
@@ -147,9 +161,9 @@ def resize_model(model: nn.Module, maps: list[UnitMap], generator: torch.Generat
     return moved
 
 
-def widen_model(model: nn.Module, new_width: int, generator: torch.Generator, method: str = "fresh") -> dict[nn.Parameter, tuple]:
+def widen_model(model: nn.Module, new_width: int, generator: torch.Generator, method: str = "fresh") -> dict[torch.Tensor, tuple]:
     """Widen ``model`` in place without changing its function; returns the parameter moves for the optimizer."""
-    layers = model.linear_layers()
+    layers = _resizable(model).linear_layers()
     maps = [plan_widening(layer.out_features, new_width, generator, method) for layer in layers[:-1]]
     return resize_model(model, maps, generator)
 

@@ -103,7 +103,7 @@ def train_epoch(
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
         if step_tokens[0] is not None:
-            tokens = (tokens or 0) + sum(step_tokens)
+            tokens = (tokens or 0) + sum(t or 0 for t in step_tokens)
         samples += step_samples
         units += step_units
         steps += 1

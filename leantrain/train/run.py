@@ -79,7 +79,7 @@ def execute(
     )
 
     record = make_record(config, state, dataset, techniques, extra_run_fields or {})
-    if out_dir:
+    if out_dir and ckpt_path:
         write_json(out_dir / f"{config.run_name}.json", record)
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
     return record

@@ -19,6 +19,11 @@ def test_bad_names_and_options_are_one_line_usage_errors(dataset):
         models.build("mlp:hidden=x", data)
 
 
+def test_a_classifier_on_data_without_classes_is_a_one_line_usage_error(dataset):
+    with pytest.raises(UsageError, match="model 'mlp' classifies"):
+        models.build("mlp", dataset("reconstruction"))
+
+
 def test_a_bug_inside_a_builder_propagates_with_its_own_traceback(dataset):
     class Buggy(nn.Module):
         def __init__(self):
