@@ -53,7 +53,8 @@ class RunConfig:
         for f in _core_fields():
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             object.__setattr__(self, f.name, values.pop(f.name, default))
-        settings = {o.name: values.pop(o.name, o.default) for o in techniques.options()}
+        given = values.pop("technique_options", {})  # as dataclasses.replace passes them
+        settings = {o.name: values.pop(o.name, given.get(o.name, o.default)) for o in techniques.options()}
         object.__setattr__(self, "technique_options", settings)
         if values:
             raise TypeError(f"RunConfig got unknown keys: {', '.join(values)}")

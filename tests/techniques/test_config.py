@@ -60,6 +60,24 @@ def test_bad_technique_settings_are_one_line_usage_errors(changes, fragment):
     assert "\n" not in str(error.value)
 
 
+def test_technique_keys_read_write_and_copy_like_fields():
+    import copy
+    import dataclasses
+    import pickle
+
+    config = RunConfig(precision="bf16", lr=0.1)
+    assert config.precision == "bf16" and config.to_dict()["precision"] == "bf16" and config.to_dict()["lr"] == 0.1
+    config.precision = "fp16"
+    assert config.technique_options["precision"] == "fp16"
+    assert dataclasses.replace(config, lr=0.2).precision == "fp16"
+    assert copy.deepcopy(config) == config == pickle.loads(pickle.dumps(config))
+    assert RunConfig() != config
+    with pytest.raises(TypeError, match="unknown keys: precison"):
+        RunConfig(precison="bf16")
+    with pytest.raises(AttributeError):
+        config.precison  # noqa: B018
+
+
 def test_checkpointing_count_from_command_line_text_becomes_int():
     assert RunConfig.from_dict({"checkpointing": "4"}).checkpointing == 4
     assert RunConfig.from_dict({"checkpointing": 4}).checkpointing == 4
