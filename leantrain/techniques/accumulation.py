@@ -27,7 +27,7 @@ import torch
 
 from leantrain._torch_private import foreach_copy_, foreach_norm, foreach_sub, scale_tensor
 from leantrain.options import Option
-from leantrain.techniques.base import PARALLEL_MODES, Technique
+from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
 from leantrain.techniques.registry import register
 
 LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
@@ -104,13 +104,13 @@ class AdaptiveAccumulation(Technique):
     def lr_factor(self, k: int) -> float:
         return float(k) ** LR_SCALINGS[self.lr_scaling]
 
-    def _apply_k(self, state) -> None:
+    def _apply_k(self, state: StepState) -> None:
         assert self.original_lr is not None, "set in on_fit_start"
         state.accum_steps = self.k
         state.base_lr = self.original_lr * self.lr_factor(self.k)
         state.set_lr(state.base_lr)
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         if self.original_lr is None:
             self.original_lr = state.base_lr
         self._ema_true_sq = self._ema_true_sq.to(state.device)  # no copy when restored onto it already
@@ -124,7 +124,7 @@ class AdaptiveAccumulation(Technique):
         true_sq, trace = float(self._ema_true_sq), float(self._ema_trace)
         return trace / true_sq if true_sq > 0 else float("inf")
 
-    def before_step(self, state) -> None:
+    def before_step(self, state: StepState) -> None:
         self._micro, self._delta_sq = 0, None
         if self._steps_since_update >= self.update_every and self._estimates:
             self._steps_since_update = 0
@@ -133,7 +133,7 @@ class AdaptiveAccumulation(Technique):
             self.k = choose_accum_steps(noise_scale, self.k, self.k_min, self.k_max)
             self._apply_k(state)
 
-    def after_micro_backward(self, state, micro_index: int) -> None:
+    def after_micro_backward(self, state: StepState, micro_index: int) -> None:
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         if micro_index == 0:
             if self._prev is None or [g.shape for g in grads] != [p.shape for p in self._prev]:
@@ -148,7 +148,7 @@ class AdaptiveAccumulation(Technique):
             foreach_copy_(self._prev, grads)
         self._micro += 1
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         self._epoch_micro += self._micro
         self._epoch_steps += 1
         n = self._micro
@@ -168,7 +168,7 @@ class AdaptiveAccumulation(Technique):
         self._estimates += 1
         self._steps_since_update += 1
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         b_micro = self.noise_scale_micro()
         record["noise_scale_microbatches"] = b_micro
         if self.micro_batch_size and b_micro is not None:
@@ -183,7 +183,7 @@ class AdaptiveAccumulation(Technique):
             "ema_true_sq": self._ema_true_sq.cpu(), "ema_trace": self._ema_trace.cpu(),
         }
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self.k, self.original_lr = saved["k"], saved["original_lr"]
         self._estimates, self._steps_since_update = saved["estimates"], saved["steps_since_update"]
         self._ema_true_sq = saved["ema_true_sq"].to(state.device)

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from leantrain._torch_private import BatchNormBase, inside_backward
 from leantrain.options import Option
-from leantrain.techniques.base import Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 
@@ -148,14 +148,14 @@ class ActivationCheckpointing(Technique):
     def describe(self) -> str:
         return f"ckpt-{self.setting}"
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         self.segments = checkpoint_blocks(state.model, self.setting)
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         # A technique that rebuilt the model (complexity matching) may have replaced the blocks.
         if not isinstance(state.model.blocks, CheckpointedBlocks):
             self.segments = checkpoint_blocks(state.model, self.setting)
         record["checkpoint_segments"] = self.segments
 
-    def on_fit_end(self, state) -> None:
+    def on_fit_end(self, state: StepState) -> None:
         uncheckpoint_blocks(state.model)  # hand the user back the module they gave

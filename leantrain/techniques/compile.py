@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from leantrain.options import Option
-from leantrain.techniques.base import Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 
@@ -73,12 +73,12 @@ class Compile(Technique):
     def describe(self) -> str:
         return "compile" if self.mode is None else f"compile-{self.mode}"
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         self.forward = CompiledForward(state.model, self.mode)
         state.forward = self.forward
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["compiled"] = self.forward is not None and self.forward.compiled is not None
 
-    def on_fit_end(self, state) -> None:
+    def on_fit_end(self, state: StepState) -> None:
         state.forward = state.model

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from leantrain.options import Option
-from leantrain.techniques.base import Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 # Powers of the split fraction applied to (rows, columns) of each kind of tensor shaped like a weight.
@@ -228,7 +228,7 @@ class ComplexityMatching(Technique):
     def describe(self) -> str:
         return f"complexity{self.start_width}-{self.max_width}"
 
-    def _resize(self, state, width: int) -> dict:
+    def _resize(self, state: StepState, width: int) -> dict:
         """Widen the model's hidden layers from the current weights, carrying the optimizer state."""
         generator = torch.Generator().manual_seed(self.seed * 1_000 + self.widenings)
         moved = widen_model(state.model, width, generator, self.method)
@@ -236,14 +236,14 @@ class ComplexityMatching(Technique):
         self.width = width
         return moved
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         if not callable(getattr(state.model, "linear_layers", None)):
             raise ValueError(f"complexity matching needs a model with linear_layers() (e.g. mlp); got {type(state.model).__name__}")
         if state.model.hidden != self.width and state.step == 0:
             # A fresh run built at another width (e.g. mlp's default 128): start over at the narrow width.
             _rebuild_at_width(state, self.width)
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["hidden_width"] = self.width  # the width this epoch trained at
         if self.done:
             return
@@ -261,7 +261,7 @@ class ComplexityMatching(Technique):
                 # Shrink back to the width that did as well: keep the most important units (not
                 # function-preserving; the next epochs fine-tune the survivors).
                 keep = self.width // self.factor
-                moved = resize_model(state.model, prune_plan(state.model.linear_layers(), keep))
+                moved = resize_model(state.model, prune_plan(_resizable(state.model).linear_layers(), keep))
                 state.optimizer = rebuild_optimizer(state.optimizer, state.model, moved)
                 self.width = keep
             return
@@ -274,7 +274,7 @@ class ComplexityMatching(Technique):
         return {"width": self.width, "best": self.best, "best_before_widening": self.best_before_widening,
                 "epochs_without_gain": self.epochs_without_gain, "done": self.done, "widenings": self.widenings}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         # Runs before the weights load: give the model (and optimizer) the saved shapes first.
         for key, value in saved.items():
             setattr(self, key, value)
@@ -282,10 +282,11 @@ class ComplexityMatching(Technique):
             _rebuild_at_width(state, self.width)  # fresh layers of the saved shapes; the weights load next
 
 
-def _rebuild_at_width(state, width: int) -> None:
+def _rebuild_at_width(state: StepState, width: int) -> None:
     """Fresh hidden layers of ``width`` (nn.Linear's own initialisation) and an optimizer over them."""
-    layers = state.model.linear_layers()
+    model = _resizable(state.model)
+    layers = model.linear_layers()
     widths = [layers[0].in_features] + [width] * (len(layers) - 1) + [layers[-1].out_features]
     device = layers[0].weight.device
-    state.model.set_linear_layers([nn.Linear(a, b, device=device) for a, b in zip(widths[:-1], widths[1:])])
+    model.set_linear_layers([nn.Linear(a, b, device=device) for a, b in zip(widths[:-1], widths[1:])])
     state.optimizer = rebuild_optimizer(state.optimizer, state.model)

@@ -18,7 +18,7 @@ import torch
 
 from leantrain._torch_private import found_inf_flags
 from leantrain.options import Option
-from leantrain.techniques.base import PARALLEL_MODES, Technique
+from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
 from leantrain.techniques.registry import register
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,7 +79,7 @@ class MixedPrecision(Technique):
         """Optimizer steps skipped for inf/NaN gradients so far (reading it syncs with the device)."""
         return int(self._skipped)
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         device, precision = state.device, self.precision
         state.autocast = lambda: autocast_for(device, precision)
         state.compute_dtype = DTYPES[precision]
@@ -92,13 +92,13 @@ class MixedPrecision(Technique):
             self._scaler = state.grad_scaler
             self._skipped = torch.as_tensor(self._skipped, dtype=torch.int64, device=device)
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         if self.precision == "fp16":
             flag = found_inf(state.grad_scaler, state.optimizer)
             if flag is not None:
                 self._skipped += flag.to(torch.int64)  # in place, on device: no sync
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         if self.precision == "fp16":
             record["loss_scale"] = state.grad_scaler.get_scale()
             record["skipped_steps"] = self.skipped_steps
@@ -106,7 +106,7 @@ class MixedPrecision(Technique):
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_steps": self.skipped_steps, "grad_scaler": self._scaler.state_dict() if self._scaler else None}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self._skipped = saved["skipped_steps"]
         self._saved_scaler = saved["grad_scaler"]
 
@@ -142,5 +142,5 @@ class GradClip(Technique):
     def describe(self) -> str:
         return f"clip{self.max_norm:g}"
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.max_norm, foreach=True)

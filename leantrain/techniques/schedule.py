@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from leantrain.options import Option
-from leantrain.techniques.base import Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 
@@ -70,18 +70,18 @@ class WarmupCosine(Technique):
     def describe(self) -> str:
         return f"warmup{self.warmup:g}-cosine"
 
-    def before_step(self, state) -> None:
+    def before_step(self, state: StepState) -> None:
         # state.base_lr may have been rescaled for the current effective batch (adaptive accumulation).
         state.set_lr(warmup_cosine_lr(self.micro_batches_done, state.total_steps, state.base_lr, self.warmup, self.min_lr_ratio))
 
-    def after_micro_backward(self, state, micro_index: int) -> None:
+    def after_micro_backward(self, state: StepState, micro_index: int) -> None:
         self.micro_batches_done += 1
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["schedule_progress"] = self.micro_batches_done / max(1, state.total_steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {"micro_batches_done": self.micro_batches_done}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self.micro_batches_done = saved.get("micro_batches_done", 0)
