@@ -56,19 +56,16 @@ def _parse_bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from leantrain.config import cli_fields
+    from leantrain.config import config_options
 
     parser = _Parser(prog="leantrain", description="Measure which optimizations speed up training, and by how much.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one run; write its JSON record into --out")
-    for name, kind, f in cli_fields():
-        flag = "--" + name.replace("_", "-")
-        if name == "name":
-            flag = "--run-name"
-        choices = f.metadata.get("choices")
-        parse = _parse_bool if kind is bool else kind
-        train.add_argument(flag, dest=name, type=parse, default=None, choices=choices, help=f.metadata.get("help"))
+    for option in config_options():
+        flag = "--run-name" if option.name == "name" else option.flag
+        parse = _parse_bool if option.base_type is bool else option.base_type
+        train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help)
     train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -96,13 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from leantrain.config import RunConfig, cli_fields
+    from leantrain.config import RunConfig, config_options
     from leantrain.parallel.env import detect
     from leantrain.parallel.launch import run_local_workers
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
 
-    given = {name: getattr(args, name) for name, _, _ in cli_fields() if getattr(args, name) is not None}
+    given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
     if args.resume:
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -153,12 +150,12 @@ def _report(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from leantrain.data import DATASETS
     from leantrain.models import MODELS
-    from leantrain.techniques import TECHNIQUE_SUMMARIES
+    from leantrain.techniques.registry import techniques
 
     for title, rows in (
         ("models", [(e.name, e.summary) for e in MODELS]),
         ("data sets", [(e.name, e.summary) for e in DATASETS]),
-        ("techniques (config key)", list(TECHNIQUE_SUMMARIES.items())),
+        ("techniques", [(t.name, f"{t.summary} (keys: {', '.join(o.name for o in t.options)})") for t in techniques()]),
     ):
         print(f"{title}:")
         width = max(len(name) for name, _ in rows)

@@ -35,7 +35,7 @@ def write_report(folder: Path) -> Path:
     runs = load_runs(folder)
     cases = group_cases(runs)
     write_atomic(folder / "summary.md", render_summary(runs, cases))
-    plots.draw(cases, folder)
+    plots.draw([epoch_curves(c) for c in cases], speedup_bars(cases), folder)
     return folder / "summary.md"
 
 
@@ -54,10 +54,33 @@ def group_cases(runs: list[dict[str, Any]]) -> list[Case]:
     return cases
 
 
+def epoch_curves(case: Case) -> plots.EpochCurves:
+    """Per recipe, the per-epoch medians over seeds that the epoch plot draws."""
+    series = {}
+    for recipe, runs in case.recipes.items():
+        n = min(len(r["epochs"]) for r in runs)
+        series[recipe] = {key: [statistics.median(r["epochs"][i][key] for r in runs) for i in range(n)]
+                          for key in ("time_s", case.metric, "val_loss", "train_loss")}
+    return plots.EpochCurves(case.label, case.metric, case.target, series)
+
+
+def speedup_bars(cases: list[Case]) -> plots.SpeedupBars | None:
+    """Speedup to target (paired by seed) and median peak memory, per recipe and compared case; None without a baseline."""
+    compared = [c for c in cases if c.baseline]
+    if not compared:
+        return None
+    recipes = {r: plots.RecipeBars() for c in compared for r in c.recipes}
+    for j, case in enumerate(compared):
+        for recipe, runs in case.recipes.items():
+            recipes[recipe].speedups[j] = paired_ratios(case, recipe, case.time_to_target)
+            recipes[recipe].peak_mem_mib[j] = statistics.median(r["summary"]["peak_mem_bytes"] for r in runs) / 2**20
+    return plots.SpeedupBars([c.label for c in compared], recipes)
+
+
 def _target(settings: dict[str, Any], recipes: dict[str, list], metric: str, higher: bool) -> float | None:
     target = settings.get("target")
     if target == "baseline-final":
-        baseline = recipes.get(settings.get("baseline"), [])
+        baseline = recipes.get(settings.get("baseline") or "", [])
         finals = [r["summary"][f"final_{metric}"] for r in baseline if r["summary"].get(f"final_{metric}") is not None]
         if not finals:
             return None
@@ -83,7 +106,8 @@ def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
     ]
     for case in cases:
         lines += _case_section(case)
-    lines.append("Plots: " + ", ".join(f"`{p}`" for p in plots.file_names(cases)))
+    names = plots.file_names([c.label for c in cases], with_bars=any(c.baseline for c in cases))
+    lines.append("Plots: " + ", ".join(f"`{p}`" for p in names))
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
@@ -149,7 +149,7 @@ def _only_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
             raise UsageError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from leantrain.techniques.base import Technique
+from leantrain.techniques.base import StepState, Technique
 
 
 def wrap_ddp(module: nn.Module, *, device_type: str, bucket_cap_mb: float = 25.0, gradient_as_bucket_view: bool = True,
@@ -37,7 +37,8 @@ def _parameter_ids(model: nn.Module) -> tuple[int, ...]:
 
 class DataParallel(Technique):
     name = "ddp"
-    order = 35  # after the techniques that change the model (complexity 10, checkpointing 30), before compile (40)
+    # After the techniques that change the model; compile runs after this (it compiles the DDP module).
+    runs_after = ("complexity", "checkpointing", "precision")
 
     def __init__(self, **ddp_options: Any):
         self.ddp_options = ddp_options
@@ -47,20 +48,20 @@ class DataParallel(Technique):
     def describe(self) -> str:
         return "ddp"
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         self._wrap(state)
 
-    def _wrap(self, state) -> None:
+    def _wrap(self, state: StepState) -> None:
         state.eval_forward = state.model
         self.ddp = wrap_ddp(state.model, device_type=state.device.type, **self.ddp_options)
         self._wrapped = _parameter_ids(state.model)
         state.forward = self.ddp
         state.no_sync = self.ddp.no_sync
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         if _parameter_ids(state.model) != self._wrapped:  # the layers were rebuilt: DDP must hook the new ones
             self._wrap(state)
 
-    def on_fit_end(self, state) -> None:
+    def on_fit_end(self, state: StepState) -> None:
         state.forward, state.eval_forward, state.no_sync = state.model, None, contextlib.nullcontext
         self.ddp = None

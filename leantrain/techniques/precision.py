@@ -25,7 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantrain.techniques.base import Technique
+from leantrain._torch_private import found_inf_flags
+from leantrain.options import Option
+from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
+from leantrain.techniques.registry import register
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,14 +45,11 @@ def compute_dtype(precision: str) -> torch.dtype:
 def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """The scaler's on-device 0/1 flag "this step's gradients held inf/NaN", after ``unscale_``; None if unknown.
 
-    GradScaler keeps it per optimizer (``_found_inf_per_device``, stable since PyTorch 1.6); reading it
-    avoids a second pass over the gradients and any host sync.
+    GradScaler keeps it per optimizer (a private API: see ``leantrain._torch_private``); reading it avoids
+    a second pass over the gradients and any host sync.
     """
-    try:
-        flags = scaler._found_inf_per_device(optimizer)
-    except (AttributeError, AssertionError, KeyError):
-        return None
-    return sum(flags.values()) if flags else None
+    flags = found_inf_flags(scaler, optimizer)
+    return torch.stack(list(flags.values())).sum() if flags else None
 
 
 # Layers that CPU autocast runs as one fused oneDNN primitive, which some CPUs cannot build in low precision.
@@ -101,15 +101,31 @@ def keep_unsupported_in_fp32(model: nn.Module, device: torch.device, dtype: torc
     kept = []
     for name, module in model.named_modules():
         layer_type = next((t for t in RECURRENT_LAYERS if type(module) is t), None)
-        if layer_type is not None and not runs_in_low_precision(layer_type, device.type, dtype):
-            module.__class__ = _fp32_class(layer_type)
+        if layer_type is not None and not runs_in_low_precision(layer_type, device.type, dtype):  # type: ignore[arg-type]
+            module.__class__ = _fp32_class(layer_type)  # type: ignore[arg-type]
             kept.append(name or type(module).__name__)
     return kept
 
 
+def _positive_or_none(max_norm: float | None) -> float | None:
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"grad_clip must be > 0 (or none), got {max_norm}")
+    return max_norm
+
+
+@register
 class MixedPrecision(Technique):
     name = "precision"
-    order = 20
+    summary = "mixed precision: bf16 autocast, or fp16 autocast + fp32 master weights + dynamic loss scaling"
+    options = (
+        Option("precision", str, "fp32", "compute precision: fp32, bf16 autocast, or fp16 autocast with loss scaling",
+               choices=("fp32", "bf16", "fp16")),
+    )
+    runs_after = ("complexity",)  # the scaler steps the optimizer complexity matching may replace
+
+    @classmethod
+    def from_config(cls, config: Any) -> MixedPrecision | None:
+        return cls(config.precision) if config.precision != "fp32" else None
 
     def __init__(self, precision: str = "bf16", init_scale: float = 2.0**16, growth_interval: int = 2000):
         if precision not in DTYPES:
@@ -128,7 +144,7 @@ class MixedPrecision(Technique):
         """Optimizer steps skipped for inf/NaN gradients so far (reading it syncs with the device)."""
         return int(self._skipped)
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         device, precision = state.device, self.precision
         state.autocast = lambda: autocast_for(device, precision)
         state.compute_dtype = DTYPES[precision]
@@ -142,13 +158,13 @@ class MixedPrecision(Technique):
             self._scaler = state.grad_scaler
             self._skipped = torch.as_tensor(self._skipped, dtype=torch.int64, device=device)
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         if self.precision == "fp16":
             flag = found_inf(state.grad_scaler, state.optimizer)
             if flag is not None:
                 self._skipped += flag.to(torch.int64)  # in place, on device: no sync
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         if self.kept_fp32:
             record["kept_fp32"] = self.kept_fp32
         if self.precision == "fp16":
@@ -158,11 +174,12 @@ class MixedPrecision(Technique):
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_steps": self.skipped_steps, "grad_scaler": self._scaler.state_dict() if self._scaler else None}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self._skipped = saved["skipped_steps"]
         self._saved_scaler = saved["grad_scaler"]
 
 
+@register
 class GradClip(Technique):
     """Clip the global gradient norm to ``max_norm`` before each optimizer step.
 
@@ -171,7 +188,19 @@ class GradClip(Technique):
     """
 
     name = "grad_clip"
-    order = 90
+    summary = "clip the global gradient norm to a maximum (after fp16 unscaling)"
+    options = (
+        Option("grad_clip", float | None, None, "clip the gradient norm to this max (after fp16 unscaling); none: no clipping",
+               check=_positive_or_none),
+    )
+    # Clipping sees the gradients after every technique that inspects them (the noise scale needs them unclipped).
+    runs_after = ("precision", "accumulation")
+    # Pipeline stages hold a part of the model each: the norm here would be one stage's, not the global one.
+    parallel_modes = frozenset(PARALLEL_MODES) - {"pipeline", "hybrid"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> GradClip | None:
+        return cls(config.grad_clip) if config.grad_clip is not None else None
 
     def __init__(self, max_norm: float = 1.0):
         if not max_norm > 0:
@@ -181,5 +210,5 @@ class GradClip(Technique):
     def describe(self) -> str:
         return f"clip{self.max_norm:g}"
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.max_norm, foreach=True)

@@ -1,8 +1,10 @@
 """The step and epoch loop. It fires the techniques' events and measures; it knows no technique by name.
 
-One optimizer step: draw ``state.accum_steps`` micro-batches -> forward under ``state.autocast`` ->
-loss summed over units / units in the whole step -> backward through the loss scaler -> unscale ->
-``before_optimizer_step`` (gradients final) -> optimizer step through the scaler -> counters.
+Events fire in this order, here and nowhere else: ON_FIT_START; per epoch, per optimizer step: BEFORE_STEP,
+AFTER_MICRO_BACKWARD per micro-batch, BEFORE_OPTIMIZER_STEP, AFTER_OPTIMIZER_STEP; ON_EPOCH_END after
+validation; ON_FIT_END. One optimizer step: draw ``state.accum_steps`` micro-batches -> forward under
+``state.autocast`` -> loss summed over units / units in the whole step -> backward through the loss scaler ->
+unscale -> BEFORE_OPTIMIZER_STEP (gradients final) -> optimizer step through the scaler -> counters.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from leantrain.data.batches import BatchSource, sequential_batches
 from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
-from leantrain.techniques.base import Technique, fire
+from leantrain.techniques.base import Event, Technique, fire
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
 from leantrain.train.state import TrainState
@@ -35,7 +37,7 @@ def train(
     on_epoch_saved: Callable[[TrainState], None] = lambda state: None,
 ) -> None:
     """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``."""
-    fire(techniques, "on_fit_start", state)
+    fire(techniques, Event.ON_FIT_START, state)
     first_epoch_of_process = True
     measured: tuple[int, int] | None = None  # the model whose activation memory was last measured
     activation_bytes = 0
@@ -53,13 +55,13 @@ def train(
                 record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
         record.update(_overall_rates(record))
-        fire(techniques, "on_epoch_end", state, record)
+        fire(techniques, Event.ON_EPOCH_END, state, record)
         state.records.append(record)
         state.epoch += 1
         progress.epoch_done(record, state.task.metric)
         on_epoch_saved(state)
         first_epoch_of_process = False
-    fire(techniques, "on_fit_end", state)
+    fire(techniques, Event.ON_FIT_END, state)
 
 
 def train_epoch(
@@ -81,7 +83,7 @@ def train_epoch(
     after_first_step = start
     first_step_samples = 0
     while True:
-        fire(techniques, "before_step", state)
+        fire(techniques, Event.BEFORE_STEP, state)
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
@@ -93,19 +95,19 @@ def train_epoch(
             with state.no_sync() if index < last else contextlib.nullcontext():
                 loss = _forward_backward(state, x, y, loss_divisor, meter)
             loss_sum += loss
-            fire(techniques, "after_micro_backward", state, index)
+            fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
-        fire(techniques, "before_optimizer_step", state)
+        fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         state.grad_scaler.step(state.optimizer)
         state.grad_scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        fire(techniques, "after_optimizer_step", state)
+        fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
 
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
         if step_tokens[0] is not None:
-            tokens = (tokens or 0) + sum(step_tokens)
+            tokens = (tokens or 0) + sum(t or 0 for t in step_tokens)
         samples += step_samples
         units += step_units
         steps += 1
@@ -127,10 +129,10 @@ def train_epoch(
         rate_time, rate_samples, rate_steps = time_s, samples, steps
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
     dist = state.dist
-    loss_total, units, samples, rate_samples, tokens_total = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
+    totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
+    loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
+    tokens = int(totals[4]) if tokens is not None else None
     time_s, rate_time = dist.max([time_s, rate_time])
-    tokens = int(tokens_total) if tokens is not None else None
-    samples, units = int(samples), int(units)
     record: dict[str, Any] = {
         "epoch": state.epoch + 1,
         "train_loss": (loss_total / units) if units else math.nan,

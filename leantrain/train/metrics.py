@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from leantrain._torch_private import TorchDispatchMode, inside_backward
 from leantrain.fileio import write_json
 
 
@@ -77,7 +77,7 @@ class SavedTensorMeter:
             if ref.expired():
                 del self._recomputed[ptr]
                 self._recomputed_bytes -= nbytes
-        recomputing = torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1
+        recomputing = torch.is_grad_enabled() and inside_backward()
         if recomputing:
             for t in _tensors(outputs):
                 storage = t.untyped_storage()

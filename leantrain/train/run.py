@@ -26,6 +26,7 @@ from leantrain.parallel.launch import cores_available
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
+from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
@@ -85,6 +86,7 @@ def _execute(
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
     model = model if model is not None else models.build(config.model, dataset)
     techniques = list(techniques) if techniques is not None else from_config(config)
+    check_parallel_mode(techniques, config.parallel)
     if config.parallel == "ddp":
         techniques.append(DataParallel())
     techniques = in_hook_order(techniques)
@@ -126,7 +128,7 @@ def _execute(
     )
 
     record = make_record(config, state, dataset, techniques, extra)
-    if out_dir and dist.is_main:
+    if out_dir and ckpt_path and dist.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
     dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
@@ -186,7 +188,7 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
             "resume with the original configuration"
         )
     labels = _stateful_labels(techniques)
-    if saved.get("technique_labels", labels) != labels:
+    if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
         raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
                          "resume with the original techniques")
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)

@@ -65,7 +65,7 @@ def test_gradients_are_unscaled_before_clipping():
 
     class Grab(Technique):
         name = "grab"
-        order = 100  # after clipping
+        runs_after = ("grad_clip",)
 
         def before_optimizer_step(self, state):
             self.grads = [p.grad.clone() for p in state.model.parameters()]
