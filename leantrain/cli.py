@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         out_dir = args.out
     world = detect()
     if config.procs is not None and not world.launched and (config.procs > 1 or config.parallel != "none"):
-        status = run_local_workers(config.procs, args.argv, max_restarts=args.max_restarts)
+        status = run_local_workers(config.procs, ["-m", "leantrain", *args.argv], max_restarts=args.max_restarts)
         result = out_dir / f"{config.run_name}.json"
         if status == 0 and result.is_file():
             _print_result(config.run_name, json.loads(result.read_text()), result)

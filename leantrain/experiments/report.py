@@ -116,19 +116,19 @@ def _case_section(case: Case) -> list[str]:
     target = "none" if case.target is None else f"{case.metric} {'≥' if case.higher_is_better else '≤'} {case.target:.4f}"
     lines = [f"## {case.label}", "", f"Target for time-to-target: {target}.", ""]
     header = [
-        "recipe", "seeds", "epoch time (s)", f"final {short}", "Δ vs baseline", "final val loss", "samples/s",
+        "recipe", "workers × threads", "seeds", "epoch time (s)", f"final {short}", "Δ vs baseline", "final val loss", "samples/s",
         "steps/s train / val / overall", "peak mem", "activation mem", "utilisation", "time to target (s)",
-        "speedup to target", "speedup per epoch",
+        "speedup to target", "speedup per epoch", "scaling efficiency",
     ]
     has_tokens = any(r["epochs"][0].get("train_tokens_per_s") for runs in case.recipes.values() for r in runs)
     if has_tokens:
-        header.insert(8, "tokens/s train / val / overall")
+        header.insert(9, "tokens/s train / val / overall")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     band = next(iter(case.recipes.values()))[0]["run"].get("experiment", {}).get("target_tolerance", 0.005)
     for recipe, runs in case.recipes.items():
         final = lambda r: r["summary"].get(f"final_{metric}")  # noqa: E731
         row = [
-            recipe, str(len(runs)),
+            recipe, f"{_workers(runs[0])} × {runs[0]['env']['threads']}", str(len(runs)),
             _spread(runs, lambda r: r["summary"]["mean_epoch_time_s"], "{:.3f}"),
             _spread(runs, final, "{:.4f}"),
             _quality_delta(case, runs, final, band),
@@ -142,9 +142,10 @@ def _case_section(case: Case) -> list[str]:
             _spread(runs, case.time_to_target, "{:.3f}"),
             _speedup(case, recipe, case.time_to_target),
             _speedup(case, recipe, lambda r: r["summary"]["mean_epoch_time_s"]),
+            _scaling_efficiency(case, recipe),
         ]
         if has_tokens:
-            row.insert(8, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
+            row.insert(9, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
                                      ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", *_epoch_table(case), ""]
@@ -218,6 +219,28 @@ def _quality_delta(case: Case, runs: list[dict[str, Any]], final: Callable, band
     worse = -delta if case.higher_is_better else delta
     flag = " ⚠ outside band" if worse > band else ""
     return f"{delta:+.4f}{flag}"
+
+
+def _workers(run: dict[str, Any]) -> int:
+    return int(run["run"].get("world_size", 1))
+
+
+def _scaling_efficiency(case: Case, recipe: str) -> str:
+    """N-worker samples/s over N times one worker's, paired by seed; the one-worker recipe with the same
+    threads per worker is the reference when there is one (else any one-worker recipe)."""
+    runs = case.recipes[recipe]
+    workers = _workers(runs[0])
+    if workers == 1:
+        return "—"
+    single = [r for r in case.recipes if _workers(case.recipes[r][0]) == 1]
+    same_threads = [r for r in single if case.recipes[r][0]["env"]["threads"] == runs[0]["env"]["threads"]]
+    if not single:
+        return "—"
+    reference = (same_threads or single)[0]
+    base = {r["run"]["seed"]: r["summary"]["median_samples_per_s"] for r in case.recipes[reference]}
+    ratios = [r["summary"]["median_samples_per_s"] / (workers * base[r["run"]["seed"]])
+              for r in runs if base.get(r["run"]["seed"]) and r["summary"]["median_samples_per_s"]]
+    return f"{median_spread(ratios, '{:.2f}')} (vs {reference})" if ratios else "—"
 
 
 def _mib(value: float) -> str:

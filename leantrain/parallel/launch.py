@@ -32,8 +32,8 @@ def check_procs(procs: int) -> None:
                       RuntimeWarning, stacklevel=2)
 
 
-def run_local_workers(procs: int, leantrain_args: list[str], *, max_restarts: int = 0) -> int:
-    """Run ``python -m leantrain <leantrain_args>`` in ``procs`` workers; returns the job's exit status."""
+def run_local_workers(procs: int, python_args: list[str], *, max_restarts: int = 0) -> int:
+    """Run ``python <python_args>`` (e.g. ``-m leantrain train ...``) in ``procs`` workers; returns the job's exit status."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -44,7 +44,7 @@ def run_local_workers(procs: int, leantrain_args: list[str], *, max_restarts: in
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, monitor_interval=0.1,
     )
     try:
-        elastic_launch(config, sys.executable)("-m", "leantrain", *leantrain_args)
+        elastic_launch(config, sys.executable)(*python_args)
     except ChildFailedError as e:
         return exit_status([failure.exitcode for failure in e.failures.values()])
     return 0
