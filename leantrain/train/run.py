@@ -17,7 +17,7 @@ from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
-from leantrain.fileio import prepare_output_dir, write_json
+from leantrain.fileio import write_json
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
@@ -28,11 +28,14 @@ from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
+from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
+from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
-from leantrain.train.state import TrainState
+from leantrain.train.run_identity import differing_keys
+from leantrain.train.state import EpochProgress, TrainState
 
 
 def execute(
@@ -45,12 +48,14 @@ def execute(
     resume: bool = False,
     quiet: bool = False,
     extra_run_fields: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
     With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
     With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
-    it exists (else start afresh).
+    it exists (else start afresh). A finished result or an interrupted run's checkpoint already there is
+    never replaced unless ``force`` (see ``run_identity``).
     """
     world = parallel_env.detect()
     check_world(config, world)
@@ -59,7 +64,7 @@ def execute(
         device = torch.device("cuda", world.local_rank)
     with process_group(world, config.backend, device, config.dist_timeout) as dist:
         return _execute(config, dist, device, model, dataset, techniques, out_dir,
-                        resume or world.restart_count > 0, quiet, extra_run_fields or {})
+                        resume or world.restart_count > 0, quiet, extra_run_fields or {}, force)
 
 
 def check_world(config: RunConfig, world: World) -> None:
@@ -78,6 +83,7 @@ def check_world(config: RunConfig, world: World) -> None:
 def _execute(
     config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
     techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
+    force: bool = False,
 ) -> dict[str, Any]:
     threads = config.threads or (_threads_per_worker(dist.world) if dist.world_size > 1 else None)
     if threads:
@@ -90,8 +96,19 @@ def _execute(
     if config.parallel == "ddp":
         techniques.append(DataParallel())
     techniques = in_hook_order(techniques)
-    if out_dir and dist.is_main:
-        prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
+    dry_forward(model, dataset, config)  # a model that does not fit the data fails before any file is written
+    with run_files(out_dir if dist.is_main else None, config.run_name, resume=resume, force=force) as ckpt_path:
+        return _train_and_record(config, dist, device, model, dataset, techniques, out_dir, ckpt_path, resume, quiet,
+                                 extra)
+
+
+def _train_and_record(
+    config: RunConfig, dist: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
+    techniques: list[Technique], out_dir: Path | None, ckpt_path: Path | None, resume: bool, quiet: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    if out_dir and ckpt_path is None:  # ranks other than 0 read rank 0's checkpoint, and write nothing
+        ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}"
     dataset = dataset.to(device)
     model.to(device)
     if dist.world_size > 1:
@@ -108,8 +125,8 @@ def _execute(
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
         dist=dist,
+        on_nonfinite=config.on_nonfinite,
     )
-    ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         restore(state, techniques, checkpoint.load(ckpt_path), config)
 
@@ -122,10 +139,16 @@ def _execute(
         if dist.is_main:
             checkpoint.save(ckpt_path, payload)
 
-    train(
-        state, batches, dataset.x_val, dataset.y_val,
-        techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
-    )
+    try:
+        train(
+            state, batches, dataset.x_val, dataset.y_val,
+            techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
+            checkpoint_every=config.checkpoint_interval,
+        )
+    except NonFiniteLoss as e:
+        kept = f"the last good checkpoint is kept: {ckpt_path}" if ckpt_path and ckpt_path.exists() else \
+            "no checkpoint was written before it"
+        raise NonFiniteLoss(f"{e}; {kept}") from None
 
     record = make_record(config, state, dataset, techniques, extra)
     if out_dir and ckpt_path and dist.is_main:
@@ -170,6 +193,9 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "samples_seen": state.samples_seen,
         "accum_steps": state.accum_steps,
         "records": state.records,
+        "step_losses": state.step_losses,
+        "progress": state.progress.to_dict() if state.progress is not None else None,
+        "guards": state.guard_state,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "techniques": {t.name: t.state_dict() for t in techniques},
@@ -181,8 +207,8 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
 
 
 def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
-    if saved["config"] != config.to_dict():
-        changed = sorted(k for k in config.to_dict() if saved["config"].get(k) != config.to_dict()[k])
+    changed = differing_keys(saved["config"], config.to_dict())
+    if changed:
         raise UsageError(
             f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
             "resume with the original configuration"
@@ -198,6 +224,9 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     state.epoch, state.step = saved["epoch"], saved["step"]
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
+    state.step_losses = list(saved["step_losses"])
+    state.guard_state = dict(saved["guards"])
+    state.progress = EpochProgress.from_dict(saved["progress"], state.device) if saved["progress"] else None
     dist = state.dist
     saved_world = saved.get("world_size", 1)
     if saved_world != dist.world_size:

@@ -14,6 +14,39 @@ from leantrain.techniques.base import AutocastFactory, Forward
 
 
 @dataclass
+class EpochProgress:
+    """How far the current epoch got, for a mid-epoch checkpoint: resuming continues from exactly here."""
+
+    micro_batches: int = 0  # drawn from ``batches.epoch(e)`` so far; a resume skips this many
+    steps: int = 0
+    units: int = 0
+    samples: int = 0
+    tokens: int | None = None
+    loss_sum: torch.Tensor | None = None  # the epoch's running loss sum, bit for bit (on the device while training)
+    step_losses: list[torch.Tensor] = field(default_factory=list)  # per-step mean losses, on the device
+    elapsed_s: float = 0.0  # training time before the interruption (epoch time_s adds it)
+    activation_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "micro_batches": self.micro_batches, "steps": self.steps, "units": self.units, "samples": self.samples,
+            "tokens": self.tokens, "loss_sum": None if self.loss_sum is None else self.loss_sum.detach().cpu(),
+            "step_losses": [float(v) for v in self.step_losses], "elapsed_s": self.elapsed_s,
+            "activation_bytes": self.activation_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochProgress:
+        loss_sum = saved["loss_sum"]
+        return cls(
+            saved["micro_batches"], saved["steps"], saved["units"], saved["samples"], saved["tokens"],
+            None if loss_sum is None else loss_sum.to(device),
+            [torch.tensor(v, device=device) for v in saved["step_losses"]], saved["elapsed_s"],
+            saved["activation_bytes"],
+        )
+
+
+@dataclass
 class TrainState:
     model: nn.Module  # the module being trained; its weights are what a checkpoint saves
     optimizer: torch.optim.Optimizer
@@ -38,6 +71,11 @@ class TrainState:
     samples_seen: int = 0
     stop_training: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)
+    # Reliability (leantrain/train/guards.py): what to do on inf/NaN, and every finished step's mean loss.
+    on_nonfinite: str = "stop"
+    step_losses: list[float] = field(default_factory=list)
+    progress: EpochProgress | None = None  # the unfinished epoch, set while a mid-epoch checkpoint is written or read
+    guard_state: dict[str, Any] = field(default_factory=dict)  # the guards' state_dicts, for checkpoints
 
     def __post_init__(self) -> None:
         if self.forward is None:

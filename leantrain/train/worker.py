@@ -16,10 +16,12 @@ from leantrain.fileio import write_json
 from leantrain.parallel.launch import run_local_workers
 
 
-def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra_run_fields: dict[str, Any]) -> int:
+def launch(
+    config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra_run_fields: dict[str, Any], force: bool = False,
+) -> int:
     """Train ``config`` on ``config.procs`` local workers; the record lands in ``out_dir`` as usual."""
     spec = out_dir / f".{config.run_name}.launch.json"
-    write_json(spec, {"config": config.to_dict(), "out_dir": str(out_dir), "resume": resume, "quiet": quiet,
+    write_json(spec, {"config": config.to_dict(), "out_dir": str(out_dir), "resume": resume, "quiet": quiet, "force": force,
                       "extra_run_fields": extra_run_fields})
     try:
         return run_local_workers(config.procs or 1, ["-m", "leantrain.train.worker", str(spec)])
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     try:
         execute(RunConfig.from_dict(spec["config"], where=argv[0]), out_dir=Path(spec["out_dir"]), resume=spec["resume"],
-                quiet=spec["quiet"], extra_run_fields=spec["extra_run_fields"])
+                quiet=spec["quiet"], extra_run_fields=spec["extra_run_fields"], force=spec.get("force", False))
     except UsageError as e:
         print(f"leantrain: error: {e}", file=sys.stderr)
         return 2
