@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from leantrain.errors import TrainingDiverged, UsageError
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a flag error already printed as one line
         return int(e.code or 0)
     args.argv = argv  # for launching the same command in worker processes
-    _terminate_like_interrupt()
+    previous = _terminate_like_interrupt()
     try:
         return args.handler(args)
     except TrainingDiverged as e:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("leantrain: interrupted; the last checkpoint is kept for --resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(KeyboardInterrupt):
@@ -47,9 +51,11 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def _terminate_like_interrupt() -> None:
+def _terminate_like_interrupt() -> Any:
+    """Install the SIGTERM handler (main thread only); returns the previous one, to put back."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    return None
 
 
 def _rank_prefix() -> str:

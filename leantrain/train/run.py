@@ -219,7 +219,12 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
                          "resume with the original techniques")
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
         technique.load_state_dict(saved["techniques"].get(technique.name, {}), state)
-    state.model.load_state_dict(saved["model"])
+    try:
+        state.model.load_state_dict(saved["model"])
+    except RuntimeError as e:  # another model's weights: say so in one line, not a page of shapes
+        first = str(e).strip().splitlines()[0][:120]
+        raise UsageError(f"the checkpoint holds weights of another model than {type(state.model).__name__} "
+                         f"({first}); resume with the model it was written with") from None
     state.optimizer.load_state_dict(saved["optimizer"])
     state.epoch, state.step = saved["epoch"], saved["step"]
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]

@@ -1,6 +1,8 @@
 """Shared pieces of the fault-injection suite: tiny runs, taps on the loop, and a subprocess runner."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -64,11 +66,21 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def leantrain_cli(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m leantrain ARGS`` in a fresh process (this checkout first on the path)."""
+def leantrain_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m leantrain ARGS`` in a fresh process (this checkout first on the path): for signals and kills."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "leantrain", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=cwd)
+                          timeout=timeout)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``leantrain ARGS`` in this process (fast: no torch import), with its exit status and stderr."""
+    from leantrain.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def python_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
