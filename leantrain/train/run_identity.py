@@ -34,21 +34,29 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def safe_part(text: str, limit: int = 40) -> str:
-    """``text`` as a file-name part: unsafe characters folded to ``_``; a path or a long part hashed."""
-    folded = SAFE.sub("_", text).strip("._") or "x"
-    if folded == text and len(text) <= limit:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    if "/" in text or "\\" in text:  # a path: its last part says enough, the hash keeps it unique
-        folded = SAFE.sub("_", re.split(r"[/\\]", text.rstrip("/\\"))[-1]).strip("._") or "path"
-    return f"{folded[: limit - 9]}-{digest}"
+PATH_VALUE = re.compile(r"[^:,=]*[/\\][^:,=]*")  # a spec value holding a path separator
+
+
+def _last_part(path: str) -> str:
+    return re.split(r"[/\\]", path.rstrip("/\\"))[-1]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def safe_part(text: str, limit: int = 48) -> str:
+    """``text`` as a file-name part: a path value becomes its last part plus a hash (unique, and no folders);
+    other unsafe characters fold to ``_``; a part longer than ``limit`` is cut and hashed."""
+    shortened = PATH_VALUE.sub(lambda m: f"{_last_part(m.group())}-{_digest(m.group())}", text)
+    folded = SAFE.sub("_", shortened.replace(":", "_").replace(",", "_").replace("=", "")).strip("._") or "x"
+    if len(folded) <= limit:
+        return folded
+    return f"{folded[: limit - 9]}-{_digest(text)}"
 
 
 def derived_name(data: str, model: str, seed: int, settings: dict[str, Any]) -> str:
-    data_part = safe_part(data.replace(":", "_").replace(",", "_").replace("=", ""))
-    model_part = safe_part(model.replace(":", "_").replace(",", "_").replace("=", ""))
-    return f"{data_part}-{model_part}-s{seed}-{settings_hash(settings)}"
+    return f"{safe_part(data)}-{safe_part(model)}-s{seed}-{settings_hash(settings)}"
 
 
 def check_name(name: str, what: str = "run name") -> str:
