@@ -136,7 +136,7 @@ def train_epoch(
         if steps == 1:
             after_first_step, first_step_samples = now(device), step_samples
         bar.update(len(step_batches), step_samples)
-        if guards.checkpoint_due(state):
+        if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
             state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses,
                                            resumed.elapsed_s + now(device) - start, activation_bytes)
             guards.save(state)
