@@ -17,15 +17,20 @@ def _techniques():
 
 def _run(out, extra=(), resume=False, techniques=_techniques, **options):
     tap, model = LossTap(), tiny_model()
-    options = {"epochs": 3, "batch_size": 16, "lr": 5e-3, "device": "cpu", "seed": 0, "checkpoint_every": "2", **options}
+    options = {"epochs": 2, "batch_size": 16, "lr": 5e-3, "device": "cpu", "seed": 0, "checkpoint_every": "2", **options}
     record = lt.fit(model, tiny_data(), techniques=[*techniques(), tap, *extra], checkpoint_dir=out, resume=resume,
                     **options)
     return record, model, tap.losses
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("full"))
+
+
 @pytest.mark.parametrize("stop_at", [3, 5, 9])  # 320 samples / 16 / k: steps 1-9 are mid-epoch 1 or 2
-def test_resume_mid_epoch_gives_the_same_step_losses_and_weights(tmp_path, stop_at):
-    full, full_model, full_losses = _run(tmp_path / "full")
+def test_resume_mid_epoch_gives_the_same_step_losses_and_weights(tmp_path, uninterrupted, stop_at):
+    full, full_model, full_losses = uninterrupted
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", extra=[StopAtStep(stop_at)])
     torch.manual_seed(1234)  # a fresh process's RNG is elsewhere: resume restores it

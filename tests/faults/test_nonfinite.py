@@ -10,7 +10,7 @@ import leantrain as lt
 from leantrain.errors import TrainingDiverged
 from leantrain.techniques import MixedPrecision, Technique
 from leantrain.train import checkpoint
-from tests.faults.helpers import leantrain_cli, one_line_error, tiny_data, tiny_model
+from tests.faults.helpers import cli, one_line_error, tiny_data, tiny_model
 
 pytestmark = pytest.mark.timeout(60)
 OPTIONS = {"epochs": 2, "batch_size": 16, "lr": 5e-3, "device": "cpu", "seed": 0}
@@ -46,7 +46,7 @@ class PoisonedLoss(nn.Module):
 
 
 def test_a_diverging_lr_stops_with_one_line_naming_step_and_epoch_and_exit_3(tmp_path):
-    result = leantrain_cli("train", "--model", "mlp", "--data", "healthcare-sim:n=600", "--optimizer", "sgd",
+    result = cli("train", "--model", "mlp", "--data", "healthcare-sim:n=600", "--optimizer", "sgd",
                            "--lr", "1e6", "--epochs", "2", "--out", str(tmp_path), "--quiet")
     assert result.returncode == 3
     line = one_line_error(result.stderr)
