@@ -1,12 +1,12 @@
 """Guards against silent divergence: non-finite losses/gradients before the optimizer step, and loss spikes.
 
-Non-finite check. Each step the loop hands the step's summed loss to ``NonFiniteGuard.inspect``; the
-guard ORs "loss is not finite" with "some gradient is not finite" (one multi-tensor max-abs over the
-gradients: inf/NaN survive a max, and unlike a 2-norm it cannot overflow) into an on-device record of
-the first bad step. Nothing is read on the host there. The host reads that record:
-  - every step on one CPU process (a CPU "sync" is free), so the bad update never happens;
-  - every ``DEVICE_CHECK_EVERY`` steps on CUDA or several ranks, and always before a checkpoint is
-    written and at the epoch's end (where the loop syncs anyway): no host sync per step. A bad step's
+Non-finite check. Each step the loop hands the step's summed loss to the guard, which folds it and the
+gradients' norms into one scalar (``NonFiniteGuard.total``: finite iff all of them are). Then:
+  - on one CPU process, that scalar is read at once (reading a CPU scalar costs no device sync), so the
+    bad update never happens;
+  - on CUDA or several ranks, "first bad step" is kept on the device (no host sync) and read
+    every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the epoch's end
+    (where the loop syncs anyway): no host sync per step. A bad step's
     weights may then live for a few steps, but are never saved: the last good checkpoint is kept.
   With several ranks, reading is one all-reduce, so every rank stops at the same step.
 ``skip`` mode must know before each optimizer step, so it reads every step (documented cost on CUDA).
@@ -40,44 +40,53 @@ class NonFiniteGuard:
     def __init__(self, mode: str, device: torch.device, world_size: int, scaler_checks_grads: bool):
         self.mode = mode  # "stop" or "skip"
         self.scaler_checks_grads = scaler_checks_grads
-        self.check_every = 1 if device.type != "cuda" and world_size == 1 else DEVICE_CHECK_EVERY
+        # On one CPU process reading a scalar is nearly free, so check every step, before the update.
+        self.eager = device.type != "cuda" and world_size == 1
+        self.check_every = 1 if self.eager else DEVICE_CHECK_EVERY
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
         self.skipped = 0  # steps skipped by this guard (skip mode, fp32/bf16); fp16 skips are the scaler's
 
-    def flag(self, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
-        """On-device bool: this step's loss or gradients are not finite."""
-        bad = ~torch.isfinite(step_loss)
+    def total(self, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+        """One on-device scalar that is finite iff the loss and every gradient are: the loss plus the sum of
+        the gradients' norms (inf/NaN propagate through norms and sums; a norm past float max is divergence
+        anyway). Three kernels (one multi-tensor norm, a stack, a sum) and an add, whatever the model's size."""
         if grads and not self.scaler_checks_grads:
-            max_abs = torch.stack(foreach_norm(grads, math.inf)).max()
-            bad = bad | ~torch.isfinite(max_abs)
-        return bad
+            return torch.stack(foreach_norm(grads)).sum() + step_loss
+        return step_loss
 
-    def should_skip(self, state: Any, bad: torch.Tensor) -> bool:
+    def should_skip(self, state: Any, total: torch.Tensor) -> bool:
         """Skip mode: whether to leave this step's update out (reads the flag: one sync on CUDA)."""
         if self.scaler_checks_grads:
             return False  # the scaler skips (and counts) steps with inf/NaN gradients itself
-        skip = state.dist.any(bool(bad))
+        skip = state.dist.any(not math.isfinite(float(total)))
         self.skipped += skip
         return skip
 
-    def note(self, state: Any, bad: torch.Tensor) -> None:
-        """Stop mode: remember the first bad step on the device; read it when the interval comes round."""
+    def note(self, state: Any, total: torch.Tensor) -> None:
+        """Stop mode: check now (one CPU process), or remember the first bad step on the device and read it
+        when the interval comes round."""
         step = state.step + 1  # the step being taken, counted from 1
+        if self.eager:
+            if not math.isfinite(float(total)):
+                self._raise(step, state.epoch + 1)
+            return
+        bad = ~torch.isfinite(total)
         self.first_bad = torch.where((self.first_bad == NO_STEP) & bad, step, self.first_bad)
         if step % self.check_every == 0:
             self.check(state)
 
     def check(self, state: Any) -> None:
         """Raise NonFiniteLoss (on every rank alike) if any rank saw a bad step."""
-        if self.mode != "stop":
+        if self.mode != "stop" or self.eager:
             return
         local = int(self.first_bad)
         # The smallest bad step over ranks, as a max of negatives (the Dist context offers sum and max).
         worst = state.dist.max([-local if local != NO_STEP else -math.inf])[0]
-        if worst == -math.inf:
-            return
-        step = int(-worst)
-        epoch = state.epoch + 1
+        if worst != -math.inf:
+            self._raise(int(-worst), state.epoch + 1)
+
+    @staticmethod
+    def _raise(step: int, epoch: int) -> None:
         raise NonFiniteLoss(f"the loss or gradients became non-finite (inf/NaN) at step {step} (epoch {epoch}); "
                             "training stopped. Lower the lr, check the data for NaN, or pass --on-nonfinite skip")
 
@@ -149,10 +158,10 @@ class Guards:
         """True when this step's update must be left out (skip mode); in stop mode may raise NonFiniteLoss."""
         grads = [] if self.nonfinite.scaler_checks_grads else [
             p.grad for p in state.model.parameters() if p.grad is not None]
-        bad = self.nonfinite.flag(step_loss, grads)
+        total = self.nonfinite.total(step_loss, grads)
         if self.nonfinite.mode == "skip":
-            return self.nonfinite.should_skip(state, bad)
-        self.nonfinite.note(state, bad)
+            return self.nonfinite.should_skip(state, total)
+        self.nonfinite.note(state, total)
         return False
 
     def check(self, state: Any) -> None:
@@ -171,9 +180,11 @@ class Guards:
         self._save(state)
         self._last_save = time.monotonic()
 
-    def epoch_end(self, state: Any, step_losses: list[torch.Tensor]) -> dict[str, Any]:
-        """The epoch record's guard fields; moves the epoch's per-step losses to the host (the loop syncs here anyway)."""
-        values = torch.stack(step_losses).tolist() if step_losses else []
+    def epoch_end(self, state: Any, step_losses: list[torch.Tensor], step_units: list[int]) -> dict[str, Any]:
+        """The epoch record's guard fields; moves the epoch's per-step losses to the host (the loop syncs here
+        anyway) and divides each step's summed loss by its units there (no division kernel per step)."""
+        sums = torch.stack(step_losses).tolist() if step_losses else []
+        values = [total / max(1, units) for total, units in zip(sums, step_units)]
         first_step = len(state.step_losses) + 1
         state.step_losses.extend(values)
         fields: dict[str, Any] = {"loss_spikes": self.spikes.scan(values, first_step)}

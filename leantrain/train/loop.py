@@ -84,6 +84,7 @@ def train_epoch(
     loss_sum = resumed.loss_sum if resumed.loss_sum is not None else torch.zeros((), device=device)  # no host sync per step
     units, samples, steps, tokens = resumed.units, resumed.samples, resumed.steps, resumed.tokens
     activation_bytes, step_losses, drawn = resumed.activation_bytes, resumed.step_losses, resumed.micro_batches
+    step_units_list = resumed.step_units
     micro_batches = islice(batches.epoch(state.epoch), drawn, None)
     foreign_cpu = ForeignCpuMeter()
     bar = progress.epoch_bar(state.epoch, state.total_epochs, len(batches))
@@ -101,12 +102,12 @@ def train_epoch(
         loss_divisor = _loss_divisor(state, step_units)
         last = len(step_batches) - 1
         sum_before = loss_sum.clone() if guards.skipping else None
-        step_loss = torch.zeros((), device=device)
+        step_loss = loss_sum  # replaced by micro-batch 0's loss below
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
                 loss = _forward_backward(state, x, y, loss_divisor, meter)
             loss_sum += loss
-            step_loss += loss
+            step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
@@ -121,7 +122,8 @@ def train_epoch(
             state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
-        step_losses.append(step_loss / max(1, step_units))
+        step_losses.append(step_loss)
+        step_units_list.append(step_units)
 
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
@@ -137,7 +139,7 @@ def train_epoch(
             after_first_step, first_step_samples = now(device), step_samples
         bar.update(len(step_batches), step_samples)
         if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
-            state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses,
+            state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses, step_units_list,
                                            resumed.elapsed_s + now(device) - start, activation_bytes)
             guards.save(state)
             state.progress = None
@@ -174,7 +176,7 @@ def train_epoch(
         "accum_steps": state.accum_steps,
         "lr": state.optimizer.param_groups[0]["lr"],
         "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
-        **guards.epoch_end(state, step_losses),
+        **guards.epoch_end(state, step_losses, step_units_list),
     }
     if device.type == "cuda":
         record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
