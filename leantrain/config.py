@@ -94,7 +94,7 @@ class RunConfig:
     @property
     def run_name(self) -> str:
         """The given name, or data-model-seed plus a hash of the settings that change results (run_identity)."""
-        from leantrain.train.run_identity import derived_name
+        from leantrain.naming import derived_name
 
         return self.name or derived_name(self.data, self.model, self.seed, self.to_dict())
 
@@ -144,7 +144,7 @@ class RunConfig:
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"{where}: seed must be an integer in 0..{MAX_SEED}, got {_short(self.seed)}")
         if self.name:
-            from leantrain.train.run_identity import check_name
+            from leantrain.naming import check_name
 
             check_name(self.name, f"{where}: run name")
         if self.checkpoint_every is not None:
