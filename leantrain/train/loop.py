@@ -135,7 +135,7 @@ def train_epoch(
         state.samples_seen += step_samples
         if meter is not None:
             activation_bytes = meter.peak_bytes
-        if steps == 1:
+        if steps - resumed.steps == 1:
             after_first_step, first_step_samples = now(device), step_samples
         bar.update(len(step_batches), step_samples)
         if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
@@ -150,10 +150,12 @@ def train_epoch(
     time_s = end - start + resumed.elapsed_s
     # Throughput leaves out the process's first step (allocation, kernel selection, compilation),
     # when there is more than one step to measure; epoch time_s always counts everything.
-    if exclude_warmup and steps > 1:
-        rate_time, rate_samples, rate_steps = end - after_first_step, samples - first_step_samples, steps - 1
+    # Rates count this process's share of the epoch only (a mid-epoch resume's earlier part ran elsewhere).
+    session_steps, session_samples = steps - resumed.steps, samples - resumed.samples
+    if exclude_warmup and session_steps > 1:
+        rate_time, rate_samples, rate_steps = end - after_first_step, session_samples - first_step_samples, session_steps - 1
     else:
-        rate_time, rate_samples, rate_steps = time_s, samples, steps
+        rate_time, rate_samples, rate_steps = end - start, session_samples, session_steps
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
     dist = state.dist
     totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
