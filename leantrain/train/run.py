@@ -181,6 +181,10 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
 
 
 def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
+    saved_world = saved.get("world_size", 1)
+    if saved_world != state.dist.world_size:
+        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
+                         f"not {state.dist.world_size} (the batch order and per-rank random states depend on it)")
     if saved["config"] != config.to_dict():
         changed = sorted(k for k in config.to_dict() if saved["config"].get(k) != config.to_dict()[k])
         raise UsageError(
@@ -199,10 +203,6 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
     dist = state.dist
-    saved_world = saved.get("world_size", 1)
-    if saved_world != dist.world_size:
-        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
-                         f"not {dist.world_size} (the batch order and per-rank random states depend on it)")
     checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 
 
