@@ -23,6 +23,7 @@ from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
+from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -34,6 +35,8 @@ from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
 
+# The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
+PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
 
 def execute(
     config: RunConfig,
@@ -57,7 +60,11 @@ def execute(
     device = resolve_device(config.device)
     if device.type == "cuda" and world.launched:
         device = torch.device("cuda", world.local_rank)
-    with process_group(world, config.backend, device, config.dist_timeout) as dist:
+    if config.parallel == "mpi":
+        group = mpi_group(world, device)
+    else:
+        group = process_group(with_master_from_rank0(world), config.backend, device, config.dist_timeout)
+    with group as dist:
         return _execute(config, dist, device, model, dataset, techniques, out_dir,
                         resume or world.restart_count > 0, quiet, extra_run_fields or {})
 
@@ -87,8 +94,8 @@ def _execute(
     model = model if model is not None else models.build(config.model, dataset)
     techniques = list(techniques) if techniques is not None else from_config(config)
     check_parallel_mode(techniques, config.parallel)
-    if config.parallel == "ddp":
-        techniques.append(DataParallel())
+    if config.parallel in PARALLEL_WRAPS:
+        techniques.append(PARALLEL_WRAPS[config.parallel]())
     techniques = in_hook_order(techniques)
     if out_dir and dist.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
