@@ -21,6 +21,7 @@ from leantrain.fileio import prepare_output_dir, write_json
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
+from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
 from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
@@ -89,15 +90,27 @@ def _execute(
     threads = config.threads or (_threads_per_worker(dist.world) if dist.world_size > 1 else None)
     if threads:
         torch.set_num_threads(threads)
-    _seed_everything(config.seed)  # the same on every rank: the same data and initial weights
+    ensemble = config.parallel == "ensemble"
+    member = member_spec(config.model, config.members, dist.rank, dist.world_size) if ensemble else config.model
+    # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
+    _seed_everything(config.seed + (dist.rank if ensemble else 0))
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
-    model = model if model is not None else models.build(config.model, dataset)
+    model = model if model is not None else models.build(member, dataset)
     techniques = list(techniques) if techniques is not None else from_config(config)
     check_parallel_mode(techniques, config.parallel)
     if config.parallel in PARALLEL_WRAPS:
         techniques.append(PARALLEL_WRAPS[config.parallel]())
+    if ensemble:
+        if dataset.task != "classification":
+            raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
+        techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
+                                         config.eval_batch_size, config.seed))
+        # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
+        dist, ranks = Dist(device=device), dist
+    else:
+        ranks = dist
     techniques = in_hook_order(techniques)
-    if out_dir and dist.is_main:
+    if out_dir and ranks.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
@@ -105,7 +118,7 @@ def _execute(
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
 
     task = get_task(dataset.task)
-    batches = _batch_source(config, dataset, dist)
+    batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset, dist)
     state = TrainState(
         model=model,
         optimizer=make_optimizer(config, model),
@@ -116,17 +129,19 @@ def _execute(
         total_epochs=config.epochs,
         dist=dist,
     )
-    ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
+    # Ensemble members hold different models: each rank keeps its own checkpoint.
+    ckpt_name = f"{config.run_name}.member{ranks.rank}" if ensemble else config.run_name
+    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         restore(state, techniques, checkpoint.load(ckpt_path), config)
 
-    progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
+    progress = Progress(quiet=quiet, rank=ranks.rank, label=config.run_name)
 
     def save(state: TrainState) -> None:
         if ckpt_path is None:
             return
         payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
-        if dist.is_main:
+        if dist.is_main:  # under an ensemble, every member is main of its own loop
             checkpoint.save(ckpt_path, payload)
 
     train(
@@ -134,11 +149,16 @@ def _execute(
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
+    if ensemble:
+        extra = {**extra, "members": ranks.gather(member), "world_size": ranks.world_size,
+                 "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
+                 "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra)
-    if out_dir and ckpt_path and dist.is_main:
+    if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
+    ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
+    if ckpt_path and dist.is_main:
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
-    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return record
 
 
