@@ -49,8 +49,9 @@ class RunConfig:
         "combined; batch_size is per worker",
         PARALLELS,
     )
-    procs: int | None = _opt(None, "launch this many local worker processes (torch.distributed.run); "
-                                   "none: as launched by torchrun/mpirun/srun, or one")
+    procs: str | int | None = _opt(None, "launch this many local worker processes (torch.distributed.run, or mpirun "
+                                         "for mpi); auto (ddp): time 1 process x all cores against 1 process per "
+                                         "core, same global batch, and take the faster; none: as launched, or one")
     members: str | None = _opt(None, "ensemble: one model per worker, NAME[:key=value,...],NAME...; "
                                      "none: --model on every worker, each from its own seed")
     backend: str = _opt("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", BACKENDS)
@@ -126,7 +127,14 @@ class RunConfig:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
         if self.threads is not None and self.threads <= 0:
             raise UsageError(f"{where}: threads must be a positive integer, got {self.threads}")
-        if self.procs is not None and self.procs <= 0:
+        if isinstance(self.procs, str) and self.procs.isdigit():
+            self.procs = int(self.procs)  # from the command line, a count arrives as text
+        if isinstance(self.procs, str) and self.procs != "auto":
+            raise UsageError(f"{where}: procs must be a positive integer or auto, got {self.procs!r}")
+        if self.procs == "auto" and self.parallel != "ddp":
+            raise UsageError(f"{where}: procs auto chooses between processes and threads for --parallel ddp, "
+                             f"not {self.parallel}")
+        if isinstance(self.procs, int) and self.procs <= 0:
             raise UsageError(f"{where}: procs must be a positive integer, got {self.procs}")
         if not self.dist_timeout > 0:
             raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
@@ -142,7 +150,7 @@ class RunConfig:
         device = resolve_device(self.device, where)
         if self.backend == "nccl" and device.type != "cuda":
             raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
-        if self.procs is not None and self.procs > 1 and self.parallel == "none":
+        if isinstance(self.procs, int) and self.procs > 1 and self.parallel == "none":
             raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
                              "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
@@ -165,7 +173,7 @@ class RunConfig:
                 check_spec(MODELS, spec, "data")
         except UsageError as e:
             raise UsageError(f"{where}: members: {e}") from None
-        if self.procs is not None and len(specs) != self.procs:
+        if isinstance(self.procs, int) and len(specs) != self.procs:
             raise UsageError(f"{where}: members names {len(specs)} models for procs {self.procs}; give one per worker")
 
     def _validate_techniques(self, where: str) -> None:

@@ -148,6 +148,10 @@ def _case_section(case: Case) -> list[str]:
             row.insert(9, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
                                      ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
         lines.append("| " + " | ".join(row) + " |")
+    settings = next(iter(case.recipes.values()))[0]["run"].get("experiment", {})
+    for missing in settings.get("unavailable", []):
+        if missing["case"] == case.label:
+            lines.append(f"| {missing['recipe']} | {missing['why']} |" + " |" * (len(header) - 2))
     lines += ["", *_epoch_table(case), ""]
     for recipe, runs in case.recipes.items():
         lines += _ensemble_table(recipe, runs[0])
