@@ -16,9 +16,9 @@ import torch
 
 from leantrain.errors import UsageError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 LOADERS = ("tensor", "dataloader")
-OPTIMIZERS = ("adam", "fused-adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
 ACCUMULATIONS = ("off", "adaptive")
 LR_SCALINGS = ("sqrt", "linear", "none")
 SCHEDULES = ("constant", "warmup-cosine")
@@ -37,12 +37,18 @@ class RunConfig:
     batch_size: int = _opt(64, "samples per optimizer step (per worker)")
     eval_batch_size: int = _opt(1024, "samples per validation batch")
     lr: float = _opt(1e-3, "learning rate")
-    optimizer: str = _opt("adam", "optimizer (fused-adam: the same Adam update in one fused kernel per step)", OPTIMIZERS)
+    optimizer: str = _opt(
+        "adam", "optimizer (foreach-/fused-adam: the same Adam update in grouped or fused kernels; auto-adam: the "
+        "fastest of the three, timed here)", OPTIMIZERS,
+    )
     weight_decay: float = _opt(0.0, "weight decay")
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
     )
-    precision: str = _opt("fp32", "compute precision: fp32, bf16 autocast, or fp16 autocast with loss scaling", PRECISIONS)
+    precision: str = _opt(
+        "fp32", "compute precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or auto (the fastest of "
+        "them whose loss keeps with fp32's, timed on this machine and model)", PRECISIONS,
+    )
     grad_clip: float | None = _opt(None, "clip the gradient norm to this max (after fp16 unscaling); none: no clipping")
     checkpointing: str | int = _opt(
         "off", "activation checkpointing of the model's blocks: off, sqrt (√L segments), or a segment count"
@@ -63,7 +69,9 @@ class RunConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _opt(0, "seed for data, initialisation and batch order")
     target: float | None = _opt(None, "target validation metric (e.g. accuracy 0.7) for time-to-target")
-    threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    threads: str | int | None = _opt(
+        None, "CPU threads for PyTorch: a count, auto (the CPUs other processes leave free), or none (PyTorch's choice)"
+    )
     name: str = _opt("", "run name (default: derived from data, model and seed)")
 
     @property
@@ -100,8 +108,10 @@ class RunConfig:
             raise UsageError(f"{where}: lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.threads is not None and self.threads <= 0:
-            raise UsageError(f"{where}: threads must be a positive integer, got {self.threads}")
+        if isinstance(self.threads, str) and self.threads.isdigit():
+            self.threads = int(self.threads)  # from the command line, a count arrives as text
+        if self.threads is not None and self.threads != "auto" and not (isinstance(self.threads, int) and self.threads > 0):
+            raise UsageError(f"{where}: threads must be a positive integer or auto, got {self.threads!r}")
         self._validate_techniques(where)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")

@@ -41,7 +41,7 @@ def from_config(config: RunConfig) -> list[Technique]:
     techniques: list[Technique] = []
     if config.complexity == "match":
         techniques.append(ComplexityMatching(config.start_width, config.max_width, seed=config.seed))
-    if config.precision != "fp32":
+    if config.precision in ("bf16", "fp16"):  # "auto" is resolved to one of these (or fp32) before training
         techniques.append(MixedPrecision(config.precision))
     if config.checkpointing != "off":
         techniques.append(ActivationCheckpointing(config.checkpointing))

@@ -40,13 +40,13 @@ def fit(
     options.setdefault("name", f"{type(model).__name__.lower()}-{data.name}")
     config = RunConfig.from_dict({"model": "mlp", "data": "imagenet-sim", "epochs": epochs, **options}, where="fit")
     # Techniques switched on by option (precision="bf16") and those passed as objects, never both for one name.
-    switched_on = from_config(config)
-    clashes = {t.name for t in switched_on} & {t.name for t in techniques}
+    switched_on = {t.name for t in from_config(config)} | ({"precision"} if config.precision == "auto" else set())
+    clashes = switched_on & {t.name for t in techniques}
     if clashes:
         raise UsageError(f"fit: {', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
     out_dir = Path(checkpoint_dir) if checkpoint_dir else None
     record = execute(
-        config, model=model, dataset=data, techniques=switched_on + list(techniques), out_dir=out_dir, resume=resume,
+        config, model=model, dataset=data, techniques=list(techniques), out_dir=out_dir, resume=resume,
         quiet=quiet,
         extra_run_fields={"model": type(model).__name__, "data": data.name},
     )

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from leantrain import data as data_sets
-from leantrain import models
+from leantrain import models, tuning
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
@@ -34,7 +34,7 @@ def execute(
     *,
     model: nn.Module | None = None,
     dataset: Dataset | None = None,
-    techniques: list[Technique] | None = None,
+    techniques: list[Technique] | None = None,  # in addition to those the config switches on
     out_dir: Path | None = None,
     resume: bool = False,
     quiet: bool = False,
@@ -45,12 +45,19 @@ def execute(
     With ``resume``, continue from ``<out_dir>/<run>.ckpt`` if it exists (else start afresh).
     """
     device = resolve_device(config.device)
-    if config.threads:
+    threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
+    if isinstance(config.threads, int):
         torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
     model = model if model is not None else models.build(config.model, dataset)
-    techniques = in_hook_order(list(techniques) if techniques is not None else from_config(config))
+    ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
+    saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
+    progress = Progress(quiet=quiet, label=config.run_name)
+    # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
+    tuned = tuning.resolve(config, model, dataset, device, saved=saved.get("autotune") if saved else None,
+                           say=progress.message)
+    techniques = in_hook_order(from_config(tuned.config) + list(techniques or []))
     if out_dir:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
@@ -60,36 +67,42 @@ def execute(
     batches = _batch_source(config, dataset)
     state = TrainState(
         model=model,
-        optimizer=make_optimizer(config, model),
+        optimizer=make_optimizer(tuned.config, model),
         task=task,
         device=device,
         base_lr=config.lr,
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
     )
-    ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
-    if resume and ckpt_path and ckpt_path.exists():
-        restore(state, techniques, checkpoint.load(ckpt_path), config)
+    if saved:
+        restore(state, techniques, saved, config)
 
-    progress = Progress(quiet=quiet, label=config.run_name)
-    save = (lambda s: checkpoint.save(ckpt_path, snapshot(s, techniques, config))) if ckpt_path else (lambda s: None)
+    def save(s: TrainState) -> None:
+        if ckpt_path:
+            checkpoint.save(ckpt_path, {**snapshot(s, techniques, config), "autotune": tuned.record})
+
     train(
         state, batches, dataset.x_val, dataset.y_val,
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
-    record = make_record(config, state, dataset, techniques, extra_run_fields or {})
+    autotune = {"autotune": tuned.record} if tuned.record else {}
+    record = make_record(config, state, dataset, techniques, {**(extra_run_fields or {}), **autotune})
     if out_dir:
         write_json(out_dir / f"{config.run_name}.json", record)
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
+    torch.set_num_threads(threads_before)
     return record
+
+
+# One Adam update, three implementations: a loop over tensors, grouped (foreach) kernels, one fused kernel.
+ADAM_KERNELS: dict[str, dict[str, bool]] = {"adam": {"fused": False}, "foreach-adam": {"foreach": True}, "fused-adam": {"fused": True}}
 
 
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer in ("adam", "fused-adam"):
-        fused = config.optimizer == "fused-adam"
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    if config.optimizer in ADAM_KERNELS:
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **ADAM_KERNELS[config.optimizer])
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)

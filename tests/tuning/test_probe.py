@@ -1,0 +1,57 @@
+"""The real probe on a tiny model: it measures every candidate and leaves the run's model and RNG untouched."""
+import math
+
+import torch
+from torch import nn
+
+from leantrain.tasks import get_task
+from leantrain.tuning import probe
+from leantrain.tuning.machine import busy_cores, cpu_flags, free_threads
+
+CPU = torch.device("cpu")
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+
+
+def test_precision_probe_times_each_candidate_and_disturbs_nothing():
+    model, task = _model(), get_task("classification")
+    x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 3
+    weights = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    trials = probe.precision_trials(
+        model, lambda m: torch.optim.Adam(m.parameters(), lr=1e-2), lambda m: task.loss_sum(m(x), y) / len(y),
+        CPU, ["fp32", "bf16", "fp16"],
+    )
+    assert set(trials) == {"fp32", "bf16", "fp16"}
+    for trial in trials.values():
+        assert trial.median_ms and trial.median_ms > 0
+        assert trial.skipped or math.isfinite(trial.loss)
+    assert trials["bf16"].skipped or abs(trials["bf16"].loss - trials["fp32"].loss) < 0.1
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_optimizer_probe_times_each_kernel_on_copies_of_the_parameters():
+    model = _model()
+    weights = [p.detach().clone() for p in model.parameters()]
+    factories = {k: (lambda params, k=k: torch.optim.Adam(params, foreach=k == "foreach", fused=k == "fused"))
+                 for k in ("loop", "foreach", "fused")}
+    trials = probe.optimizer_trials(model, factories, CPU)
+    assert set(trials) == {"loop", "foreach", "fused"} and all(t.median_ms > 0 for t in trials.values())
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_free_threads_subtracts_busy_cores_and_keeps_at_least_one():
+    assert free_threads(2, 0.0) == 2 and free_threads(2, 0.9) == 1 and free_threads(2, 2.0) == 1
+    assert free_threads(8, None) == 8
+    busy = busy_cores([0], interval_s=0.05)
+    assert busy is None or busy >= 0.0
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    info = "processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert cpu_flags(info) == ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert cpu_flags("flags : fpu sse avx2\n") == ["avx2"]
