@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from leantrain.train.metrics import cpu_name
+from leantrain.train.metrics import cpu_name, matmul_peaks
+from leantrain.tuning.machine import machine_facts
 
 SCHEMA = 1
 
@@ -65,7 +66,9 @@ def environment(device: torch.device, peak_flops: float | None) -> dict[str, Any
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "git_commit": _git_commit(),
-        "peak_flops": peak_flops,
+        "peak_flops": peak_flops,  # utilisation's divisor: the run's dtype's peak, never below fp32's
+        "peak_flops_by_dtype": matmul_peaks(device),
+        **machine_facts(device),
     }
 
 
