@@ -45,14 +45,14 @@ def _timed(stepper: _Stepper, device: torch.device, n: int = 1) -> float:
 
 def _warm_up(stepper: _Stepper, device: torch.device, best: float | None) -> float:
     """Seconds per step once warm: the better of two timed steps after the warm-up ones (one step may meet
-    a neighbour's burst). Gives up as soon as a step is hopelessly slower than ``best`` (the first step,
-    which also allocates and selects kernels, gets a wider allowance): an emulated path ~40x slower than
-    fp32 would otherwise cost a minute of probing for nothing."""
+    a neighbour's burst). Gives up once a step after the first (which also allocates state and selects
+    kernels, so it says little) is hopelessly slower than ``best``: an emulated path ~40x slower than fp32
+    would otherwise cost a minute of probing for nothing."""
     times: list[float] = []
     for i in range(WARMUP_STEPS + 2):
         times.append(_timed(stepper, device))
-        if best is not None and min(times[1:] or times) > HOPELESS * (3 if i == 0 else 1) * best:
-            return min(times)
+        if i >= 1 and best is not None and min(times[1:]) > HOPELESS * best:
+            return min(times[1:])
     return min(times[WARMUP_STEPS:])
 
 
