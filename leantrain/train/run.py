@@ -102,7 +102,9 @@ ADAM_KERNELS: dict[str, dict[str, bool]] = {"adam": {"fused": False}, "foreach-a
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer in ADAM_KERNELS:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **ADAM_KERNELS[config.optimizer])
+        kernel = ADAM_KERNELS[config.optimizer]
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                                foreach=kernel.get("foreach"), fused=kernel.get("fused"))
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 
 import torch
@@ -56,7 +56,7 @@ def _warm_up(stepper: _Stepper, device: torch.device, best: float | None) -> flo
     return min(times[WARMUP_STEPS:])
 
 
-def _race(steppers: dict[str, _Stepper], device: torch.device, rounds: int | None) -> dict[str, Trial]:
+def _race(steppers: Mapping[str, _Stepper], device: torch.device, rounds: int | None) -> dict[str, Trial]:
     """Warm up each, drop the hopeless, then time the rest in rotating order, round by round."""
     rounds = ROUNDS if rounds is None else rounds
     trials = {name: Trial() for name in steppers}
