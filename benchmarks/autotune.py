@@ -1,8 +1,8 @@
 """``auto`` against each fixed value, side by side: is the measured choice as fast as the best fixed one?
 
 For each model (the seed's MLP at the lean batch, a wide MLP, a CNN on an image stand-in, GPT-2 tiny) and
-each variant (``auto`` and every fixed value of the knob), one real ``leantrain`` run of 2 epochs; the
-figure is the second epoch's training samples/s (warm: no allocation or kernel selection in it). Variants
+each variant (``auto`` and every fixed value of the knob), one real ``leantrain`` run of 3 epochs; the
+figure is the training samples/s of epochs 2 and 3 (warm: no allocation or kernel selection in them). Variants
 run interleaved, in rotating order, ``--repeats`` times; the table shows median [min–max], what ``auto``
 chose in each repeat, the probe's one-off cost, and how many repeats other processes disturbed (> 0.15
 cores). The bar: auto's median ≥ 95% of the best fixed variant's median, per model.
@@ -78,7 +78,7 @@ def main() -> None:
     for case in cases:
         spec = case.data.format(n=max(64, int(case.n * args.scale)))
         dataset = data_sets.load(spec, seed=0)
-        base = RunConfig(model=case.model, data=spec, epochs=2, batch_size=case.batch_size, lr=case.lr,
+        base = RunConfig(model=case.model, data=spec, epochs=3, batch_size=case.batch_size, lr=case.lr,
                          device=args.device, **others)
         rates: dict[str, list[float]] = {v: [] for v in variants}
         noisy = dict.fromkeys(variants, 0)
@@ -88,8 +88,8 @@ def main() -> None:
             order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
             for variant in order:
                 record = execute(base.replace(**{args.knob: variant}), dataset=dataset, quiet=True)
-                last = record["epochs"][-1]
-                rates[variant].append(last["samples_per_s"])
+                warm = record["epochs"][1:]
+                rates[variant].append(sum(e["train_samples"] for e in warm) / sum(e["time_s"] for e in warm))
                 noisy[variant] += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in record["epochs"])
                 if variant == auto:
                     entry = record["run"]["autotune"][args.knob]
@@ -116,7 +116,7 @@ def main() -> None:
     print(f"\nmachine: {cpu_name()} | capability {cpu_capability()} | flags {flags} | threads "
           f"{torch.get_num_threads()} | torch {torch.__version__} | device {args.device} | knob {args.knob} | "
           f"repeats {args.repeats} | scale {args.scale}")
-    header = ["model", "batch", args.knob, "train samples/s (epoch 2)", "vs best fixed", "auto chose",
+    header = ["model", "batch", args.knob, "train samples/s (epochs 2-3)", "vs best fixed", "auto chose",
               "probe s (once)", "noisy repeats"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:

@@ -43,33 +43,46 @@ def _timed(stepper: _Stepper, device: torch.device, n: int = 1) -> float:
     return (now(device) - start) / n
 
 
-def _warm_up(stepper: _Stepper, device: torch.device, best: float | None) -> float:
-    """Seconds per step once warm: the better of two timed steps after the warm-up ones (one step may meet
-    a neighbour's burst). Gives up once a step after the first (which also allocates state and selects
-    kernels, so it says little) is hopelessly slower than ``best``: an emulated path ~40x slower than fp32
-    would otherwise cost a minute of probing for nothing."""
+def _warm_up(stepper: _Stepper, device: torch.device, best: tuple[float, float] | None) -> tuple[float, float, float]:
+    """(first step's seconds, seconds per step once warm, how many times slower than ``best`` it gave up at).
+
+    Once warm: the better of two timed steps after the warm-up ones (one step may meet a neighbour's
+    burst). ``best`` is the fastest alternative so far as (first step, warm step); a step hopelessly slower
+    than that ends the warm-up at once, so that an emulated path ~40x slower than fp32 (fp16 convolutions
+    on most CPUs) costs a step or two, not a minute. First steps allocate state and select kernels, so a
+    first step is only held against another first step, with a wider allowance.
+    """
     times: list[float] = []
     for i in range(WARMUP_STEPS + 2):
         times.append(_timed(stepper, device))
-        if i >= 1 and best is not None and min(times[1:]) > HOPELESS * best:
-            return min(times[1:])
-    return min(times[WARMUP_STEPS:])
+        if best is None:
+            continue
+        if i == 0 and times[0] > 2 * HOPELESS * best[0]:
+            return times[0], times[0], times[0] / best[0]
+        if i >= 1 and min(times[1:]) > HOPELESS * best[1]:
+            return times[0], min(times[1:]), min(times[1:]) / best[1]
+    return times[0], min(times[WARMUP_STEPS:]), 0.0
 
 
 def _race(steppers: Mapping[str, _Stepper], device: torch.device, rounds: int | None) -> dict[str, Trial]:
     """Warm up each, drop the hopeless, then time the rest in rotating order, round by round."""
     rounds = ROUNDS if rounds is None else rounds
     trials = {name: Trial() for name in steppers}
-    estimate: dict[str, float] = {}
+    warm: dict[str, tuple[float, float]] = {}
+    slower: dict[str, float] = {}
+    leader = ""
     for name, stepper in steppers.items():
-        estimate[name] = _warm_up(stepper, device, min(estimate.values(), default=None))
-    leader = min(estimate, key=estimate.__getitem__)
-    fastest = estimate[leader]
+        first, steady, slower[name] = _warm_up(stepper, device, warm[leader] if leader else None)
+        warm[name] = (first, steady)
+        if not slower[name] and (not leader or steady < warm[leader][1]):
+            leader = name
+    fastest = warm[leader][1]
     alive = []
     for name in steppers:
-        if estimate[name] > HOPELESS * fastest:
-            trials[name].ms_per_step = [1e3 * estimate[name]]
-            trials[name].skipped = f"{estimate[name] / fastest:.1f}x slower than {leader} in warm-up"
+        ratio = slower[name] or warm[name][1] / fastest
+        if ratio > HOPELESS:
+            trials[name].ms_per_step = [1e3 * warm[name][1]]
+            trials[name].skipped = f"{ratio:.1f}x slower than {leader} in warm-up"
         else:
             alive.append(name)
     per_round = max(1, min(MAX_STEPS_PER_ROUND, math.ceil(ROUND_S / max(fastest, 1e-6))))

@@ -1,5 +1,6 @@
 """The real probe on a tiny model: it measures every candidate and leaves the run's model and RNG untouched."""
 import math
+import time
 
 import torch
 from torch import nn
@@ -55,3 +56,20 @@ def test_cpu_flags_are_read_from_cpuinfo():
     info = "processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
     assert cpu_flags(info) == ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
     assert cpu_flags("flags : fpu sse avx2\n") == ["avx2"]
+
+
+class Sleeper(probe._Stepper):
+    def __init__(self, seconds):
+        self.seconds, self.taken = seconds, 0
+
+    def steps(self, n):
+        for _ in range(n):
+            time.sleep(self.seconds)
+            self.taken += 1
+
+
+def test_a_hopelessly_slow_alternative_costs_a_step_or_two_not_the_whole_probe():
+    fast, slow = Sleeper(0.002), Sleeper(0.1)
+    trials = probe._race({"fast": fast, "slow": slow}, CPU, rounds=2)
+    assert slow.taken <= 2 and "slower than fast in warm-up" in trials["slow"].skipped
+    assert not trials["fast"].skipped and len(trials["fast"].ms_per_step) == 2
