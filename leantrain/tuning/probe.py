@@ -71,14 +71,24 @@ def _race(steppers: Mapping[str, _Stepper], device: torch.device, rounds: int | 
     warm: dict[str, tuple[float, float]] = {}
     slower: dict[str, float] = {}
     leader = ""
+    failed: dict[str, str] = {}
     for name, stepper in steppers.items():
-        first, steady, slower[name] = _warm_up(stepper, device, warm[leader] if leader else None)
+        try:
+            first, steady, slower[name] = _warm_up(stepper, device, warm[leader] if leader else None)
+        except (RuntimeError, NotImplementedError) as e:  # e.g. an op without a kernel for this dtype, or OOM
+            if not warm:
+                raise  # the reference itself: the run would fail the same way, so say so now
+            failed[name] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            continue
         warm[name] = (first, steady)
         if not slower[name] and (not leader or steady < warm[leader][1]):
             leader = name
     fastest = warm[leader][1]
     alive = []
     for name in steppers:
+        if name in failed:
+            trials[name].skipped = failed[name]
+            continue
         ratio = slower[name] or warm[name][1] / fastest
         if ratio > HOPELESS:
             trials[name].ms_per_step = [1e3 * warm[name][1]]

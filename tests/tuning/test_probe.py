@@ -73,3 +73,13 @@ def test_a_hopelessly_slow_alternative_costs_a_step_or_two_not_the_whole_probe()
     trials = probe._race({"fast": fast, "slow": slow}, CPU, rounds=2)
     assert slow.taken <= 2 and "slower than fast in warm-up" in trials["slow"].skipped
     assert not trials["fast"].skipped and len(trials["fast"].ms_per_step) == 2
+
+
+class Broken(probe._Stepper):
+    def steps(self, n):
+        raise NotImplementedError('"addmm_impl_cpu_" not implemented for \'Half\'')
+
+
+def test_an_alternative_that_fails_is_skipped_with_its_error_and_the_others_go_on():
+    trials = probe._race({"fast": Sleeper(0.001), "broken": Broken()}, CPU, rounds=1)
+    assert trials["broken"].skipped.startswith("failed: NotImplementedError") and trials["fast"].median_ms
