@@ -31,6 +31,7 @@ test: setup-dev
 
 lint: setup-dev
 	$(BIN)/ruff check leantrain tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/lean_vs_baseline.py

@@ -12,18 +12,31 @@ DEFAULT_EXPERIMENT = Path("experiments/default.toml")
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a flag error already printed as one line
         return int(e.code or 0)
+    args.argv = argv  # for launching the same command in worker processes
     try:
         return args.handler(args)
     except UsageError as e:
-        print(f"leantrain: error: {e}", file=sys.stderr)
+        print(f"leantrain: error: {_rank_prefix()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("leantrain: interrupted; the last finished epoch's checkpoint is kept for --resume", file=sys.stderr)
         return 130
+
+
+def _rank_prefix() -> str:
+    """Worker processes other than rank 0 name themselves, so N workers' messages can be told apart."""
+    from leantrain.parallel.env import detect
+
+    try:
+        world = detect()
+    except UsageError:
+        return ""
+    return f"[rank {world.rank}] " if world.rank else ""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,22 +56,22 @@ def _parse_bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from leantrain.config import cli_fields
+    from leantrain.config import config_options
 
     parser = _Parser(prog="leantrain", description="Measure which optimizations speed up training, and by how much.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one run; write its JSON record into --out")
-    for name, kind, f in cli_fields():
-        flag = "--" + name.replace("_", "-")
-        if name == "name":
-            flag = "--run-name"
-        choices = f.metadata.get("choices")
-        parse = _parse_bool if kind is bool else kind
-        train.add_argument(flag, dest=name, type=parse, default=None, choices=choices, help=f.metadata.get("help"))
+    for option in config_options():
+        flag = "--run-name" if option.name == "name" else option.flag
+        parse = _parse_bool if option.base_type is bool else option.base_type
+        train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help)
     train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--max-restarts", type=int, default=0,
+                       help="with --procs: restart the workers this many times after a failure; they resume from the last checkpoint")
+    train.add_argument("--run-fields", help=argparse.SUPPRESS)  # JSON: an experiment's fields for the record
     train.set_defaults(handler=_train)
 
     run = commands.add_parser("run", help="run an experiment file (a matrix of runs) and write its report")
@@ -78,11 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from leantrain.config import RunConfig, cli_fields
+    import json
+
+    from leantrain.config import RunConfig, config_options
+    from leantrain.parallel.env import detect
+    from leantrain.parallel.launch import run_local_workers
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
 
-    given = {name: getattr(args, name) for name, _, _ in cli_fields() if getattr(args, name) is not None}
+    given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
     if args.resume:
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -93,12 +110,24 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = RunConfig.from_dict(given, where="command line")
         out_dir = args.out
-    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet)
-    summary = record["summary"]
-    metric = record["run"]["metric"]
-    print(f"{config.run_name}: final {metric} {summary[f'final_{metric}']:.4f}, "
-          f"{summary['train_time_s']:.2f}s training; record: {out_dir / (config.run_name + '.json')}")
+    world = detect()
+    if config.procs is not None and not world.launched and (config.procs > 1 or config.parallel != "none"):
+        status = run_local_workers(config.procs, ["-m", "leantrain", *args.argv], max_restarts=args.max_restarts)
+        result = out_dir / f"{config.run_name}.json"
+        if status == 0 and result.is_file():
+            _print_result(config.run_name, json.loads(result.read_text()), result)
+        return status
+    extra = json.loads(args.run_fields) if args.run_fields else {}
+    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields=extra)
+    if world.rank == 0 and config.procs is None:  # with --procs, the launching process prints it
+        _print_result(config.run_name, record, out_dir / (config.run_name + ".json"))
     return 0
+
+
+def _print_result(run_name: str, record: dict, path: Path) -> None:
+    summary, metric = record["summary"], record["run"]["metric"]
+    print(f"{run_name}: final {metric} {summary[f'final_{metric}']:.4f}, "
+          f"{summary['train_time_s']:.2f}s training; record: {path}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -121,12 +150,12 @@ def _report(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from leantrain.data import DATASETS
     from leantrain.models import MODELS
-    from leantrain.techniques import TECHNIQUE_SUMMARIES
+    from leantrain.techniques.registry import techniques
 
     for title, rows in (
         ("models", [(e.name, e.summary) for e in MODELS]),
         ("data sets", [(e.name, e.summary) for e in DATASETS]),
-        ("techniques (config key)", list(TECHNIQUE_SUMMARIES.items())),
+        ("techniques", [(t.name, f"{t.summary} (keys: {', '.join(o.name for o in t.options)})") for t in techniques()]),
     ):
         print(f"{title}:")
         width = max(len(name) for name, _ in rows)

@@ -1,13 +1,14 @@
 """The typed run configuration: one dataclass, read from TOML tables and CLI flags, validated once here.
 
-Every field is documented by its ``help`` metadata; the CLI's ``train`` flags are generated from these
-fields, so a new option is added in one place. Below this edge, code trusts a validated RunConfig.
+The core fields (model, data, epochs, ...) are this dataclass's own, documented by their ``help`` metadata.
+Each technique declares its own keys (``options`` in ``leantrain/techniques/<name>.py``): they are RunConfig
+keys too (``config.precision``), read and validated the same way, held in ``technique_options``. The CLI's
+``train`` flags are generated from both, so a new option is added in one place. Below this edge, code trusts
+a validated RunConfig.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,21 +16,20 @@ from typing import Any
 import torch
 
 from leantrain.errors import UsageError
+from leantrain.options import Option
+from leantrain.techniques import registry as techniques
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
-ACCUMULATIONS = ("off", "adaptive")
-LR_SCALINGS = ("sqrt", "linear", "none")
-SCHEDULES = ("constant", "warmup-cosine")
-COMPLEXITIES = ("off", "match")
+PARALLELS = ("none", "ddp")
+BACKENDS = ("auto", "gloo", "nccl")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
-@dataclass
+@dataclass(init=False)
 class RunConfig:
     model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]")
     data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]")
@@ -45,51 +45,68 @@ class RunConfig:
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
     )
-    precision: str = _opt(
-        "fp32", "compute precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or auto (the fastest of "
-        "them whose loss keeps with fp32's, timed on this machine and model)", PRECISIONS,
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (launched workers use cuda:LOCAL_RANK)")
+    parallel: str = _opt(
+        "none", "none (one process), or ddp: data parallel over the launched processes (batch_size per worker)",
+        PARALLELS,
     )
-    grad_clip: float | None = _opt(None, "clip the gradient norm to this max (after fp16 unscaling); none: no clipping")
-    checkpointing: str | int = _opt(
-        "off", "activation checkpointing of the model's blocks: off, sqrt (√L segments), or a segment count"
-    )
-    accumulation: str = _opt(
-        "off", "gradient accumulation: off, or adaptive (k micro-batches per step follows the gradient noise scale)",
-        ACCUMULATIONS,
-    )
-    accum_max: int = _opt(16, "adaptive accumulation: most micro-batches per optimizer step (least is 2)")
-    lr_scaling: str = _opt("sqrt", "adaptive accumulation: lr = lr * k**p, p = 0.5 (sqrt), 1 (linear), 0 (none)", LR_SCALINGS)
-    schedule: str = _opt("constant", "learning-rate schedule: constant, or linear warmup + cosine annealing", SCHEDULES)
-    warmup: float = _opt(0.05, "warmup-cosine: fraction of training spent warming up")
-    min_lr_ratio: float = _opt(0.1, "warmup-cosine: final lr as a fraction of lr")
-    complexity: str = _opt("off", "complexity matching (mlp): off, or match (widen the hidden layer while it helps)", COMPLEXITIES)
-    start_width: int = _opt(8, "complexity matching: hidden width to start from")
-    max_width: int = _opt(256, "complexity matching: largest hidden width")
-    compile: bool = _opt(False, "torch.compile the model (eager mode, with a warning, where it fails)")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    procs: int | None = _opt(None, "launch this many local worker processes (torch.distributed.run); "
+                                   "none: as launched by torchrun/mpirun/srun, or one")
+    backend: str = _opt("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", BACKENDS)
+    dist_timeout: float = _opt(300.0, "seconds a collective or the rendezvous may wait before every rank fails")
     seed: int = _opt(0, "seed for data, initialisation and batch order")
     target: float | None = _opt(None, "target validation metric (e.g. accuracy 0.7) for time-to-target")
     threads: str | int | None = _opt(
         None, "CPU threads for PyTorch: a count, auto (the CPUs other processes leave free), or none (PyTorch's choice)"
     )
     name: str = _opt("", "run name (default: derived from data, model and seed)")
+    # The registered techniques' keys -> values (precision, grad_clip, ...); read them as attributes.
+    technique_options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
+
+    def __init__(self, **values: Any):
+        """Core fields and technique keys by name; a key not given takes its default. A typo is a TypeError."""
+        for f in _core_fields():
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            object.__setattr__(self, f.name, values.pop(f.name, default))
+        given = values.pop("technique_options", {})  # as dataclasses.replace passes them
+        settings = {o.name: values.pop(o.name, given.get(o.name, o.default)) for o in techniques.options()}
+        object.__setattr__(self, "technique_options", settings)
+        if values:
+            raise TypeError(f"RunConfig got unknown keys: {', '.join(values)}")
+
+    def __getattr__(self, key: str) -> Any:
+        # Only reached for names that are not core fields: a technique's key.
+        settings = self.__dict__.get("technique_options", {})
+        if key in settings:
+            return settings[key]
+        declared = next((o for o in techniques.options() if o.name == key), None)
+        if declared is None:
+            raise AttributeError(f"RunConfig has no key {key!r}")
+        return declared.default  # registered after this config was made
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in self.__dict__.get("technique_options", {}):
+            self.technique_options[key] = value
+        else:
+            object.__setattr__(self, key, value)
 
     @property
     def run_name(self) -> str:
         return self.name or f"{self.data}-{self.model}-s{self.seed}".replace(":", "_").replace(",", "_").replace("=", "")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: core fields, then technique keys, as TOML files and checkpoints write them."""
+        return {**{f.name: getattr(self, f.name) for f in _core_fields()}, **self.technique_options}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> RunConfig:
         """Build from TOML/JSON values: unknown keys and wrong types are errors that say where they are."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {o.name: o for o in config_options()}
         kwargs = {}
         for key, value in values.items():
             if key not in known:
                 raise UsageError(f"{where}: unknown key {key!r}; allowed: {', '.join(known)}")
-            kwargs[key] = _check_type(key, value, _field_type(known[key]), where)
+            kwargs[key] = known[key].parse(value, where)
         return cls(**kwargs).validated(where)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -112,34 +129,38 @@ class RunConfig:
             self.threads = int(self.threads)  # from the command line, a count arrives as text
         if self.threads is not None and self.threads != "auto" and not (isinstance(self.threads, int) and self.threads > 0):
             raise UsageError(f"{where}: threads must be a positive integer or auto, got {self.threads!r}")
+        if self.procs is not None and self.procs <= 0:
+            raise UsageError(f"{where}: procs must be a positive integer, got {self.procs}")
+        if not self.dist_timeout > 0:
+            raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         self._validate_techniques(where)
-        for f in dataclasses.fields(self):
+        try:
+            techniques.check_parallel_mode(techniques.from_config(self), self.parallel)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
+        for f in _core_fields():
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UsageError(f"{where}: {f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
-        resolve_device(self.device, where)
+        device = resolve_device(self.device, where)
+        if self.backend == "nccl" and device.type != "cuda":
+            raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
+        if self.procs is not None and self.procs > 1 and self.parallel == "none":
+            raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
+                             "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
         check_spec(MODELS, self.model, "data")
         return self
 
     def _validate_techniques(self, where: str) -> None:
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise UsageError(f"{where}: grad_clip must be > 0 (or none), got {self.grad_clip}")
-        ckpt = self.checkpointing
-        if isinstance(ckpt, str) and ckpt.isdigit():
-            ckpt = self.checkpointing = int(ckpt)  # from the command line, a count arrives as text
-        if not (ckpt in ("off", "sqrt") or (isinstance(ckpt, int) and ckpt >= 1)):
-            raise UsageError(f"{where}: checkpointing {ckpt!r} is not off, sqrt or a positive segment count")
-        if self.accum_max < 2:
-            raise UsageError(f"{where}: accum_max must be >= 2 (adaptive accumulation needs two batch sizes), got {self.accum_max}")
-        if not 0 <= self.warmup < 1:
-            raise UsageError(f"{where}: warmup must be a fraction in [0, 1), got {self.warmup}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise UsageError(f"{where}: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 1 <= self.start_width <= self.max_width:
-            raise UsageError(f"{where}: need 1 <= start_width <= max_width, got {self.start_width} and {self.max_width}")
-        if self.complexity != "off" and not self.model.split(":")[0] == "mlp":
-            raise UsageError(f"{where}: complexity matching works on the mlp model, not {self.model!r}")
+        """Each technique's keys by their own checks, then the technique's checks across keys."""
+        for cls in techniques.techniques():
+            for option in cls.options:
+                setattr(self, option.name, option.validate(getattr(self, option.name), where))
+            try:
+                cls.check_config(self)
+            except ValueError as e:
+                raise UsageError(f"{where}: {e}") from None
 
 
 def resolve_device(device: str, where: str = "config") -> torch.device:
@@ -157,30 +178,15 @@ def resolve_device(device: str, where: str = "config") -> torch.device:
     raise UsageError(f"{where}: unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
-def _field_type(f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(RunConfig)[f.name]
+def _core_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(RunConfig) if not f.metadata.get("internal")]
 
 
-def _check_type(key: str, value: Any, expected: Any, where: str) -> Any:
-    allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
-    if value is None and type(None) in allowed:
-        return None
-    for t in allowed:
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UsageError(f"{where}: {key} = {value!r} must be a finite number")
-            return float(value)
-        if t is not float and t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
-            return value
-    names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
-    raise UsageError(f"{where}: {key} = {value!r} should be {names}")
-
-
-def cli_fields() -> list[tuple[str, Any, dataclasses.Field]]:
-    """(name, python type without None, field) for every RunConfig field, for building CLI flags."""
-    out = []
-    for f in dataclasses.fields(RunConfig):
-        expected = _field_type(f)
-        base = [t for t in typing.get_args(expected) if t is not type(None)] or [expected]
-        out.append((f.name, base[0], f))
-    return out
+def config_options() -> list[Option]:
+    """Every key a RunConfig takes, core fields first, then each technique's: for TOML, CLI flags and help."""
+    hints = typing.get_type_hints(RunConfig)
+    core = [Option(f.name, hints[f.name], f.default, f.metadata["help"], f.metadata.get("choices")) for f in _core_fields()]
+    clashes = {o.name for o in core} & {o.name for o in techniques.options()}
+    if clashes:
+        raise ValueError(f"technique keys {sorted(clashes)} clash with RunConfig's own fields")
+    return core + techniques.options()

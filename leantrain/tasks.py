@@ -48,6 +48,7 @@ TASKS: Registry = Registry("task")
 class Classification:
     metric = "val_acc"
     higher_is_better = True
+    units_are_samples = True  # the loss unit is one sample: ranks with equal batches hold equal units
 
     def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
         return model(x)

@@ -5,10 +5,11 @@ from typing import Any
 
 import torch
 
-from leantrain.data import images, polynomial, shipped, synthetic, text  # noqa: F401  (registers the data sets)
 from leantrain.data.dataset import Dataset, split_train_val
 from leantrain.data.registry import DATASETS
-from leantrain.registry import call_with_overrides, parse_spec
+from leantrain.registry import call_with_overrides, import_submodules, parse_spec
+
+import_submodules(__name__)  # each reader's file registers its data sets; a new file needs no listing
 
 __all__ = ["DATASETS", "Dataset", "load", "from_tensors"]
 

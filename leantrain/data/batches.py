@@ -32,6 +32,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def rank_slice(order: Tensor, rank: int, world_size: int, samples_per_rank: int) -> Tensor:
+    """Rank ``rank``'s indices: every ``world_size``-th of the shared order, so that batch k of all ranks
+    together is batch k of one process with ``world_size`` times the batch. The last ``len % world_size``
+    samples of the order are dropped (at most world_size - 1 per epoch), so every rank takes the same
+    number of steps and no collective waits on a rank that has run out."""
+    return order[rank::world_size][:samples_per_rank]
+
+
 class TensorBatches:
     def __init__(
         self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
@@ -39,8 +47,7 @@ class TensorBatches:
     ):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
-        # Every rank gets the same number of samples, so collective steps stay in lock-step.
-        self.samples_per_rank = len(x) // world_size if world_size > 1 else len(x)
+        self.samples_per_rank = len(x) // world_size
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_rank / self.batch_size)
@@ -50,24 +57,36 @@ class TensorBatches:
             order = torch.randperm(len(self.x), generator=epoch_generator(self.seed, epoch))
         else:
             order = torch.arange(len(self.x))
-        mine = order[self.rank :: self.world_size][: self.samples_per_rank].to(self.x.device)
+        mine = rank_slice(order, self.rank, self.world_size, self.samples_per_rank).to(self.x.device)
         for start in range(0, self.samples_per_rank, self.batch_size):
             index = mine[start : start + self.batch_size]
             yield self.x.index_select(0, index), self.y.index_select(0, index)
 
 
 class DataLoaderBatches:
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0):
+    """The seeds' DataLoader; on several ranks it reads this rank's slice of the same shuffled order."""
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+        rank: int = 0, world_size: int = 1,
+    ):
         self.dataset, self.batch_size, self.shuffle, self.seed = TensorDataset(x, y), batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.samples_per_rank = len(x) // world_size
         self.device = x.device
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        return math.ceil(self.samples_per_rank / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=self.shuffle, generator=epoch_generator(self.seed, epoch)
-        )
+        generator = epoch_generator(self.seed, epoch)
+        if self.world_size == 1:  # exactly the seeds' recipe
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=self.shuffle, generator=generator)
+        else:
+            n = len(self.dataset)
+            order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+            mine = rank_slice(order, self.rank, self.world_size, self.samples_per_rank).tolist()
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=mine)
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

@@ -1,10 +1,11 @@
 """Seed 004's polynomial-expansion task: lines ``factors=expansion`` such as ``(7-3*z)*(-5*z-9)=15*z**2-8*z-63``.
 
-The generator follows the distribution measured on 200,000 real lines (/work/shared/data/polynomial/README.md):
-the product of two linear factors ``a*t + b`` in one variable ``t``, which is one of 13 letters (``i``, ``n``, ``s``
-twice as likely as the others) or, in about 1% of lines each, ``sin(v)``, ``cos(v)`` or ``tan(v)``; each factor is
-a bare term (``b = 0``) with probability 0.2; ``a`` is 1 with probability 0.2, else uniform over -9..8 without 0;
-``b`` is uniform over -32..31 without 0. Both sides are sympy's ``str()`` with spaces removed.
+The generator follows the distribution measured on 200,000 real lines (``../shared/data/polynomial/README.md``,
+relative to the repository): the product of two linear factors ``a*t + b`` in one variable ``t``, which is one of 13
+letters (``i``, ``n``, ``s`` twice as likely as the others) or, in about 1% of lines each, ``sin(v)``, ``cos(v)`` or
+``tan(v)``; each factor is a bare term (``b = 0``) with probability 0.2; ``a`` is 1 with probability 0.2, else
+uniform over -9..8 without 0; ``b`` is uniform over -32..31 without 0. Both sides are sympy's ``str()`` with spaces
+removed.
 
 sympy takes ~1 ms a line, so lines are written by ``format_line``, which applies sympy's printing rules for these
 forms (term order, factor order, ``**2`` for a repeated factor); ``sympy_line`` is the reference it must equal,

@@ -36,7 +36,7 @@ def write_report(folder: Path) -> Path:
     runs = load_runs(folder)
     cases = group_cases(runs)
     write_atomic(folder / "summary.md", render_summary(runs, cases))
-    plots.draw(cases, folder)
+    plots.draw([epoch_curves(c) for c in cases], speedup_bars(cases), folder)
     return folder / "summary.md"
 
 
@@ -55,10 +55,33 @@ def group_cases(runs: list[dict[str, Any]]) -> list[Case]:
     return cases
 
 
+def epoch_curves(case: Case) -> plots.EpochCurves:
+    """Per recipe, the per-epoch medians over seeds that the epoch plot draws."""
+    series = {}
+    for recipe, runs in case.recipes.items():
+        n = min(len(r["epochs"]) for r in runs)
+        series[recipe] = {key: [statistics.median(r["epochs"][i][key] for r in runs) for i in range(n)]
+                          for key in ("time_s", case.metric, "val_loss", "train_loss")}
+    return plots.EpochCurves(case.label, case.metric, case.target, series)
+
+
+def speedup_bars(cases: list[Case]) -> plots.SpeedupBars | None:
+    """Speedup to target (paired by seed) and median peak memory, per recipe and compared case; None without a baseline."""
+    compared = [c for c in cases if c.baseline]
+    if not compared:
+        return None
+    recipes = {r: plots.RecipeBars() for c in compared for r in c.recipes}
+    for j, case in enumerate(compared):
+        for recipe, runs in case.recipes.items():
+            recipes[recipe].speedups[j] = paired_ratios(case, recipe, case.time_to_target)
+            recipes[recipe].peak_mem_mib[j] = statistics.median(r["summary"]["peak_mem_bytes"] for r in runs) / 2**20
+    return plots.SpeedupBars([c.label for c in compared], recipes)
+
+
 def _target(settings: dict[str, Any], recipes: dict[str, list], metric: str, higher: bool) -> float | None:
     target = settings.get("target")
     if target == "baseline-final":
-        baseline = recipes.get(settings.get("baseline"), [])
+        baseline = recipes.get(settings.get("baseline") or "", [])
         finals = [r["summary"][f"final_{metric}"] for r in baseline if r["summary"].get(f"final_{metric}") is not None]
         if not finals:
             return None
@@ -85,7 +108,8 @@ def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
     ]
     for case in cases:
         lines += _case_section(case)
-    lines.append("Plots: " + ", ".join(f"`{p}`" for p in plots.file_names(cases)))
+    names = plots.file_names([c.label for c in cases], with_bars=any(c.baseline for c in cases))
+    lines.append("Plots: " + ", ".join(f"`{p}`" for p in names))
     return "\n".join(lines) + "\n"
 
 
@@ -94,19 +118,19 @@ def _case_section(case: Case) -> list[str]:
     target = "none" if case.target is None else f"{case.metric} {'≥' if case.higher_is_better else '≤'} {case.target:.4f}"
     lines = [f"## {case.label}", "", f"Target for time-to-target: {target}.", ""]
     header = [
-        "recipe", "seeds", "epoch time (s)", f"final {short}", "Δ vs baseline", "final val loss", "samples/s",
+        "recipe", "workers × threads", "seeds", "epoch time (s)", f"final {short}", "Δ vs baseline", "final val loss", "samples/s",
         "steps/s train / val / overall", "peak mem", "activation mem", "utilisation", "time to target (s)",
-        "speedup to target", "speedup per epoch",
+        "speedup to target", "speedup per epoch", "scaling efficiency",
     ]
     has_tokens = any(r["epochs"][0].get("train_tokens_per_s") for runs in case.recipes.values() for r in runs)
     if has_tokens:
-        header.insert(8, "tokens/s train / val / overall")
+        header.insert(9, "tokens/s train / val / overall")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     band = next(iter(case.recipes.values()))[0]["run"].get("experiment", {}).get("target_tolerance", 0.005)
     for recipe, runs in case.recipes.items():
         final = lambda r: r["summary"].get(f"final_{metric}")  # noqa: E731
         row = [
-            recipe, str(len(runs)),
+            recipe, f"{_workers(runs[0])} × {runs[0]['env']['threads']}", str(len(runs)),
             _spread(runs, lambda r: r["summary"]["mean_epoch_time_s"], "{:.3f}"),
             _spread(runs, final, "{:.4f}"),
             _quality_delta(case, runs, final, band),
@@ -120,9 +144,10 @@ def _case_section(case: Case) -> list[str]:
             _spread(runs, case.time_to_target, "{:.3f}"),
             _speedup(case, recipe, case.time_to_target),
             _speedup(case, recipe, lambda r: r["summary"]["mean_epoch_time_s"]),
+            _scaling_efficiency(case, recipe),
         ]
         if has_tokens:
-            row.insert(8, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
+            row.insert(9, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
                                      ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", *_epoch_table(case), ""]
@@ -196,6 +221,28 @@ def _quality_delta(case: Case, runs: list[dict[str, Any]], final: Callable, band
     worse = -delta if case.higher_is_better else delta
     flag = " ⚠ outside band" if worse > band else ""
     return f"{delta:+.4f}{flag}"
+
+
+def _workers(run: dict[str, Any]) -> int:
+    return int(run["run"].get("world_size", 1))
+
+
+def _scaling_efficiency(case: Case, recipe: str) -> str:
+    """N-worker samples/s over N times one worker's, paired by seed; the one-worker recipe with the same
+    threads per worker is the reference when there is one (else any one-worker recipe)."""
+    runs = case.recipes[recipe]
+    workers = _workers(runs[0])
+    if workers == 1:
+        return "—"
+    single = [r for r in case.recipes if _workers(case.recipes[r][0]) == 1]
+    same_threads = [r for r in single if case.recipes[r][0]["env"]["threads"] == runs[0]["env"]["threads"]]
+    if not single:
+        return "—"
+    reference = (same_threads or single)[0]
+    base = {r["run"]["seed"]: r["summary"]["median_samples_per_s"] for r in case.recipes[reference]}
+    ratios = [r["summary"]["median_samples_per_s"] / (workers * base[r["run"]["seed"]])
+              for r in runs if base.get(r["run"]["seed"]) and r["summary"]["median_samples_per_s"]]
+    return f"{median_spread(ratios, '{:.2f}')} (vs {reference})" if ratios else "—"
 
 
 def _mib(value: float) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
@@ -149,7 +149,7 @@ def _only_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
             raise UsageError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -158,6 +158,7 @@ def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = Fals
     from leantrain.experiments.report import write_report
     from leantrain.fileio import prepare_output_dir
     from leantrain.train.run import execute
+    from leantrain.train.worker import launch
 
     datasets = preflight(experiment)
     prepare_output_dir(out_dir)
@@ -170,10 +171,15 @@ def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = Fals
             continue
         if not quiet:
             print(f"[{number}/{len(experiment.runs)}] {config.run_name}", file=sys.stderr, flush=True)
-        execute(
-            config, dataset=datasets[(config.data, config.seed)], out_dir=out_dir, resume=resume, quiet=quiet,
-            extra_run_fields={"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe},
-        )
+        fields = {"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe}
+        if config.procs is not None and (config.procs > 1 or config.parallel != "none"):
+            status = launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields)
+            if status != 0:
+                raise UsageError(f"{config.run_name}: its {config.procs} workers failed (exit status {status}); "
+                                 "the runs before it are kept, and run --resume continues from here")
+        else:
+            execute(config, dataset=datasets[(config.data, config.seed)], out_dir=out_dir, resume=resume, quiet=quiet,
+                    extra_run_fields=fields)
         written.append(result_path)
     write_report(out_dir)
     return written
@@ -190,6 +196,9 @@ def preflight(experiment: Experiment) -> dict[tuple[str, int], Any]:
     checked: set[tuple[str, str]] = set()
     for planned in experiment.runs:
         config = planned.config
+        if config.parallel != "none" and config.procs is None:
+            raise UsageError(f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r}): parallel "
+                             f"{config.parallel} needs procs = N, the number of local workers to launch")
         key = (config.data, config.seed)
         if key not in datasets:
             datasets[key] = data_sets.load(config.data, seed=config.seed)

@@ -6,9 +6,10 @@ from typing import Any
 from torch import nn
 
 from leantrain.data.dataset import Dataset
-from leantrain.models import autoencoder, cnn, gpt2, mlp, nbow, resnet, seq2seq, vgg  # noqa: F401  (registers the models)
 from leantrain.models.registry import MODELS
-from leantrain.registry import call_with_overrides, parse_spec
+from leantrain.registry import call_with_overrides, import_submodules, parse_spec
+
+import_submodules(__name__)  # each model family's file registers its models; a new file needs no listing
 
 __all__ = ["MODELS", "build", "flops_per_sample"]
 

@@ -33,7 +33,7 @@ class ConvAutoencoder(nn.Module):
             deconv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=padding)
             up.append(nn.Sequential(deconv, act))
         self.blocks = nn.ModuleList(down + up)
-        self._flops = layer_flops(self, torch.zeros(1, *in_shape))
+        self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

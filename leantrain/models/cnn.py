@@ -29,7 +29,7 @@ class CNN(nn.Module):
             nn.Flatten(), nn.Linear(widths[-1] * height * width_px, hidden), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, classes),
         )
-        self._flops = layer_flops(self, torch.zeros(1, *in_shape))
+        self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -1,6 +1,8 @@
 """What model builders share: reading the facts they need from a Dataset, and counting layer FLOPs."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -16,7 +18,7 @@ def image_shape(data: Dataset, model: str) -> tuple[int, int, int]:
             f"model {model!r} needs float images (N, C, H, W); data set {data.name!r} has inputs of shape "
             f"(N, {', '.join(map(str, shape))}) and dtype {data.x_train.dtype}"
         )
-    return shape  # type: ignore[return-value]
+    return (shape[0], shape[1], shape[2])
 
 
 def token_length(data: Dataset, model: str) -> int:
@@ -58,12 +60,14 @@ def require_task(data: Dataset, task: str, model: str) -> None:
         raise UsageError(f"model {model!r} trains on {task!r} data; data set {data.name!r} is a {data.task!r} task")
 
 
-def layer_flops(model: nn.Module, example: torch.Tensor) -> float:
+def layer_flops(model: nn.Module, sample_shape: tuple[int, ...]) -> float:
     """Forward FLOPs of one sample in the conv and linear layers (2 per multiply-add), by shape hooks.
 
     Normalisation, activations, pooling and residual additions are left out: they are a few percent
     of a conv net's work, and FlopCounterMode (which utilisation is checked against) leaves them out too.
-    The model runs once on ``example`` (one sample) in eval mode, so batch norm accepts a batch of one.
+    The forward runs on the meta device (shapes only, no arithmetic, no memory) with meta stand-ins for
+    the weights, so it is free for a large model and works on one built on the meta device to be sharded.
+    It runs in eval mode, so batch norm accepts a batch of one.
     """
     total = 0.0
 
@@ -81,13 +85,15 @@ def layer_flops(model: nn.Module, example: torch.Tensor) -> float:
 
     layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    on_meta = {name: torch.empty_like(t, device="meta") for name, t in tensors}
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            torch.func.functional_call(model, on_meta, (torch.zeros(1, *sample_shape, device="meta"),))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total / example.shape[0]
+    return total

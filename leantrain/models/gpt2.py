@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class GPT(nn.Module):
         return 2.0 * linear_weights + 4.0 * c.n_layer * self.seq_len * c.n_embd
 
 
-def _build(data: Dataset, name: str, vocab_size: int, **options: int | float) -> GPT:
+def _build(data: Dataset, name: str, vocab_size: int, **options: Any) -> GPT:
     require_task(data, "language-model", name)
     seq_len = token_length(data, name)
     config = GPTConfig(info_int(data, "vocab_size", name, vocab_size), **options)

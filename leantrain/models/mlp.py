@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
+from leantrain.models.common import classes_of
 from leantrain.models.registry import MODELS
 
 
@@ -30,13 +32,13 @@ class MLP(nn.Module):
 
     def linear_layers(self) -> list[nn.Linear]:
         """The chain of linear layers, input to output (for resizing the hidden width: complexity matching)."""
-        return [block[0] for block in self.blocks] + [self.head]
+        return [cast(nn.Linear, cast(nn.Sequential, block)[0]) for block in self.blocks] + [self.head]
 
     def set_linear_layers(self, layers: list[nn.Linear]) -> None:
         """Replace the chain of linear layers (same count) with resized ones; activations are kept."""
         *hidden, head = layers
         for block, layer in zip(self.blocks, hidden):
-            block[0] = layer
+            cast(nn.Sequential, block)[0] = layer
         self.head = head
         self.hidden = head.in_features
 
@@ -51,4 +53,4 @@ def mlp(data: Dataset, *, hidden: int = 128, depth: int = 1, dropout: float = 0.
         raise UsageError(f"model 'mlp': hidden={hidden} and depth={depth} must be at least 1")
     if not 0.0 <= dropout < 1.0:
         raise UsageError(f"model 'mlp': dropout={dropout} must be in [0, 1)")
-    return MLP(math.prod(data.input_shape), data.num_classes, hidden, depth, dropout)
+    return MLP(math.prod(data.input_shape), classes_of(data, 0, "mlp"), hidden, depth, dropout)

@@ -72,7 +72,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self._flops = layer_flops(self, torch.zeros(1, *in_shape))
+        self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

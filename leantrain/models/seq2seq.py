@@ -10,6 +10,8 @@ the attention score is also computed once per sequence, not once per step.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -118,7 +120,7 @@ class Seq2Seq(nn.Module):
             encoder += 2 * src * 2.0 * 4 * hidden * (width_in + hidden)  # two directions, four gates
         encoder += 2 * layers * 2.0 * 2 * hidden * hidden + src * 2.0 * 2 * hidden  # bridges, score_e
         decoder = 2.0 * hidden + src * 2.0 * 2 * hidden  # score_h, context einsum
-        decoder += sum(2.0 * 4 * hidden * (cell.input_size + hidden) for cell in self.cells)
+        decoder += sum(2.0 * 4 * hidden * (cell.input_size + hidden) for cell in cast(list[nn.LSTMCell], list(self.cells)))
         decoder += 2.0 * hidden * self.fc.out_features
         return decoder + encoder / steps
 

@@ -45,7 +45,7 @@ class VGG(nn.Module):
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, classes),
         )
-        self._flops = layer_flops(self, torch.zeros(1, *in_shape))
+        self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

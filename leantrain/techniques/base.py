@@ -1,46 +1,134 @@
-"""The events a technique can hook. The loop fires them in this order and knows nothing else about techniques.
+"""What a technique is: a small object hooking the loop's events, and its declaration (config keys, order,
+parallel modes), from which RunConfig, the CLI flags, ``leantrain list`` and the README table are derived.
 
-    on_fit_start(state)                     once, after the model, optimizer and (on resume) state are restored
-    per optimizer step:
-        before_step(state)                  before the step's micro-batches are drawn (set state.accum_steps here)
-        after_micro_backward(state, i)      after micro-batch i's backward; gradients hold the running sum
-        before_optimizer_step(state)        gradients are final and unscaled: clip or inspect them here
-        after_optimizer_step(state)         the step is done (it may have been skipped by the loss scaler)
-    on_epoch_end(state, record)             after validation; may add keys to the epoch record, replace
+Each event's contract (the loop decides when they fire; see ``leantrain/train/loop.py``):
+
+    ON_FIT_START(state)                     the model, optimizer and (on resume) state are restored
+    BEFORE_STEP(state)                      before a step's micro-batches are drawn (set state.accum_steps here)
+    AFTER_MICRO_BACKWARD(state, i)          after micro-batch i's backward; gradients hold the running sum
+    BEFORE_OPTIMIZER_STEP(state)            gradients are final and unscaled: clip or inspect them here
+    AFTER_OPTIMIZER_STEP(state)             the step is done (it may have been skipped by the loss scaler)
+    ON_EPOCH_END(state, record)             after validation; may add keys to the epoch record, replace
                                             state.model/state.optimizer (e.g. to resize), or set state.stop_training
-    on_fit_end(state)
+    ON_FIT_END(state)
 
 A technique that holds state across steps returns it from ``state_dict`` so a checkpoint can restore it;
 ``load_state_dict`` runs before the model's weights are loaded, so a technique may rebuild the model first.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import enum
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from leantrain.train.state import TrainState
+import torch
+from torch import nn
+
+from leantrain.options import Option
+
+# Every way of running across workers (DESIGN §3); a technique declares those it composes with.
+PARALLEL_MODES = ("none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble")
+
+
+class Event(enum.Enum):
+    """The hooks a technique can implement; the value is the method's name."""
+
+    ON_FIT_START = "on_fit_start"
+    BEFORE_STEP = "before_step"
+    AFTER_MICRO_BACKWARD = "after_micro_backward"
+    BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
+    AFTER_OPTIMIZER_STEP = "after_optimizer_step"
+    ON_EPOCH_END = "on_epoch_end"
+    ON_FIT_END = "on_fit_end"
+
+
+class AutocastFactory(Protocol):
+    """Makes the context the forward pass runs in (autocast, or nothing). A callback protocol, not a Callable,
+    so that mypy lets a dataclass field of this type be assigned."""
+
+    def __call__(self) -> AbstractContextManager[Any]: ...
+
+
+class Forward(Protocol):
+    """What the loop calls for the forward pass: the model, or a technique's compiled or wrapped stand-in."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class Collectives(Protocol):
+    """What a technique may use of the ranks (``leantrain.parallel.Dist`` is one): one process says 0 of 1."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+class StepState(Protocol):
+    """What a technique may read and change while training; the loop's TrainState is one.
+
+    Declared here, not imported from ``leantrain.train``, so techniques depend on nothing above them.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    base_lr: float
+    forward: Forward
+    eval_forward: Forward | None
+    no_sync: AutocastFactory
+
+    @property
+    def dist(self) -> Collectives: ...
+
+    autocast: AutocastFactory
+    compute_dtype: torch.dtype
+    grad_scaler: torch.amp.GradScaler
+    accum_steps: int
+    step: int
+    stop_training: bool
+
+    @property
+    def total_steps(self) -> int: ...
+
+    def set_lr(self, lr: float) -> None: ...
 
 
 class Technique:
-    name = "technique"
-    # Where two techniques write the same thing, the lower order fires first: complexity matching
-    # replaces the optimizer before anything reads it; accumulation sets the effective batch's base lr
-    # before the schedule shapes it; clipping sees gradients after every other technique.
-    order = 50
+    # The declaration. ``name`` keys checkpoints and ``runs_after``; ``options`` become RunConfig keys and
+    # CLI flags (the first is the switch); ``from_config`` builds the technique when they switch it on.
+    name: ClassVar[str] = "technique"
+    summary: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    # Techniques that must see an event before this one does (when both are on), e.g. ("accumulation",).
+    runs_after: ClassVar[tuple[str, ...]] = ()
+    parallel_modes: ClassVar[frozenset[str]] = frozenset(PARALLEL_MODES)
 
-    def on_fit_start(self, state: TrainState) -> None: ...
+    @classmethod
+    def from_config(cls, config: Any) -> Technique | None:
+        """The technique a validated RunConfig switches on, or None when it is off."""
+        return None
 
-    def before_step(self, state: TrainState) -> None: ...
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Checks across keys (each key's own checks are in its Option); raise ValueError naming the problem."""
 
-    def after_micro_backward(self, state: TrainState, micro_index: int) -> None: ...
+    def on_fit_start(self, state: StepState) -> None: ...
 
-    def before_optimizer_step(self, state: TrainState) -> None: ...
+    def before_step(self, state: StepState) -> None: ...
 
-    def after_optimizer_step(self, state: TrainState) -> None: ...
+    def after_micro_backward(self, state: StepState, micro_index: int) -> None: ...
 
-    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None: ...
+    def before_optimizer_step(self, state: StepState) -> None: ...
 
-    def on_fit_end(self, state: TrainState) -> None: ...
+    def after_optimizer_step(self, state: StepState) -> None: ...
+
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None: ...
+
+    def on_fit_end(self, state: StepState) -> None: ...
 
     def describe(self) -> str:
         """A short label for results, e.g. 'bf16'."""
@@ -49,14 +137,23 @@ class Technique:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, saved: dict[str, Any], state: TrainState) -> None: ...
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None: ...
 
 
 def in_hook_order(techniques: list[Technique]) -> list[Technique]:
-    """Sorted by ``order`` (stable), so the order a user lists them in cannot break their contract."""
-    return sorted(techniques, key=lambda t: t.order)
+    """Each technique after those it ``runs_after``; otherwise in the order given (a stable topological sort)."""
+    pending = list(techniques)
+    ordered: list[Technique] = []
+    while pending:
+        waiting_on = {t.name for t in pending}
+        ready = next((t for t in pending if not waiting_on.intersection(t.runs_after) - {t.name}), None)
+        if ready is None:
+            raise ValueError(f"techniques {', '.join(t.name for t in pending)} each run after another: a cycle")
+        ordered.append(ready)
+        pending.remove(ready)
+    return ordered
 
 
-def fire(techniques: list[Technique], event: str, state: TrainState, *args: Any) -> None:
+def fire(techniques: list[Technique], event: Event, state: StepState, *args: Any) -> None:
     for technique in techniques:
-        getattr(technique, event)(state, *args)
+        getattr(technique, event.value)(state, *args)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from leantrain.techniques.base import Technique
+from leantrain._torch_private import BatchNormBase, inside_backward
+from leantrain.options import Option
+from leantrain.techniques.base import StepState, Technique
+from leantrain.techniques.registry import register
 
 
 def segment_count(setting: str | int, num_blocks: int) -> int:
@@ -47,8 +50,8 @@ def split_segments(num_blocks: int, segments: int) -> list[range]:
 def _running_stats_frozen(blocks: list[nn.Module]) -> Iterator[None]:
     """Batch norm runs the same code (so recomputation saves the same tensors) with momentum 0, which
     leaves its running statistics exactly as they were; the step counter is put back afterwards."""
-    norms = [m for b in blocks for m in b.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    norms = [m for b in blocks for m in b.modules() if isinstance(m, BatchNormBase) and m.track_running_stats]
+    saved = [(m.momentum, cast(torch.Tensor, m.num_batches_tracked).clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
@@ -56,7 +59,7 @@ def _running_stats_frozen(blocks: list[nn.Module]) -> Iterator[None]:
     finally:
         for m, (momentum, tracked) in zip(norms, saved):
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+            cast(torch.Tensor, m.num_batches_tracked).copy_(tracked)
 
 
 class _Segment:
@@ -69,7 +72,7 @@ class _Segment:
     def _run(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Inside backward this forward is the recomputation: batch norm must not update its running
         # statistics a second time (the checkpointed model would otherwise evaluate differently).
-        recomputing = torch._C._current_graph_task_id() != -1
+        recomputing = inside_backward()
         with _running_stats_frozen(self.blocks) if recomputing else contextlib.nullcontext():
             for block in self.blocks:
                 x = block(x, *args, **kwargs)
@@ -109,13 +112,32 @@ def checkpoint_blocks(model: nn.Module, setting: str | int = "sqrt") -> int:
 
 
 def uncheckpoint_blocks(model: nn.Module) -> None:
-    if isinstance(getattr(model, "blocks", None), CheckpointedBlocks):
-        model.blocks = nn.ModuleList(model.blocks._modules.values())
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, CheckpointedBlocks):
+        model.blocks = nn.ModuleList(blocks._modules.values())
 
 
+def _setting(value: str | int) -> str | int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # from the command line, a count arrives as text
+    if not (value in ("off", "sqrt") or (isinstance(value, int) and value >= 1)):
+        raise ValueError(f"checkpointing {value!r} is not off, sqrt or a positive segment count")
+    return value
+
+
+@register
 class ActivationCheckpointing(Technique):
     name = "checkpointing"
-    order = 30
+    summary = "activation checkpointing of the model's blocks in √L (or N) segments: less memory, one more forward"
+    options = (
+        Option("checkpointing", str | int, "off",
+               "activation checkpointing of the model's blocks: off, sqrt (√L segments), or a segment count", check=_setting),
+    )
+    runs_after = ("complexity",)  # wraps the blocks complexity matching may rebuild
+
+    @classmethod
+    def from_config(cls, config: Any) -> ActivationCheckpointing | None:
+        return cls(config.checkpointing) if config.checkpointing != "off" else None
 
     def __init__(self, segments: str | int = "sqrt"):
         if not (segments in ("sqrt",) or (isinstance(segments, int) and segments >= 1)):
@@ -126,14 +148,14 @@ class ActivationCheckpointing(Technique):
     def describe(self) -> str:
         return f"ckpt-{self.setting}"
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         self.segments = checkpoint_blocks(state.model, self.setting)
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         # A technique that rebuilt the model (complexity matching) may have replaced the blocks.
         if not isinstance(state.model.blocks, CheckpointedBlocks):
             self.segments = checkpoint_blocks(state.model, self.setting)
         record["checkpoint_segments"] = self.segments
 
-    def on_fit_end(self, state) -> None:
+    def on_fit_end(self, state: StepState) -> None:
         uncheckpoint_blocks(state.model)  # hand the user back the module they gave

@@ -12,15 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
-from leantrain.techniques.base import Technique
+from leantrain.options import Option
+from leantrain.techniques.base import StepState, Technique
+from leantrain.techniques.registry import register
 
 
 class CompiledForward:
     """Calls ``torch.compile(model)``; on a failure before the first success, warns and calls ``model`` from then on."""
 
-    def __init__(self, model: nn.Module, mode: str | None = None):
+    def __init__(self, model: Callable[..., Any], mode: str | None = None):
         self.model = model
         self.compiled: Callable[..., Any] | None = None
         self.verified = False
@@ -53,9 +54,16 @@ class CompiledForward:
         return out
 
 
+@register
 class Compile(Technique):
     name = "compile"
-    order = 40
+    summary = "torch.compile the forward pass; eager mode with a warning where it fails"
+    options = (Option("compile", bool, False, "torch.compile the model (eager mode, with a warning, where it fails)"),)
+    runs_after = ("complexity", "checkpointing", "ddp")  # compile the model as the others leave it (DDP: compile(DDP))
+
+    @classmethod
+    def from_config(cls, config: Any) -> Compile | None:
+        return cls() if config.compile else None
 
     def __init__(self, mode: str | None = None):
         self.mode = mode
@@ -64,12 +72,12 @@ class Compile(Technique):
     def describe(self) -> str:
         return "compile" if self.mode is None else f"compile-{self.mode}"
 
-    def on_fit_start(self, state) -> None:
-        self.forward = CompiledForward(state.model, self.mode)
+    def on_fit_start(self, state: StepState) -> None:
+        self.forward = CompiledForward(state.forward, self.mode)  # under DDP: compile(DDP(model)), as torch advises
         state.forward = self.forward
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["compiled"] = self.forward is not None and self.forward.compiled is not None
 
-    def on_fit_end(self, state) -> None:
+    def on_fit_end(self, state: StepState) -> None:
         state.forward = state.model

@@ -28,12 +28,14 @@ Works on models that expose ``linear_layers()`` / ``set_linear_layers(layers)`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
-from leantrain.techniques.base import Technique
+from leantrain.options import Option
+from leantrain.techniques.base import StepState, Technique
+from leantrain.techniques.registry import register
 
 # Powers of the split fraction applied to (rows, columns) of each kind of tensor shaped like a weight.
 _POWERS = {"param": (0, 1), "exp_avg": (1, 0), "momentum_buffer": (1, 0), "exp_avg_sq": (2, 0), "max_exp_avg_sq": (2, 0)}
@@ -130,11 +132,25 @@ def prune_plan(layers: list[nn.Linear], keep: int) -> list[UnitMap]:
     return maps
 
 
-def resize_model(model: nn.Module, maps: list[UnitMap], generator: torch.Generator | None = None) -> dict[nn.Parameter, tuple]:
+class Resizable(Protocol):
+    """A model whose hidden width complexity matching can change (leantrain's ``mlp``)."""
+
+    hidden: int
+
+    def linear_layers(self) -> list[nn.Linear]: ...
+
+    def set_linear_layers(self, layers: list[nn.Linear]) -> None: ...
+
+
+def _resizable(model: nn.Module) -> Resizable:
+    return cast(Resizable, model)  # checked once, in ComplexityMatching.on_fit_start
+
+
+def resize_model(model: nn.Module, maps: list[UnitMap], generator: torch.Generator | None = None) -> dict[torch.Tensor, tuple]:
     """Apply unit maps to ``model`` in place; returns {old parameter: (new parameter, row map, col map)}."""
-    old_layers = model.linear_layers()
+    old_layers = _resizable(model).linear_layers()
     new_layers = remap_layers(old_layers, maps, generator)
-    model.set_linear_layers(new_layers)
+    _resizable(model).set_linear_layers(new_layers)
     moved = {}
     for index, (old, new) in enumerate(zip(old_layers, new_layers)):
         rows = maps[index] if index < len(maps) else None
@@ -145,9 +161,9 @@ def resize_model(model: nn.Module, maps: list[UnitMap], generator: torch.Generat
     return moved
 
 
-def widen_model(model: nn.Module, new_width: int, generator: torch.Generator, method: str = "fresh") -> dict[nn.Parameter, tuple]:
+def widen_model(model: nn.Module, new_width: int, generator: torch.Generator, method: str = "fresh") -> dict[torch.Tensor, tuple]:
     """Widen ``model`` in place without changing its function; returns the parameter moves for the optimizer."""
-    layers = model.linear_layers()
+    layers = _resizable(model).linear_layers()
     maps = [plan_widening(layer.out_features, new_width, generator, method) for layer in layers[:-1]]
     return resize_model(model, maps, generator)
 
@@ -167,9 +183,31 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, moved:
     return new_opt
 
 
+@register
 class ComplexityMatching(Technique):
     name = "complexity"
-    order = 10
+    summary = "complexity matching (seed 000): start narrow, widen the hidden layer (Net2Net) while it helps"
+    options = (
+        Option("complexity", str, "off", "complexity matching (mlp): off, or match (widen the hidden layer while it helps)",
+               choices=("off", "match")),
+        Option("start_width", int, 8, "complexity matching: hidden width to start from"),
+        Option("max_width", int, 256, "complexity matching: largest hidden width"),
+    )
+    # It rebuilds the model and optimizer mid-run: a sharded, staged or compiled-in-place model cannot follow.
+    parallel_modes = frozenset({"none", "ddp", "mpi", "ensemble"})
+
+    @classmethod
+    def from_config(cls, config: Any) -> ComplexityMatching | None:
+        if config.complexity != "match":
+            return None
+        return cls(config.start_width, config.max_width, seed=config.seed)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        if not 1 <= config.start_width <= config.max_width:
+            raise ValueError(f"need 1 <= start_width <= max_width, got {config.start_width} and {config.max_width}")
+        if config.complexity != "off" and not config.model.split(":")[0] == "mlp":
+            raise ValueError(f"complexity matching works on the mlp model, not {config.model!r}")
 
     def __init__(self, start_width: int = 8, max_width: int = 256, factor: int = 2, patience: int = 2,
                  min_delta: float = 0.01, min_gain: float = 0.02, prune: bool = True, method: str = "fresh",
@@ -190,7 +228,7 @@ class ComplexityMatching(Technique):
     def describe(self) -> str:
         return f"complexity{self.start_width}-{self.max_width}"
 
-    def _resize(self, state, width: int) -> dict:
+    def _resize(self, state: StepState, width: int) -> dict:
         """Widen the model's hidden layers from the current weights, carrying the optimizer state."""
         generator = torch.Generator().manual_seed(self.seed * 1_000 + self.widenings)
         moved = widen_model(state.model, width, generator, self.method)
@@ -198,14 +236,14 @@ class ComplexityMatching(Technique):
         self.width = width
         return moved
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         if not callable(getattr(state.model, "linear_layers", None)):
             raise ValueError(f"complexity matching needs a model with linear_layers() (e.g. mlp); got {type(state.model).__name__}")
         if state.model.hidden != self.width and state.step == 0:
             # A fresh run built at another width (e.g. mlp's default 128): start over at the narrow width.
             _rebuild_at_width(state, self.width)
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["hidden_width"] = self.width  # the width this epoch trained at
         if self.done:
             return
@@ -223,7 +261,7 @@ class ComplexityMatching(Technique):
                 # Shrink back to the width that did as well: keep the most important units (not
                 # function-preserving; the next epochs fine-tune the survivors).
                 keep = self.width // self.factor
-                moved = resize_model(state.model, prune_plan(state.model.linear_layers(), keep))
+                moved = resize_model(state.model, prune_plan(_resizable(state.model).linear_layers(), keep))
                 state.optimizer = rebuild_optimizer(state.optimizer, state.model, moved)
                 self.width = keep
             return
@@ -236,7 +274,7 @@ class ComplexityMatching(Technique):
         return {"width": self.width, "best": self.best, "best_before_widening": self.best_before_widening,
                 "epochs_without_gain": self.epochs_without_gain, "done": self.done, "widenings": self.widenings}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         # Runs before the weights load: give the model (and optimizer) the saved shapes first.
         for key, value in saved.items():
             setattr(self, key, value)
@@ -244,10 +282,11 @@ class ComplexityMatching(Technique):
             _rebuild_at_width(state, self.width)  # fresh layers of the saved shapes; the weights load next
 
 
-def _rebuild_at_width(state, width: int) -> None:
+def _rebuild_at_width(state: StepState, width: int) -> None:
     """Fresh hidden layers of ``width`` (nn.Linear's own initialisation) and an optimizer over them."""
-    layers = state.model.linear_layers()
+    model = _resizable(state.model)
+    layers = model.linear_layers()
     widths = [layers[0].in_features] + [width] * (len(layers) - 1) + [layers[-1].out_features]
     device = layers[0].weight.device
-    state.model.set_linear_layers([nn.Linear(a, b, device=device) for a, b in zip(widths[:-1], widths[1:])])
+    model.set_linear_layers([nn.Linear(a, b, device=device) for a, b in zip(widths[:-1], widths[1:])])
     state.optimizer = rebuild_optimizer(state.optimizer, state.model)

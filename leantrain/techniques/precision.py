@@ -9,14 +9,26 @@ growth x2 every ``growth_interval`` clean steps, back-off x0.5). bf16 has fp32's
 Skipped steps are counted on the device: the scaler's own found-inf flag (set by ``unscale_``, which
 the loop calls before ``before_optimizer_step``) is added to a device tensor, so no step waits for the
 device; the count is read once per epoch.
+
+Not every CPU can run every op in a low-precision type: on one without bf16 hardware (AVX2 only),
+oneDNN cannot build its fused LSTM/GRU primitive for bf16 and raises mid-run. So before training, each
+recurrent layer type the model uses is tried once, tiny, under the run's autocast; a type that fails
+keeps its layers in fp32 (autocast off inside them, inputs cast up), the way autocast's own op lists
+keep some ops in fp32. The rest of the model still runs in the low-precision type, and the record
+names the layers kept in fp32.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
+from torch import nn
 
-from leantrain.techniques.base import Technique
+from leantrain._torch_private import found_inf_flags
+from leantrain.options import Option
+from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
+from leantrain.techniques.registry import register
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,19 +45,89 @@ def compute_dtype(precision: str) -> torch.dtype:
 def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """The scaler's on-device 0/1 flag "this step's gradients held inf/NaN", after ``unscale_``; None if unknown.
 
-    GradScaler keeps it per optimizer (``_found_inf_per_device``, stable since PyTorch 1.6); reading it
-    avoids a second pass over the gradients and any host sync.
+    GradScaler keeps it per optimizer (a private API: see ``leantrain._torch_private``); reading it avoids
+    a second pass over the gradients and any host sync.
     """
+    flags = found_inf_flags(scaler, optimizer)
+    return torch.stack(list(flags.values())).sum() if flags else None
+
+
+# Layers that CPU autocast runs as one fused oneDNN primitive, which some CPUs cannot build in low precision.
+RECURRENT_LAYERS: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU, nn.RNN)
+
+
+@functools.cache
+def runs_in_low_precision(layer_type: type[nn.Module], device_type: str, dtype: torch.dtype) -> bool:
+    """Whether a tiny ``layer_type`` trains (forward and backward) under autocast to ``dtype`` on this machine."""
+    layer = layer_type(4, 4, batch_first=True).to(device_type)
+    x = torch.randn(2, 3, 4, device=device_type, requires_grad=True)
     try:
-        flags = scaler._found_inf_per_device(optimizer)
-    except (AttributeError, AssertionError, KeyError):
-        return None
-    return sum(flags.values()) if flags else None
+        with torch.autocast(device_type, dtype=dtype):
+            out = layer(x)[0]
+        out.float().sum().backward()
+    except RuntimeError:  # oneDNN: "could not create a primitive descriptor ..."
+        return False
+    return True
 
 
+class _Fp32Forward(nn.Module):
+    """Mixed into a layer's class: its forward runs with autocast off, on fp32 inputs."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type, enabled=False):
+            return super().forward(*_to_fp32(args), **_to_fp32(kwargs))
+
+
+def _to_fp32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_fp32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_fp32(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _fp32_class(layer_type: type[nn.Module]) -> type[nn.Module]:
+    return type(f"Fp32{layer_type.__name__}", (_Fp32Forward, layer_type), {})
+
+
+def keep_unsupported_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Switch every recurrent layer whose type fails under autocast here to an fp32 forward; returns their names.
+
+    The class swap keeps parameters, names and state dicts as they were, and survives ``deepcopy``."""
+    kept = []
+    for name, module in model.named_modules():
+        layer_type = next((t for t in RECURRENT_LAYERS if type(module) is t), None)
+        if layer_type is not None and not runs_in_low_precision(layer_type, device.type, dtype):  # type: ignore[arg-type]
+            module.__class__ = _fp32_class(layer_type)  # type: ignore[arg-type]
+            kept.append(name or type(module).__name__)
+    return kept
+
+
+def _positive_or_none(max_norm: float | None) -> float | None:
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"grad_clip must be > 0 (or none), got {max_norm}")
+    return max_norm
+
+
+@register
 class MixedPrecision(Technique):
     name = "precision"
-    order = 20
+    summary = "mixed precision: bf16 autocast, or fp16 autocast + fp32 master weights + dynamic loss scaling"
+    options = (
+        Option("precision", str, "fp32", "compute precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or "
+               "auto (the fastest of them whose loss keeps with fp32's, timed on this machine and model)",
+               choices=("fp32", "bf16", "fp16", "auto")),
+    )
+    runs_after = ("complexity",)  # the scaler steps the optimizer complexity matching may replace
+
+    @classmethod
+    def from_config(cls, config: Any) -> MixedPrecision | None:
+        # "auto" is resolved (leantrain.tuning, in run.py) to one of the others before techniques are built.
+        return cls(config.precision) if config.precision in DTYPES else None
 
     def __init__(self, precision: str = "bf16", init_scale: float = 2.0**16, growth_interval: int = 2000):
         if precision not in DTYPES:
@@ -54,6 +136,7 @@ class MixedPrecision(Technique):
         self._skipped: torch.Tensor | int = 0  # a device tensor once counting starts
         self._saved_scaler: dict[str, Any] | None = None  # from a checkpoint, applied in on_fit_start
         self._scaler: torch.amp.GradScaler | None = None
+        self.kept_fp32: list[str] = []  # layers this machine cannot run in the low-precision type
 
     def describe(self) -> str:
         return self.precision
@@ -63,10 +146,11 @@ class MixedPrecision(Technique):
         """Optimizer steps skipped for inf/NaN gradients so far (reading it syncs with the device)."""
         return int(self._skipped)
 
-    def on_fit_start(self, state) -> None:
+    def on_fit_start(self, state: StepState) -> None:
         device, precision = state.device, self.precision
         state.autocast = lambda: autocast_for(device, precision)
         state.compute_dtype = DTYPES[precision]
+        self.kept_fp32 = keep_unsupported_in_fp32(state.model, device, DTYPES[precision])
         if precision == "fp16":
             state.grad_scaler = torch.amp.GradScaler(
                 device.type, init_scale=self.init_scale, growth_interval=self.growth_interval
@@ -76,13 +160,15 @@ class MixedPrecision(Technique):
             self._scaler = state.grad_scaler
             self._skipped = torch.as_tensor(self._skipped, dtype=torch.int64, device=device)
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         if self.precision == "fp16":
             flag = found_inf(state.grad_scaler, state.optimizer)
             if flag is not None:
                 self._skipped += flag.to(torch.int64)  # in place, on device: no sync
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
+        if self.kept_fp32:
+            record["kept_fp32"] = self.kept_fp32
         if self.precision == "fp16":
             record["loss_scale"] = state.grad_scaler.get_scale()
             record["skipped_steps"] = self.skipped_steps
@@ -90,11 +176,12 @@ class MixedPrecision(Technique):
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_steps": self.skipped_steps, "grad_scaler": self._scaler.state_dict() if self._scaler else None}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self._skipped = saved["skipped_steps"]
         self._saved_scaler = saved["grad_scaler"]
 
 
+@register
 class GradClip(Technique):
     """Clip the global gradient norm to ``max_norm`` before each optimizer step.
 
@@ -103,7 +190,19 @@ class GradClip(Technique):
     """
 
     name = "grad_clip"
-    order = 90
+    summary = "clip the global gradient norm to a maximum (after fp16 unscaling)"
+    options = (
+        Option("grad_clip", float | None, None, "clip the gradient norm to this max (after fp16 unscaling); none: no clipping",
+               check=_positive_or_none),
+    )
+    # Clipping sees the gradients after every technique that inspects them (the noise scale needs them unclipped).
+    runs_after = ("precision", "accumulation")
+    # Pipeline stages hold a part of the model each: the norm here would be one stage's, not the global one.
+    parallel_modes = frozenset(PARALLEL_MODES) - {"pipeline", "hybrid"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> GradClip | None:
+        return cls(config.grad_clip) if config.grad_clip is not None else None
 
     def __init__(self, max_norm: float = 1.0):
         if not max_norm > 0:
@@ -113,5 +212,5 @@ class GradClip(Technique):
     def describe(self) -> str:
         return f"clip{self.max_norm:g}"
 
-    def before_optimizer_step(self, state) -> None:
+    def before_optimizer_step(self, state: StepState) -> None:
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.max_norm, foreach=True)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from leantrain.techniques.base import Technique
+from leantrain.options import Option
+from leantrain.techniques.base import StepState, Technique
+from leantrain.techniques.registry import register
 
 
 def warmup_cosine_lr(t: int, total: int, base_lr: float, warmup: float = 0.05, min_lr_ratio: float = 0.1) -> float:
@@ -29,9 +31,33 @@ def warmup_cosine_lr(t: int, total: int, base_lr: float, warmup: float = 0.05, m
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
 
 
+def _fraction(warmup: float) -> float:
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup}")
+    return warmup
+
+
+def _ratio(min_lr_ratio: float) -> float:
+    if not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    return min_lr_ratio
+
+
+@register
 class WarmupCosine(Technique):
     name = "schedule"
-    order = 70
+    summary = "warmup-cosine: linear warmup, then cosine annealing to a floor, over the data seen"
+    options = (
+        Option("schedule", str, "constant", "learning-rate schedule: constant, or linear warmup + cosine annealing",
+               choices=("constant", "warmup-cosine")),
+        Option("warmup", float, 0.05, "warmup-cosine: fraction of training spent warming up", check=_fraction),
+        Option("min_lr_ratio", float, 0.1, "warmup-cosine: final lr as a fraction of lr", check=_ratio),
+    )
+    runs_after = ("accumulation",)  # shapes the base lr that accumulation scales for its batch
+
+    @classmethod
+    def from_config(cls, config: Any) -> WarmupCosine | None:
+        return cls(config.warmup, config.min_lr_ratio) if config.schedule == "warmup-cosine" else None
 
     def __init__(self, warmup: float = 0.05, min_lr_ratio: float = 0.1):
         if not 0 <= warmup < 1:
@@ -44,18 +70,18 @@ class WarmupCosine(Technique):
     def describe(self) -> str:
         return f"warmup{self.warmup:g}-cosine"
 
-    def before_step(self, state) -> None:
+    def before_step(self, state: StepState) -> None:
         # state.base_lr may have been rescaled for the current effective batch (adaptive accumulation).
         state.set_lr(warmup_cosine_lr(self.micro_batches_done, state.total_steps, state.base_lr, self.warmup, self.min_lr_ratio))
 
-    def after_micro_backward(self, state, micro_index: int) -> None:
+    def after_micro_backward(self, state: StepState, micro_index: int) -> None:
         self.micro_batches_done += 1
 
-    def on_epoch_end(self, state, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["schedule_progress"] = self.micro_batches_done / max(1, state.total_steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {"micro_batches_done": self.micro_batches_done}
 
-    def load_state_dict(self, saved: dict[str, Any], state) -> None:
+    def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self.micro_batches_done = saved.get("micro_batches_done", 0)

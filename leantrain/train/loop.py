@@ -1,8 +1,10 @@
 """The step and epoch loop. It fires the techniques' events and measures; it knows no technique by name.
 
-One optimizer step: draw ``state.accum_steps`` micro-batches -> forward under ``state.autocast`` ->
-loss summed over units / units in the whole step -> backward through the loss scaler -> unscale ->
-``before_optimizer_step`` (gradients final) -> optimizer step through the scaler -> counters.
+Events fire in this order, here and nowhere else: ON_FIT_START; per epoch, per optimizer step: BEFORE_STEP,
+AFTER_MICRO_BACKWARD per micro-batch, BEFORE_OPTIMIZER_STEP, AFTER_OPTIMIZER_STEP; ON_EPOCH_END after
+validation; ON_FIT_END. One optimizer step: draw ``state.accum_steps`` micro-batches -> forward under
+``state.autocast`` -> loss summed over units / units in the whole step -> backward through the loss scaler ->
+unscale -> BEFORE_OPTIMIZER_STEP (gradients final) -> optimizer step through the scaler -> counters.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import torch
 
 from leantrain.data.batches import BatchSource, sequential_batches
 from leantrain.models import flops_per_sample
-from leantrain.techniques.base import Technique, fire
+from leantrain.parallel.dist import Dist
+from leantrain.techniques.base import Event, Technique, fire
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
 from leantrain.train.state import TrainState
@@ -34,7 +37,7 @@ def train(
     on_epoch_saved: Callable[[TrainState], None] = lambda state: None,
 ) -> None:
     """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``."""
-    fire(techniques, "on_fit_start", state)
+    fire(techniques, Event.ON_FIT_START, state)
     first_epoch_of_process = True
     measured: tuple[int, int] | None = None  # the model whose activation memory was last measured
     activation_bytes = 0
@@ -52,13 +55,13 @@ def train(
                 record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
         record.update(_overall_rates(record))
-        fire(techniques, "on_epoch_end", state, record)
+        fire(techniques, Event.ON_EPOCH_END, state, record)
         state.records.append(record)
         state.epoch += 1
         progress.epoch_done(record, state.task.metric)
         on_epoch_saved(state)
         first_epoch_of_process = False
-    fire(techniques, "on_fit_end", state)
+    fire(techniques, Event.ON_FIT_END, state)
 
 
 def train_epoch(
@@ -80,28 +83,31 @@ def train_epoch(
     after_first_step = start
     first_step_samples = 0
     while True:
-        fire(techniques, "before_step", state)
+        fire(techniques, Event.BEFORE_STEP, state)
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
         meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 and measure_activations else None
         step_units = sum(task.units(y) for _, y in step_batches)
+        loss_divisor = _loss_divisor(state, step_units)
+        last = len(step_batches) - 1
         for index, (x, y) in enumerate(step_batches):
-            loss = _forward_backward(state, x, y, step_units, meter)
+            with state.no_sync() if index < last else contextlib.nullcontext():
+                loss = _forward_backward(state, x, y, loss_divisor, meter)
             loss_sum += loss
-            fire(techniques, "after_micro_backward", state, index)
+            fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
-        fire(techniques, "before_optimizer_step", state)
+        fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         state.grad_scaler.step(state.optimizer)
         state.grad_scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        fire(techniques, "after_optimizer_step", state)
+        fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
 
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
         if step_tokens[0] is not None:
-            tokens = (tokens or 0) + sum(step_tokens)
+            tokens = (tokens or 0) + sum(t or 0 for t in step_tokens)
         samples += step_samples
         units += step_units
         steps += 1
@@ -121,9 +127,15 @@ def train_epoch(
         rate_time, rate_samples, rate_steps = end - after_first_step, samples - first_step_samples, steps - 1
     else:
         rate_time, rate_samples, rate_steps = time_s, samples, steps
+    # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
+    dist = state.dist
+    totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
+    loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
+    tokens = int(totals[4]) if tokens is not None else None
+    time_s, rate_time = dist.max([time_s, rate_time])
     record: dict[str, Any] = {
         "epoch": state.epoch + 1,
-        "train_loss": (loss_sum.item() / units) if units else math.nan,
+        "train_loss": (loss_total / units) if units else math.nan,
         "time_s": time_s,
         "train_steps": steps,
         "train_samples": samples,
@@ -136,31 +148,66 @@ def train_epoch(
         "state_bytes": state_bytes(state.model, state.optimizer),
         "accum_steps": state.accum_steps,
         "lr": state.optimizer.param_groups[0]["lr"],
-        "foreign_cpu_cores": foreign_cpu.cores(),
+        "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
     }
     if device.type == "cuda":
         record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
         record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
+    return _with_rank_memory(dist, record)
+
+
+def _loss_divisor(state: TrainState, step_units: int) -> float | int:
+    """What each rank divides its summed loss by, so that the gradient (DDP averages it over ranks) is the
+    mean over every unit of the step on all ranks. Ranks hold equal sample counts, so where a unit is a
+    sample the local count serves; token counts differ between ranks and are summed (one small collective)."""
+    world = state.dist.world_size
+    if world == 1 or getattr(state.task, "units_are_samples", False):
+        return step_units
+    return state.dist.sum([step_units])[0] / world
+
+
+def _foreign_cores(dist: Dist, meter: ForeignCpuMeter) -> float | None:
+    """Other processes' CPU use; on several ranks of one machine, the other ranks are not foreign."""
+    if not dist.active:
+        return meter.cores()
+    reading = meter.split()
+    ours = dist.sum([reading[1] if reading else 0.0])[0]  # every rank joins the collective
+    if reading is None or dist.world.nodes > 1:
+        return None
+    return max(0.0, reading[0] - ours)
+
+
+def _with_rank_memory(dist: Dist, record: dict[str, Any]) -> dict[str, Any]:
+    if dist.active:
+        per_rank = [int(v) for v in dist.gather(record["peak_mem_bytes"])]
+        record["peak_mem_bytes"], record["peak_mem_bytes_per_rank"] = max(per_rank), per_rank
     return record
 
 
 def _forward_backward(
-    state: TrainState, x: torch.Tensor, y: torch.Tensor, step_units: int, meter: SavedTensorMeter | None
+    state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int, meter: SavedTensorMeter | None
 ) -> torch.Tensor:
     """One micro-batch; returns its summed loss (detached). The gradient is of the per-unit mean over the step."""
     with meter.measure() if meter is not None else contextlib.nullcontext():
         with state.autocast():
             loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
-        state.grad_scaler.scale(loss / step_units).backward()
+        state.grad_scaler.scale(loss / loss_divisor).backward()
     return loss.detach()
 
 
 @torch.no_grad()
 def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
-    """Validation loss and metric over the whole split, with the run's precision."""
+    """Validation loss and metric over the whole split, with the run's precision.
+
+    On several ranks each evaluates its contiguous share and the sums are added up, so the loss and the
+    metric are over all validation samples (not means of per-rank means)."""
     state.model.eval()
-    device, task = state.device, state.task
+    device, task, dist = state.device, state.task, state.dist
+    forward = state.eval_forward or state.forward
+    if dist.world_size > 1:
+        share = math.ceil(len(x) / dist.world_size)
+        x, y = x[dist.rank * share : (dist.rank + 1) * share], y[dist.rank * share : (dist.rank + 1) * share]
     loss_sum = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {}
     units = steps = samples = 0
@@ -168,7 +215,7 @@ def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: in
     start = now(device)
     for xb, yb in sequential_batches(x, y, batch_size):
         with state.autocast():
-            output = task.forward(state.forward, xb, yb)
+            output = task.forward(forward, xb, yb)
             loss_sum += task.loss_sum(output, yb)
         for key, value in task.metric_sums(output, yb).items():
             sums[key] = sums.get(key, 0) + value
@@ -179,6 +226,14 @@ def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: in
         samples += len(yb)
         steps += 1
     val_time = now(device) - start
+    if dist.active:
+        keys = sorted(sums)
+        totals = dist.sum([loss_sum.item(), units, steps, samples, tokens or 0, *(float(sums[k]) for k in keys)])
+        loss_sum = torch.tensor(totals[0])
+        units, steps, samples = int(totals[1]), int(totals[2]), int(totals[3])
+        tokens = int(totals[4]) if tokens is not None else None
+        sums = {k: torch.tensor(v) for k, v in zip(keys, totals[5:])}
+        val_time = dist.max([val_time])[0]
     record = {
         "val_loss": loss_sum.item() / units if units else math.nan,
         "val_time_s": val_time,

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from leantrain._torch_private import TorchDispatchMode, inside_backward
 from leantrain.fileio import write_json
 
 
@@ -78,7 +78,7 @@ class SavedTensorMeter:
             if ref.expired():
                 del self._recomputed[ptr]
                 self._recomputed_bytes -= nbytes
-        recomputing = torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1
+        recomputing = torch.is_grad_enabled() and inside_backward()
         if recomputing:
             for t in _tensors(outputs):
                 storage = t.untyped_storage()
@@ -267,10 +267,14 @@ class ForeignCpuMeter:
 
     def cores(self) -> float | None:
         """Mean cores used by other processes since construction (or the last call)."""
+        reading = self.split()
+        return None if reading is None else max(0.0, reading[0] - reading[1])
+
+    def split(self) -> tuple[float, float] | None:
+        """(cores the whole machine used, cores this process used) since construction (or the last call)."""
         end = self._read()
         start, self._start = self._start, end
         if start is None or end is None or end[2] <= start[2]:
             return None
-        ticks = os.sysconf("SC_CLK_TCK")
-        foreign = (end[0] - start[0]) - (end[1] - start[1])
-        return max(0.0, foreign / ticks / (end[2] - start[2]))
+        per_s = os.sysconf("SC_CLK_TCK") * (end[2] - start[2])
+        return (end[0] - start[0]) / per_s, (end[1] - start[1]) / per_s

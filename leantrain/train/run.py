@@ -5,6 +5,7 @@ Used by the CLI (``leantrain train``), the experiment runner, and ``leantrain.fi
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,19 @@ from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.fileio import prepare_output_dir, write_json
+from leantrain.parallel import env as parallel_env
+from leantrain.parallel.ddp import DataParallel
+from leantrain.parallel.dist import Dist, process_group
+from leantrain.parallel.env import World
+from leantrain.parallel.launch import cores_available
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
+from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
+from leantrain.train.optim import make_optimizer
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
@@ -34,37 +42,80 @@ def execute(
     *,
     model: nn.Module | None = None,
     dataset: Dataset | None = None,
-    techniques: list[Technique] | None = None,  # in addition to those the config switches on
+    techniques: list[Technique] | None = None,
     out_dir: Path | None = None,
     resume: bool = False,
     quiet: bool = False,
     extra_run_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one run. With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end.
+    """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
-    With ``resume``, continue from ``<out_dir>/<run>.ckpt`` if it exists (else start afresh).
+    ``techniques`` are objects trained with in addition to those the config switches on (``precision="bf16"``);
+    a technique given both ways is a UsageError. ``auto`` settings (precision, auto-adam, threads) are
+    resolved by measurement once the model is built (``leantrain.tuning``); the config keeps "auto".
+    With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
+    With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
+    it exists (else start afresh).
     """
+    world = parallel_env.detect()
+    check_world(config, world)
     device = resolve_device(config.device)
+    if device.type == "cuda" and world.launched:
+        device = torch.device("cuda", world.local_rank)
     threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
+    try:
+        with process_group(world, config.backend, device, config.dist_timeout) as dist:
+            return _execute(config, dist, device, model, dataset, techniques, out_dir,
+                            resume or world.restart_count > 0, quiet, extra_run_fields or {})
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def check_world(config: RunConfig, world: World) -> None:
+    """The launch and the configuration must agree; say how to launch when they do not."""
+    if config.parallel == "none" and world.world_size > 1:
+        raise UsageError(f"launched as {world.world_size} processes ({world.launcher}) but parallel is none: "
+                         "add --parallel ddp, or launch one process")
+    if config.parallel != "none" and not world.launched:
+        raise UsageError(f"--parallel {config.parallel} needs worker processes: add --procs N, or launch with "
+                         f"torchrun --nproc-per-node N -m leantrain train ..., mpirun -n N or srun")
+    if config.procs is not None and world.launched and world.local_world_size != config.procs:
+        raise UsageError(f"procs is {config.procs} but {world.launcher} started {world.local_world_size} "
+                         "processes on this node; drop --procs when launching with torchrun/mpirun/srun")
+
+
+def _execute(
+    config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
+    techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
+) -> dict[str, Any]:
+    given = list(techniques or [])
+    _check_given_once(config, given)
     if isinstance(config.threads, int):
         torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
+    elif dist.world_size > 1:
+        torch.set_num_threads(_threads_per_worker(dist.world))  # "auto" too: see _tune
+    _seed_everything(config.seed)  # the same on every rank: the same data and initial weights
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
     model = model if model is not None else models.build(config.model, dataset)
     ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
     saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
-    progress = Progress(quiet=quiet, label=config.run_name)
+    progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
     # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
-    tuned = tuning.resolve(config, model, dataset, device, saved=saved.get("autotune") if saved else None,
-                           say=progress.message)
-    techniques = in_hook_order(from_config(tuned.config) + list(techniques or []))
-    if out_dir:
+    tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message)
+    techniques = from_config(tuned.config) + given
+    check_parallel_mode(techniques, config.parallel)
+    if config.parallel == "ddp":
+        techniques.append(DataParallel())
+    techniques = in_hook_order(techniques)
+    if out_dir and dist.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
+    if dist.world_size > 1:
+        torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
 
     task = get_task(dataset.task)
-    batches = _batch_source(config, dataset)
+    batches = _batch_source(config, dataset, dist)
     state = TrainState(
         model=model,
         optimizer=make_optimizer(tuned.config, model),
@@ -73,46 +124,75 @@ def execute(
         base_lr=config.lr,
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
+        dist=dist,
     )
     if saved:
         restore(state, techniques, saved, config)
 
-    def save(s: TrainState) -> None:
-        if ckpt_path:
-            checkpoint.save(ckpt_path, {**snapshot(s, techniques, config), "autotune": tuned.record})
+    def save(state: TrainState) -> None:
+        if ckpt_path is None:
+            return
+        payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
+        if dist.is_main:
+            checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
 
     train(
         state, batches, dataset.x_val, dataset.y_val,
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
-    autotune = {"autotune": tuned.record} if tuned.record else {}
-    record = make_record(config, state, dataset, techniques, {**(extra_run_fields or {}), **autotune})
-    if out_dir:
+    record = make_record(config, state, dataset, techniques, {**extra, **({"autotune": tuned.record} if tuned.record else {})})
+    if out_dir and ckpt_path and dist.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
-    torch.set_num_threads(threads_before)
+    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return record
 
 
-# One Adam update, three implementations: a loop over tensors, grouped (foreach) kernels, one fused kernel.
-ADAM_KERNELS: dict[str, dict[str, bool]] = {"adam": {"fused": False}, "foreach-adam": {"foreach": True}, "fused-adam": {"fused": True}}
+def _check_given_once(config: RunConfig, given: list[Technique]) -> None:
+    """A technique switched on by the config and also passed as an object would run twice: refuse it."""
+    switched_on = {t.name for t in from_config(config)} | ({"precision"} if config.precision == tuning.AUTO else set())
+    clashes = switched_on & {t.name for t in given}
+    if clashes:
+        raise UsageError(f"{', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
 
 
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer in ADAM_KERNELS:
-        kernel = ADAM_KERNELS[config.optimizer]
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
-                                foreach=kernel.get("foreach"), fused=kernel.get("fused"))
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+def _tune(config: RunConfig, dist: Dist, model: nn.Module, dataset: Dataset, device: torch.device,
+          saved: dict[str, Any] | None, say: Callable[[str], None]) -> tuning.Tuned:
+    """The config with its auto knobs resolved (see leantrain.tuning), the same on every rank.
+
+    Data parallel: a rank's auto threads are its share of the node's cores (its sibling ranks are not
+    "other processes" to leave cores for). Precision and Adam kernel are measured on rank 0 alone (ranks
+    probing at once would compete for the cores, and might choose differently) and broadcast; the other
+    ranks take rank 0's record and never probe.
+    """
+    if dist.world_size <= 1 or not tuning.auto_knobs(config):
+        return tuning.resolve(config, model, dataset, device, saved=saved, say=say)
+    share = {"choice": _threads_per_worker(dist.world), "cpus": cores_available(),
+             "workers": dist.world.local_world_size, "source": "per-worker share"}
+    if dist.is_main:
+        try:
+            tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
+        except BaseException:
+            dist.broadcast(None)  # the others stop waiting: rank 0's error is the job's
+            raise
+        dist.broadcast(tuned.record)
+        return tuned
+    record = dist.broadcast(None)
+    if record is None:
+        raise UsageError("rank 0 failed while choosing the auto settings; see its error")
+    return tuning.resolve(config, model, dataset, device, saved=record, saved_from="rank 0", threads=share)
 
 
-def _batch_source(config: RunConfig, dataset: Dataset) -> BatchSource:
+def _threads_per_worker(world: World) -> int:
+    return max(1, cores_available() // max(1, world.local_world_size))
+
+
+def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
+    """Every rank shuffles alike and takes its slice of each global batch (see data/batches.py)."""
     source = TensorBatches if config.loader == "tensor" else DataLoaderBatches
-    return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed)
+    return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed,
+                  rank=dist.rank, world_size=dist.world_size)
 
 
 def _seed_everything(seed: int) -> None:
@@ -134,6 +214,8 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "techniques": {t.name: t.state_dict() for t in techniques},
         "technique_labels": _stateful_labels(techniques),
         "rng": checkpoint.rng_states(),
+        "world_size": state.dist.world_size,
+        "rng_per_rank": state.dist.gather(checkpoint.rng_states()) if state.dist.world_size > 1 else None,
     }
 
 
@@ -145,7 +227,7 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
             "resume with the original configuration"
         )
     labels = _stateful_labels(techniques)
-    if saved.get("technique_labels", labels) != labels:
+    if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
         raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
                          "resume with the original techniques")
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
@@ -155,7 +237,12 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     state.epoch, state.step = saved["epoch"], saved["step"]
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
-    checkpoint.restore_rng_states(saved["rng"])
+    dist = state.dist
+    saved_world = saved.get("world_size", 1)
+    if saved_world != dist.world_size:
+        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
+                         f"not {dist.world_size} (the batch order and per-rank random states depend on it)")
+    checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 
 
 def _stateful_labels(techniques: list[Technique]) -> list[str]:
@@ -185,8 +272,12 @@ def make_record(
             "metric": task.metric,
             "higher_is_better": task.higher_is_better,
             "techniques": [t.describe() for t in techniques],
-            "parallel": "none",
-            "world_size": 1,
+            "parallel": config.parallel,
+            "world_size": state.dist.world_size,
+            "procs_per_node": state.dist.world.local_world_size,
+            "nodes": state.dist.world.nodes,
+            "launcher": state.dist.world.launcher,
+            "backend": state.dist.backend,
             "seed": config.seed,
             "params": sum(p.numel() for p in state.model.parameters()),
             "flops_per_sample": flops,

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from leantrain.parallel.dist import Dist
 from leantrain.tasks import Task
+from leantrain.techniques.base import AutocastFactory, Forward
 
 
 @dataclass
@@ -23,8 +23,13 @@ class TrainState:
     steps_per_epoch: int  # optimizer steps per epoch at one micro-batch per step
     total_epochs: int
     # What the loop calls for the forward pass; a technique may swap in a compiled or wrapped module.
-    forward: Callable[..., torch.Tensor] | None = None
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    forward: Forward = None  # type: ignore[assignment]  # None: the model itself, set in __post_init__
+    # What validation calls; None: ``forward``. The parallel wrap points it at the bare module (no collectives).
+    eval_forward: Forward | None = None
+    # Entered around every micro-batch's backward but the last of a step: DDP's no_sync skips the all-reduce.
+    no_sync: AutocastFactory = contextlib.nullcontext
+    dist: Dist = field(default_factory=Dist)
+    autocast: AutocastFactory = contextlib.nullcontext
     compute_dtype: torch.dtype = torch.float32
     grad_scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
     accum_steps: int = 1  # micro-batches per optimizer step; techniques may change it between steps

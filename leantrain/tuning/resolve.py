@@ -24,6 +24,7 @@ from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.tasks import get_task
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
+from leantrain.train.optim import ADAM_KERNELS, make_optimizer
 from leantrain.tuning import cache, machine, probe
 from leantrain.tuning.choice import Trial, choose
 
@@ -57,10 +58,17 @@ def resolve(
     device: torch.device,
     *,
     saved: dict[str, Any] | None = None,
+    saved_from: str = "checkpoint",
+    threads: dict[str, Any] | None = None,
     say: Callable[[str], None] = lambda line: None,
     measure: Measure | None = None,
 ) -> Tuned:
-    """Replace each auto knob of ``config`` by a measured (or cached, or ``saved``) choice; set threads."""
+    """Replace each auto knob of ``config`` by a measured (or cached, or ``saved``) choice; set threads.
+
+    ``saved``: a record this returned before (from a checkpoint, or rank 0's under data parallelism, as
+    ``saved_from`` says): its choices are taken as they are, never measured again. ``threads``: the entry
+    auto threads take without measuring (a data-parallel worker's share of the node's cores).
+    """
     knobs = auto_knobs(config)
     if not knobs:
         return Tuned(config)
@@ -68,8 +76,10 @@ def resolve(
     record: dict[str, Any] = {"machine": machine.machine_key(device), "cpu_capability": machine.cpu_capability()}
     changes: dict[str, Any] = {}
     for knob in knobs:
-        if saved and knob in saved:
-            entry = {**saved[knob], "source": "checkpoint"}
+        if knob == "threads" and threads is not None:
+            entry = dict(threads)
+        elif saved and knob in saved:
+            entry = {**saved[knob], "source": saved_from}
         elif knob == "threads":
             entry = _threads(measure)
         elif knob == "optimizer":
@@ -92,8 +102,6 @@ def _threads(measure: Measure) -> dict[str, Any]:
 
 
 def _optimizer(config: RunConfig, model: nn.Module, device: torch.device, measure: Measure) -> dict[str, Any]:
-    from leantrain.train.run import ADAM_KERNELS, make_optimizer  # late: run.py calls resolve
-
     def factory(kernel: str) -> probe.OptimizerFactory:
         kernel_config = config.replace(optimizer=kernel)
         return lambda params: make_optimizer(kernel_config, nn.ParameterList(params))
@@ -104,8 +112,6 @@ def _optimizer(config: RunConfig, model: nn.Module, device: torch.device, measur
 
 
 def _precision(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure) -> dict[str, Any]:
-    from leantrain.train.run import make_optimizer  # late: run.py calls resolve
-
     task = get_task(dataset.task)
     x = dataset.x_train[: config.batch_size].to(device)
     y = dataset.y_train[: config.batch_size].to(device)
@@ -160,7 +166,10 @@ def _measured(key: str, reference: str, run_trials: Callable[[], dict[str, Trial
 def describe(knob: str, entry: dict[str, Any]) -> str:
     """One line, e.g. ``precision auto -> fp32 (fp32 12.1 ms/step, bf16 71.3 ms: 5.9x slower ..., fp16 skipped: ...)``."""
     label = {"optimizer": AUTO_ADAM}.get(knob, AUTO)
-    source = {"cache": ", cached", "checkpoint": ", from the checkpoint"}.get(entry.get("source", ""), "")
+    source = {"cache": ", cached", "checkpoint": ", from the checkpoint", "rank 0": ", from rank 0"}.get(
+        entry.get("source", ""), "")
+    if knob == "threads" and "workers" in entry:
+        return f"threads {label} -> {entry['choice']} ({entry['cpus']} CPUs shared by {entry['workers']} local workers)"
     if knob == "threads" and "cpus" in entry:
         busy = entry.get("busy_cores")
         shown = "unknown" if busy is None else f"{busy:.2f}"

@@ -7,16 +7,40 @@ import torch
 import leantrain
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
-from leantrain.techniques import from_config
+from leantrain.techniques import Technique, from_config
+from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.compile import Compile
 
 
-def test_from_config_builds_techniques_by_name_in_hook_order():
+def test_from_config_builds_techniques_each_after_those_it_runs_after():
     config = RunConfig(model="mlp:depth=4", precision="bf16", checkpointing="sqrt", accumulation="adaptive",
                        schedule="warmup-cosine", complexity="match", compile=True, grad_clip=1.0).validated()
     names = [t.name for t in from_config(config)]
-    assert names == ["complexity", "precision", "checkpointing", "compile", "accumulation", "schedule", "grad_clip"]
+    assert sorted(names) == ["accumulation", "checkpointing", "compile", "complexity", "grad_clip", "precision", "schedule"]
+    assert names[0] == "complexity"  # it replaces the model and optimizer that everything else touches
+    assert names.index("schedule") > names.index("accumulation")  # shapes the lr accumulation scaled
+    assert names.index("compile") > names.index("checkpointing")  # compiles the checkpointed model
+    assert names.index("grad_clip") > max(names.index("precision"), names.index("accumulation"))  # clips last
     assert from_config(RunConfig().validated()) == []
+
+
+def test_hook_order_keeps_the_given_order_where_nothing_constrains_it():
+    class A(Technique):
+        name = "a"
+
+    class B(Technique):
+        name = "b"
+        runs_after = ("c",)
+
+    class C(Technique):
+        name = "c"
+
+    a, b, c = A(), B(), C()
+    assert in_hook_order([b, a, c]) == [a, c, b]
+    assert in_hook_order([a, b]) == [a, b]  # an absent technique orders nothing
+    C.runs_after = ("b",)
+    with pytest.raises(ValueError, match="cycle"):
+        in_hook_order([b, c])
 
 
 @pytest.mark.parametrize("changes, fragment", [
@@ -34,6 +58,24 @@ def test_bad_technique_settings_are_one_line_usage_errors(changes, fragment):
     with pytest.raises(UsageError, match=fragment) as error:
         RunConfig.from_dict({**RunConfig().to_dict(), **changes})
     assert "\n" not in str(error.value)
+
+
+def test_technique_keys_read_write_and_copy_like_fields():
+    import copy
+    import dataclasses
+    import pickle
+
+    config = RunConfig(precision="bf16", lr=0.1)
+    assert config.precision == "bf16" and config.to_dict()["precision"] == "bf16" and config.to_dict()["lr"] == 0.1
+    config.precision = "fp16"
+    assert config.technique_options["precision"] == "fp16"
+    assert dataclasses.replace(config, lr=0.2).precision == "fp16"
+    assert copy.deepcopy(config) == config == pickle.loads(pickle.dumps(config))
+    assert RunConfig() != config
+    with pytest.raises(TypeError, match="unknown keys: precison"):
+        RunConfig(precison="bf16")
+    with pytest.raises(AttributeError):
+        config.precison  # noqa: B018
 
 
 def test_checkpointing_count_from_command_line_text_becomes_int():
@@ -69,5 +111,5 @@ def test_train_cli_switches_techniques_on_by_flag(tmp_path):
     import json
 
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert record["run"]["techniques"] == ["bf16", "ckpt-sqrt", "accum-adaptive2-16", "warmup0.05-cosine", "clip1"]
+    assert record["run"]["techniques"] == ["accum-adaptive2-16", "ckpt-sqrt", "bf16", "clip1", "warmup0.05-cosine"]
     assert record["epochs"][0]["checkpoint_segments"] == 2

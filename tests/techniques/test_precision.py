@@ -65,7 +65,7 @@ def test_gradients_are_unscaled_before_clipping():
 
     class Grab(Technique):
         name = "grab"
-        order = 100  # after clipping
+        runs_after = ("grad_clip",)
 
         def before_optimizer_step(self, state):
             self.grads = [p.grad.clone() for p in state.model.parameters()]
@@ -81,3 +81,39 @@ def test_gradients_are_unscaled_before_clipping():
     assert norm32 == pytest.approx(0.05, rel=1e-4) and norm16 == pytest.approx(0.05, rel=1e-3)
     for a, b in zip(results["fp32"], results["fp16"]):
         assert torch.allclose(a, b, atol=2e-3 * 0.05, rtol=2e-2)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(4, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.view(len(x), 4, 4))
+        self.lstm_dtype = out.dtype
+        return self.head(out[:, -1])
+
+
+def test_recurrent_layers_this_cpu_cannot_run_in_bf16_stay_fp32(monkeypatch):
+    from leantrain.techniques import precision
+
+    monkeypatch.setattr(precision, "runs_in_low_precision", lambda *args: False)  # as on an AVX2-only CPU
+    model = _Recurrent()
+    keys = list(model.state_dict())
+    record = leantrain.fit(model, _data(), epochs=3, batch_size=32, lr=1e-2, device="cpu",
+                           techniques=[MixedPrecision("bf16")])
+    assert record["epochs"][0]["kept_fp32"] == ["lstm"]
+    assert model.lstm_dtype == torch.float32  # the LSTM ran with autocast off
+    assert list(model.state_dict()) == keys  # names and checkpoints unchanged
+    assert record["epochs"][-1]["val_loss"] < 1.0  # it learned (chance: ln 3 = 1.10)
+
+
+def test_recurrent_layers_that_run_in_bf16_are_left_alone(monkeypatch):
+    from leantrain.techniques import precision
+
+    monkeypatch.setattr(precision, "runs_in_low_precision", lambda *args: True)
+    model = _Recurrent()
+    assert precision.keep_unsupported_in_fp32(model, torch.device("cpu"), torch.bfloat16) == []
+    assert type(model.lstm) is nn.LSTM

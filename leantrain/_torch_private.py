@@ -1,0 +1,55 @@
+"""Every private PyTorch API leantrain uses, in one place, each with why no public one will do.
+
+If a PyTorch upgrade breaks one of these, this file is the only place to look. Checked on torch 2.13.0
+(installed here; the whole test suite exercises each). pyproject allows torch>=2.4: these names are older
+than 2.4 in PyTorch's history, but they have not been run on 2.4 here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode as _TorchDispatchMode
+
+# A dispatch mode sees every op; the memory meter uses one to catch tensors that activation checkpointing
+# recomputes inside backward, which saved-tensor hooks never see. No public base class exists.
+TorchDispatchMode = _TorchDispatchMode
+
+# The base class of BatchNorm1d/2d/3d, SyncBatchNorm and the lazy variants: one isinstance for all batch norms
+# (the public classes have no common public base; LazyBatchNorm2d is not a BatchNorm2d).
+BatchNormBase = nn.modules.batchnorm._BatchNorm
+
+# Multi-tensor kernels: one launch for all of a model's gradients instead of one per tensor, for the
+# noise-scale estimate every step. torch.linalg.vector_norm per tensor is the public, slower equivalent.
+foreach_copy_ = torch._foreach_copy_
+foreach_sub = torch._foreach_sub
+foreach_norm = torch._foreach_norm
+
+
+def inside_backward() -> bool:
+    """True while autograd runs a backward pass: an op seen then, with grad enabled, is checkpoint recomputation.
+
+    autograd exposes no public "is a graph task running" query; -1 means none.
+    """
+    return torch._C._current_graph_task_id() != -1
+
+
+def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> dict[Any, torch.Tensor] | None:
+    """The scaler's on-device 0/1 "gradients held inf/NaN" flags for ``optimizer`` after ``unscale_``; None if unknown.
+
+    Reading them counts skipped steps without a second pass over the gradients and without a host sync;
+    the public ``get_scale()`` only shows the effect one step later, as a Python float (a sync).
+    """
+    try:
+        return scaler._found_inf_per_device(optimizer)
+    except (AttributeError, AssertionError, KeyError):
+        return None
+
+
+def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
+    """The loss scale as the scaler's device tensor (None before the first scaled step or when disabled).
+
+    The public ``get_scale()`` returns a Python float, which waits for the device every step.
+    """
+    return scaler._scale if scaler.is_enabled() else None

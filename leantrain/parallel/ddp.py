@@ -1,0 +1,67 @@
+"""Data parallelism with PyTorch's DistributedDataParallel: the parallel-wrap step of model preparation.
+
+It runs after the techniques that change the model (complexity matching, precision fallbacks,
+activation checkpointing) and before compilation, so ``compile`` compiles ``DDP(model)`` as PyTorch
+advises. ``state.model`` stays the bare module (plain checkpoint names, and techniques edit it);
+``state.forward`` becomes the DDP module; evaluation uses the bare forward, so ranks may evaluate
+different numbers of batches without DDP's buffer broadcasts waiting on each other.
+
+A technique that rebuilds the model's layers (complexity matching, at an epoch end) leaves DDP holding
+hooks on parameters that no longer train: the wrap is redone whenever the parameters change. Ranks
+agree on the change, since it follows validation metrics that are reduced over all ranks, and DDP's
+constructor broadcasts rank 0's new weights.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from leantrain.techniques.base import StepState, Technique
+
+
+def wrap_ddp(module: nn.Module, *, device_type: str, bucket_cap_mb: float = 25.0, gradient_as_bucket_view: bool = True,
+             static_graph: bool = False) -> DistributedDataParallel:
+    """DDP over ``module``; gradients as views of the all-reduce buckets (one copy less per step)."""
+    return DistributedDataParallel(
+        module, device_ids=None if device_type == "cpu" else [next(module.parameters()).device],
+        bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=gradient_as_bucket_view, static_graph=static_graph,
+    )
+
+
+def _parameter_ids(model: nn.Module) -> tuple[int, ...]:
+    return tuple(id(p) for p in model.parameters())
+
+
+class DataParallel(Technique):
+    name = "ddp"
+    # After the techniques that change the model; compile runs after this (it compiles the DDP module).
+    runs_after = ("complexity", "checkpointing", "precision")
+
+    def __init__(self, **ddp_options: Any):
+        self.ddp_options = ddp_options
+        self.ddp: DistributedDataParallel | None = None
+        self._wrapped: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        return "ddp"
+
+    def on_fit_start(self, state: StepState) -> None:
+        self._wrap(state)
+
+    def _wrap(self, state: StepState) -> None:
+        state.eval_forward = state.model
+        self.ddp = wrap_ddp(state.model, device_type=state.device.type, **self.ddp_options)
+        self._wrapped = _parameter_ids(state.model)
+        state.forward = self.ddp
+        state.no_sync = self.ddp.no_sync
+
+    def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
+        if _parameter_ids(state.model) != self._wrapped:  # the layers were rebuilt: DDP must hook the new ones
+            self._wrap(state)
+
+    def on_fit_end(self, state: StepState) -> None:
+        state.forward, state.eval_forward, state.no_sync = state.model, None, contextlib.nullcontext
+        self.ddp = None

@@ -1,0 +1,70 @@
+"""The technique registry: every Technique class declared with ``@register`` in its own module under
+``leantrain/techniques/``. RunConfig's technique keys, the CLI flags, ``leantrain list``, the README's
+composition table and ``from_config`` all read it; nothing else lists techniques.
+"""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from leantrain.errors import UsageError
+from leantrain.options import Option
+from leantrain.techniques.base import PARALLEL_MODES, Technique, in_hook_order
+
+T = TypeVar("T", bound=type[Technique])
+
+_REGISTERED: dict[str, type[Technique]] = {}
+
+
+def register(cls: T) -> T:
+    """Class decorator: make a technique switchable by config. Its option names must be new."""
+    if cls.name in _REGISTERED:
+        raise ValueError(f"technique {cls.name!r} is registered twice")
+    taken = {o.name for o in options()}
+    clashes = [o.name for o in cls.options if o.name in taken]
+    if clashes or not cls.options:
+        raise ValueError(f"technique {cls.name!r} needs options with new names; {', '.join(clashes) or 'none'} given")
+    unknown = set(cls.parallel_modes) - set(PARALLEL_MODES)
+    if unknown:
+        raise ValueError(f"technique {cls.name!r}: unknown parallel modes {sorted(unknown)}; known: {PARALLEL_MODES}")
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Undo ``register`` (for tests that declare a technique of their own)."""
+    del _REGISTERED[name]
+
+
+def techniques() -> list[type[Technique]]:
+    """Registered technique classes, by name."""
+    return [_REGISTERED[name] for name in sorted(_REGISTERED)]
+
+
+def options() -> list[Option]:
+    """Every technique's config keys, technique by technique."""
+    return [option for cls in techniques() for option in cls.options]
+
+
+def from_config(config: Any) -> list[Technique]:
+    """The techniques a validated RunConfig switches on, in the order their hooks fire."""
+    built = [cls.from_config(config) for cls in techniques()]
+    return in_hook_order([t for t in built if t is not None])
+
+
+def check_parallel_mode(enabled: list[Technique], mode: str) -> None:
+    """Refuse, in one line, techniques that do not compose with a parallel mode (for preflight)."""
+    refused = [t.name for t in enabled if mode not in t.parallel_modes]
+    if refused:
+        raise UsageError(f"--parallel {mode} does not compose with: {', '.join(refused)}; switch them off or run another mode")
+
+
+def composition_table() -> str:
+    """The README's table: each technique's switch, what it runs after, and the parallel modes it composes with."""
+    header = ["technique", "config keys", "runs after", *PARALLEL_MODES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cls in techniques():
+        keys = ", ".join(f"`{o.name}`" for o in cls.options)
+        after = ", ".join(cls.runs_after) or "—"
+        modes = ["✓" if mode in cls.parallel_modes else "—" for mode in PARALLEL_MODES]
+        lines.append("| " + " | ".join([cls.name, keys, after, *modes]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""DDP on N processes equals one process on the same global batch: every step's parameters, every epoch's loss."""
+import pytest
+import torch
+
+from leantrain.techniques import AdaptiveAccumulation, MixedPrecision
+from tests.parallel.helpers import run_single, run_workers
+
+BASE = {"model": "mlp:hidden=32", "data": "healthcare-sim:n=1280", "epochs": 2, "lr": 3e-3, "device": "cpu",
+        "seed": 3}
+
+
+def _compare(single, ranks, rtol, atol=0.0):
+    assert len(single["steps"]) == len(ranks[0]["steps"]) > 10
+    for rank in ranks:  # every rank holds the same weights after every step
+        for got, want in zip(rank["steps"], ranks[0]["steps"]):
+            assert torch.equal(got, want)
+    for step, (got, want) in enumerate(zip(ranks[0]["steps"], single["steps"])):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=f"step {step + 1}")
+    for got, want in zip(ranks[0]["record"]["epochs"], single["record"]["epochs"]):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert got[key] == pytest.approx(want[key], rel=max(rtol, 1e-6)), key
+        assert got["train_samples"] == want["train_samples"]
+
+
+@pytest.mark.timeout(60)
+def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
+    single = run_single({**BASE, "batch_size": 64})
+    ranks = run_workers(2, tmp_path, {**BASE, "batch_size": 32, "parallel": "ddp"})
+    _compare(single, ranks, rtol=1e-5, atol=1e-7)
+    run = ranks[0]["record"]["run"]
+    assert (run["parallel"], run["world_size"], run["backend"]) == ("ddp", 2, "gloo")
+    assert len(ranks[0]["record"]["epochs"][0]["peak_mem_bytes_per_rank"]) == 2
+
+
+@pytest.mark.timeout(60)
+def test_two_ranks_equal_one_process_under_adaptive_accumulation(tmp_path):
+    # Small, noisy batches: the noise scale is far above k_max, so both runs take k up 2 -> 4 -> 8 by the same
+    # steps; equal k, equal lr, equal samples per step make equal updates.
+    techniques = lambda: [AdaptiveAccumulation(k_min=2, k_max=8, update_every=2)]  # noqa: E731
+    single = run_single({**BASE, "batch_size": 16}, techniques)
+    ranks = run_workers(2, tmp_path, {**BASE, "batch_size": 8, "parallel": "ddp"}, techniques)
+    _compare(single, ranks, rtol=1e-5, atol=1e-7)
+    epochs = [e["accum_steps_mean"] for e in ranks[0]["record"]["epochs"]]
+    assert epochs == [e["accum_steps_mean"] for e in single["record"]["epochs"]] and max(epochs) > 2
+
+
+@pytest.mark.timeout(60)
+def test_two_ranks_track_one_process_under_bf16(tmp_path):
+    # bf16 rounds each rank's weight gradient (a sum over its 32 samples) before DDP adds the two halves, where
+    # one process rounds the sum over 64: a few bf16 ulps (2**-8 relative) per step, which Adam's normalised
+    # update carries into the weights at about lr * 1e-2 per step.
+    techniques = lambda: [MixedPrecision("bf16")]  # noqa: E731
+    single = run_single({**BASE, "batch_size": 64}, techniques)
+    ranks = run_workers(2, tmp_path, {**BASE, "batch_size": 32, "parallel": "ddp"}, techniques)
+    assert len(single["steps"]) == len(ranks[0]["steps"])
+    drift = max((a - b).abs().max().item() for a, b in zip(ranks[0]["steps"], single["steps"]))
+    assert drift < 3e-3 * len(single["steps"]) * 0.1
+    last = ranks[0]["record"]["epochs"][-1]
+    assert last["val_loss"] == pytest.approx(single["record"]["epochs"][-1]["val_loss"], rel=2e-2)
