@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from leantrain.techniques.precision import autocast_for
+from leantrain.techniques.precision import DTYPES, autocast_for, keep_unsupported_in_fp32
 from leantrain.train.metrics import now
 from leantrain.tuning.choice import Trial
 
@@ -110,6 +110,8 @@ class _TrainSteps(_Stepper):
     def __init__(self, model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
                  forward_loss: Callable[[nn.Module], torch.Tensor], device: torch.device, precision: str):
         self.model = copy.deepcopy(model).to(device).train()
+        if precision in DTYPES:  # as MixedPrecision runs it: layers this machine cannot run in that type stay fp32
+            keep_unsupported_in_fp32(self.model, device, DTYPES[precision])
         self.optimizer = make_optimizer(self.model)
         self.forward_loss = forward_loss
         self.autocast: Callable[[], AbstractContextManager] = lambda: autocast_for(device, precision)

@@ -35,6 +35,39 @@ def test_precision_probe_times_each_candidate_and_disturbs_nothing():
     assert torch.equal(rng, torch.get_rng_state())
 
 
+class _Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.view(len(x), 4, 4))
+        self.lstm_dtype = out.dtype
+        return self.head(out[:, -1])
+
+
+def test_precision_probe_keeps_in_fp32_the_layers_the_run_would_keep(monkeypatch):
+    """On a CPU that cannot run an LSTM in bf16, the bf16 run keeps it fp32 (issue 17): so does its probe,
+    which times that run instead of failing (or measuring a path the run never takes)."""
+    from leantrain.techniques import precision
+
+    monkeypatch.setattr(precision, "runs_in_low_precision", lambda *args: False)
+    model, task = _Recurrent(), get_task("classification")
+    x, y = torch.randn(32, 16, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 3
+    dtypes = {}
+
+    def loss(m):
+        out = m(x)
+        dtypes[torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32] = m.lstm_dtype
+        return task.loss_sum(out, y) / len(y)
+
+    trials = probe.precision_trials(model, lambda m: torch.optim.Adam(m.parameters()), loss, CPU, ["fp32", "bf16"],
+                                    rounds=1)
+    assert not trials["bf16"].skipped and trials["bf16"].median_ms
+    assert dtypes[torch.bfloat16] == torch.float32  # the LSTM ran with autocast off
+    assert type(model.lstm) is nn.LSTM  # the run's own model is untouched
+
 def test_optimizer_probe_times_each_kernel_on_copies_of_the_parameters():
     model = _model()
     weights = [p.detach().clone() for p in model.parameters()]
