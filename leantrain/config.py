@@ -21,7 +21,7 @@ from leantrain.techniques import registry as techniques
 
 LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
-PARALLELS = ("none", "ddp")
+PARALLELS = ("none", "ddp", "mpi")
 BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -47,7 +47,8 @@ class RunConfig:
     )
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (launched workers use cuda:LOCAL_RANK)")
     parallel: str = _opt(
-        "none", "none (one process), or ddp: data parallel over the launched processes (batch_size per worker)",
+        "none", "none (one process); ddp: DistributedDataParallel over the launched processes; mpi: seed 003's "
+        "flat-buffer gradient Allreduce over mpi4py (mpirun); batch_size is per worker",
         PARALLELS,
     )
     procs: int | None = _opt(None, "launch this many local worker processes (torch.distributed.run); "

@@ -142,7 +142,7 @@ def _case_section(case: Case) -> list[str]:
             _spread(runs, lambda r: max(e.get("activation_bytes") or 0 for e in r["epochs"]), _mib),
             _spread(runs, lambda r: r["summary"].get("utilisation"), "{:.1%}"),
             _spread(runs, case.time_to_target, "{:.3f}"),
-            _speedup(case, recipe, case.time_to_target),
+            _speedup(case, recipe, case.time_to_target) if case.target is not None else "—",
             _speedup(case, recipe, lambda r: r["summary"]["mean_epoch_time_s"]),
             _scaling_efficiency(case, recipe),
         ]

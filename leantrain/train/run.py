@@ -24,6 +24,7 @@ from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
+from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -36,6 +37,8 @@ from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
 
+# The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
+PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
 
 def execute(
     config: RunConfig,
@@ -62,9 +65,13 @@ def execute(
     device = resolve_device(config.device)
     if device.type == "cuda" and world.launched:
         device = torch.device("cuda", world.local_rank)
+    if config.parallel == "mpi":
+        group = mpi_group(world, device)
+    else:
+        group = process_group(with_master_from_rank0(world), config.backend, device, config.dist_timeout)
     threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
     try:
-        with process_group(world, config.backend, device, config.dist_timeout) as dist:
+        with group as dist:
             return _execute(config, dist, device, model, dataset, techniques, out_dir,
                             resume or world.restart_count > 0, quiet, extra_run_fields or {})
     finally:
@@ -99,13 +106,15 @@ def _execute(
     model = model if model is not None else models.build(config.model, dataset)
     ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
     saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
+    if saved:
+        check_resumable(saved, config, dist.world_size)  # before anything is measured or built from it
     progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
     # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
     tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message)
     techniques = from_config(tuned.config) + given
     check_parallel_mode(techniques, config.parallel)
-    if config.parallel == "ddp":
-        techniques.append(DataParallel())
+    if config.parallel in PARALLEL_WRAPS:
+        techniques.append(PARALLEL_WRAPS[config.parallel]())
     techniques = in_hook_order(techniques)
     if out_dir and dist.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
@@ -219,13 +228,22 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
     }
 
 
-def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
+def check_resumable(saved: dict[str, Any], config: RunConfig, world_size: int) -> None:
+    """The checkpoint was written by this many workers with these settings; else one line saying what differs."""
+    saved_world = saved.get("world_size", 1)
+    if saved_world != world_size:
+        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
+                         f"not {world_size} (the batch order and per-rank random states depend on it)")
     if saved["config"] != config.to_dict():
         changed = sorted(k for k in config.to_dict() if saved["config"].get(k) != config.to_dict()[k])
         raise UsageError(
             f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
             "resume with the original configuration"
         )
+
+
+def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
+    check_resumable(saved, config, state.dist.world_size)
     labels = _stateful_labels(techniques)
     if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
         raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
@@ -238,10 +256,6 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
     dist = state.dist
-    saved_world = saved.get("world_size", 1)
-    if saved_world != dist.world_size:
-        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
-                         f"not {dist.world_size} (the batch order and per-rank random states depend on it)")
     checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 
 

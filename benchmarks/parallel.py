@@ -1,0 +1,96 @@
+"""Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side.
+
+Each case trains the same model and per-worker batch in every layout, interleaved and repeated; the
+two-process layout is launched exactly as a user launches it (``leantrain train --parallel ddp --procs 2``).
+Throughput is the run's median samples/s over epochs (the first optimizer step of each process left out).
+Scaling efficiency = 2-process samples/s / (2 x 1-process-1-thread samples/s), per repeat.
+Also measures what the Dist context costs a single-process run (it should be nothing).
+
+    python benchmarks/parallel.py [--repeats 3] [--epochs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from leantrain.config import RunConfig
+from leantrain.experiments.report import median_spread
+from leantrain.parallel.dist import Dist
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
+from leantrain.train.run import execute
+
+CASES = {
+    "seed MLP, batch 64": {"model": "mlp", "data": "imagenet-sim", "batch_size": 64, "lr": 1e-3},
+    "seed MLP, batch 2048": {"model": "mlp", "data": "imagenet-sim", "batch_size": 2048, "lr": 6e-3},
+    "MLP 512-2048-2048-20, batch 512": {"model": "mlp:hidden=2048,depth=2", "data": "gpt3-sim:n=20000",
+                                        "batch_size": 512, "lr": 1e-3},
+}
+LAYOUTS = {"1 proc x 1 thread": (1, 1), "1 proc x 2 threads": (1, 2), "2 procs x 1 thread": (2, 1)}
+
+
+def run_layout(case: dict, procs: int, threads: int, epochs: int) -> dict:
+    values = {**case, "epochs": epochs, "threads": threads, "device": "cpu"}
+    if procs == 1:
+        return execute(RunConfig.from_dict(values), quiet=True)
+    with tempfile.TemporaryDirectory() as out:
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
+        subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--parallel", "ddp", "--procs", str(procs),
+                        "--quiet", "--out", out], check=True, capture_output=True, text=True)
+        (path,) = Path(out).glob("*.json")
+        return json.loads(path.read_text())
+
+
+def dist_cost_us() -> float:
+    """Microseconds the single-process Dist adds per epoch: the loop's four reductions and one gather."""
+    dist, n = Dist(), 20_000
+    start = time.perf_counter()
+    for _ in range(n):
+        dist.sum([1.0, 2.0, 3.0, 4.0, 5.0])
+        dist.max([1.0, 2.0])
+        dist.sum([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        dist.max([1.0])
+        dist.gather(1)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--cases", nargs="*", default=list(CASES), help="which cases (default: all)")
+    args = parser.parse_args()
+    rows = []
+    for name in args.cases:
+        rates: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+        noisy = 0
+        for repeat in range(args.repeats):
+            for layout, (procs, threads) in LAYOUTS.items():
+                record = run_layout(CASES[name], procs, threads, args.epochs)
+                rates[layout].append(record["summary"]["median_samples_per_s"])
+                noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in record["epochs"])
+            print(f"{name}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+        one = rates["1 proc x 1 thread"]
+        efficiency = [two / (2 * single) for two, single in zip(rates["2 procs x 1 thread"], one)]
+        best_layout = max(LAYOUTS, key=lambda layout: statistics.median(rates[layout]))
+        rows.append([name, *(median_spread(rates[layout], "{:,.0f}") for layout in LAYOUTS),
+                     median_spread(efficiency, "{:.2f}"), best_layout, f"{noisy}/{args.repeats * len(LAYOUTS)}"])
+
+    print(f"\nmachine: {cpu_name()} | capability {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
+          f"repeats {args.repeats} | epochs {args.epochs} | Dist on one process: {dist_cost_us():.1f} µs per epoch")
+    header = ["case", *(f"{layout} (samples/s)" for layout in LAYOUTS), "scaling efficiency (2 procs vs 2 x 1x1)",
+              "fastest layout", "noisy runs"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
