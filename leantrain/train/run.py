@@ -22,6 +22,7 @@ from leantrain.fileio import prepare_output_dir, write_json
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
+from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
 from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
@@ -101,22 +102,37 @@ def _execute(
         torch.set_num_threads(config.threads)
     elif dist.world_size > 1:
         torch.set_num_threads(_threads_per_worker(dist.world))  # "auto" too: see _tune
-    _seed_everything(config.seed)  # the same on every rank: the same data and initial weights
+    ensemble = config.parallel == "ensemble"
+    member = member_spec(config.model, config.members, dist.rank, dist.world_size) if ensemble else config.model
+    # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
+    _seed_everything(config.seed + (dist.rank if ensemble else 0))
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
-    model = model if model is not None else models.build(config.model, dataset)
-    ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
+    if ensemble and dataset.task != "classification":
+        raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
+    model = model if model is not None else models.build(member, dataset)
+    # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
+    ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
+    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
     saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
-    if saved:
-        check_resumable(saved, config, dist.world_size)  # before anything is measured or built from it
+    if saved:  # before anything is measured or built from it
+        check_resumable(saved, config, 1 if ensemble else dist.world_size)
     progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
     # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
-    tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message)
+    tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message,
+                  own_model=ensemble)
     techniques = from_config(tuned.config) + given
     check_parallel_mode(techniques, config.parallel)
     if config.parallel in PARALLEL_WRAPS:
         techniques.append(PARALLEL_WRAPS[config.parallel]())
+    if ensemble:
+        techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
+                                         config.eval_batch_size, config.seed))
+        # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
+        dist, ranks = Dist(device=device), dist
+    else:
+        ranks = dist
     techniques = in_hook_order(techniques)
-    if out_dir and dist.is_main:
+    if out_dir and ranks.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
@@ -124,7 +140,7 @@ def _execute(
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
 
     task = get_task(dataset.task)
-    batches = _batch_source(config, dataset, dist)
+    batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset, dist)
     state = TrainState(
         model=model,
         optimizer=make_optimizer(tuned.config, model),
@@ -142,7 +158,7 @@ def _execute(
         if ckpt_path is None:
             return
         payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
-        if dist.is_main:
+        if dist.is_main:  # under an ensemble, every member is main of its own loop
             checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
 
     train(
@@ -150,11 +166,18 @@ def _execute(
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
-    record = make_record(config, state, dataset, techniques, {**extra, **({"autotune": tuned.record} if tuned.record else {})})
-    if out_dir and ckpt_path and dist.is_main:
+    if tuned.record:
+        extra = {**extra, "autotune": tuned.record}
+    if ensemble:
+        extra = {**extra, "members": ranks.gather(member), "world_size": ranks.world_size,
+                 "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
+                 "launcher": ranks.world.launcher}
+    record = make_record(config, state, dataset, techniques, extra)
+    if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
+    ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
+    if ckpt_path and dist.is_main:
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
-    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return record
 
 
@@ -167,18 +190,34 @@ def _check_given_once(config: RunConfig, given: list[Technique]) -> None:
 
 
 def _tune(config: RunConfig, dist: Dist, model: nn.Module, dataset: Dataset, device: torch.device,
-          saved: dict[str, Any] | None, say: Callable[[str], None]) -> tuning.Tuned:
-    """The config with its auto knobs resolved (see leantrain.tuning), the same on every rank.
+          saved: dict[str, Any] | None, say: Callable[[str], None], own_model: bool = False) -> tuning.Tuned:
+    """The config with its auto knobs resolved (see leantrain.tuning).
 
-    Data parallel: a rank's auto threads are its share of the node's cores (its sibling ranks are not
-    "other processes" to leave cores for). Precision and Adam kernel are measured on rank 0 alone (ranks
-    probing at once would compete for the cores, and might choose differently) and broadcast; the other
-    ranks take rank 0's record and never probe.
+    Several ranks: a rank's auto threads are its share of the node's cores (its sibling ranks are not
+    "other processes" to leave cores for). Ranks never probe at once: they would compete for the cores
+    and might choose differently. Data parallel (one model): rank 0 alone measures precision and Adam
+    kernel and broadcasts its record; the other ranks take it and never probe. An ensemble
+    (``own_model``: a different model per rank): each member measures its own model, one rank at a time.
     """
     if dist.world_size <= 1 or not tuning.auto_knobs(config):
         return tuning.resolve(config, model, dataset, device, saved=saved, say=say)
     share = {"choice": _threads_per_worker(dist.world), "cpus": cores_available(),
              "workers": dist.world.local_world_size, "source": "per-worker share"}
+    if own_model:
+        tuned: tuning.Tuned | None = None
+        for turn in range(dist.world_size):
+            failed = False
+            if dist.rank == turn:
+                try:
+                    tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
+                except BaseException:
+                    failed = True
+                    dist.any(True)  # the others stop waiting: this rank's error is the job's
+                    raise
+            if dist.any(failed):
+                raise UsageError(f"rank {turn} failed while choosing its auto settings; see its error")
+        assert tuned is not None
+        return tuned
     if dist.is_main:
         try:
             tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
