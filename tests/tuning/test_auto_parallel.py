@@ -41,3 +41,21 @@ def test_rank_0_alone_probes_and_every_rank_trains_with_its_choices(tmp_path, mo
     assert ranks[0]["record"]["run"]["config"]["precision"] == "auto"
     for got, want in zip(ranks[1]["steps"], ranks[0]["steps"]):  # the same choices: the same weights, step by step
         assert got.equal(want)
+
+
+@pytest.mark.timeout(120)
+def test_ensemble_members_each_measure_their_own_model(tmp_path, monkeypatch):
+    probed = tmp_path / "probed"
+    probed.mkdir()
+    real = resolve._precision
+
+    def spy(*args, **kwargs):
+        (probed / f"rank{os.environ['RANK']}").touch()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resolve, "_precision", spy)
+    config = {**BASE, "parallel": "ensemble", "members": "mlp:hidden=16,mlp:hidden=32", "precision": "auto"}
+    ranks = run_workers(2, tmp_path / "run", config)
+    assert sorted(p.name for p in probed.iterdir()) == ["rank0", "rank1"]
+    for rank in ranks:
+        assert rank["record"]["run"]["autotune"]["precision"]["source"] in ("measured", "cache")
