@@ -172,7 +172,7 @@ def _execute(
         extra = {**extra, "members": ranks.gather(member), "world_size": ranks.world_size,
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
-    record = make_record(config, state, dataset, techniques, extra)
+    record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
     if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
     ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
@@ -304,7 +304,8 @@ def _stateful_labels(techniques: list[Technique]) -> list[str]:
 
 
 def make_record(
-    config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any]
+    config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any],
+    written: bool = True,
 ) -> dict[str, Any]:
     flops = models.flops_per_sample(state.model)
     peak = peak_matmul_flops(state.device, state.compute_dtype) if flops else None
@@ -339,7 +340,7 @@ def make_record(
             "config": config.to_dict(),
             **extra,
         },
-        "env": environment(state.device, peak),
+        "env": environment(state.device, peak, by_dtype=written),
         "epochs": state.records,
         "summary": summarize(state.records, task.metric, config.target, task.higher_is_better),
     }
