@@ -34,7 +34,7 @@ from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.launch import cores_available, run_local_workers
 from leantrain.tasks import get_task
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cache_dir, cpu_name
-from leantrain.train.run import make_optimizer
+from leantrain.train.optim import make_optimizer
 
 WARMUP_STEPS, TIMED_STEPS = 3, 12
 
