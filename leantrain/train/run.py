@@ -136,8 +136,9 @@ def _execute(
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
-    if dist.world_size > 1:
-        torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
+    if dist.rank > 0:
+        # Per-rank randomness (dropout) after the shared initialisation; rank 0 keeps the one-process stream.
+        torch.manual_seed(config.seed * 100_003 + dist.rank)
 
     task = get_task(dataset.task)
     batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset, dist)
