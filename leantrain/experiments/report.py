@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from leantrain.experiments import plots
+from leantrain.experiments.machine_report import autotune_lines, machine_line
 from leantrain.experiments.results import load_runs
 from leantrain.fileio import write_atomic
 from leantrain.train.metrics import NOISY_FOREIGN_CORES as NOISY_CPU_CORES
@@ -102,6 +103,7 @@ def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
         "each process (warm-up). Several seeds: median [min–max]. Speedups are paired by seed against the "
         "baseline recipe.",
         _noise_note(runs),
+        *filter(None, [machine_line(env), *autotune_lines(runs)]),
         "",
     ]
     for case in cases:
@@ -148,7 +150,37 @@ def _case_section(case: Case) -> list[str]:
             row.insert(9, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
                                      ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
         lines.append("| " + " | ".join(row) + " |")
+    settings = next(iter(case.recipes.values()))[0]["run"].get("experiment", {})
+    for missing in settings.get("unavailable", []):
+        if missing["case"] == case.label:
+            lines.append(f"| {missing['recipe']} | {missing['why']} |" + " |" * (len(header) - 2))
     lines += ["", *_epoch_table(case), ""]
+    for recipe, runs in case.recipes.items():
+        lines += _ensemble_table(recipe, runs[0])
+    return lines
+
+
+def _ensemble_table(recipe: str, run: dict[str, Any]) -> list[str]:
+    """Member by member, and the ensemble against its best member (last epoch, first seed)."""
+    last = run["epochs"][-1]
+    if "ensemble" not in last:
+        return []
+    e = last["ensemble"]
+    lines = [f"Ensemble `{recipe}` ({run['run']['name']}, epoch {last['epoch']}):", "",
+             "| member | model | val acc | val loss | epoch time (s) |", "|---|---|---|---|---|"]
+    for rank, member in enumerate(last["members"]):
+        lines.append(f"| {rank} | `{member['model']}` | {member['val_acc']:.4f} | {member['val_loss']:.4f} | "
+                     f"{member['time_s']:.3f} |")
+    lines += [
+        "",
+        f"Averaged probabilities: {e['average_acc']:.4f} on the whole validation split vs best member "
+        f"{e['best_member_acc']:.4f}. Stacked logistic regression, fitted on {e['stack_fit_samples']} validation "
+        f"samples and scored on the other {e['stack_score_samples']}: {e['stacked_acc_on_held_out_half']:.4f} "
+        f"(averaged {e['average_acc_on_held_out_half']:.4f}, best member {e['best_member_acc_on_held_out_half']:.4f} "
+        f"on that half). Wall time per epoch {e['wall_time_s']:.3f} s with the members side by side; their epoch "
+        f"times add up to {e['members_time_sum_s']:.3f} s (measured while sharing the machine).",
+        "",
+    ]
     return lines
 
 

@@ -106,6 +106,8 @@ def train_epoch(
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
                 loss = _forward_backward(state, x, y, loss_divisor, meter)
+            if index == last:
+                state.sync_gradients()
             loss_sum += loss
             step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
