@@ -29,7 +29,9 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
         chosen = layouts.choose(config, say=(lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr)))
         extra_run_fields = {**extra_run_fields, "layout": chosen.record()}
         if chosen.procs == 1:
-            single = config.replace(procs=None, parallel="none", batch_size=chosen.batch_size, threads=chosen.threads)
+            # One process at the global batch: the same training, so it keeps the name the user's settings gave it.
+            single = config.replace(procs=None, parallel="none", batch_size=chosen.batch_size, threads=chosen.threads,
+                                    name=config.run_name)
             execute(single, out_dir=out_dir, resume=resume, quiet=quiet, extra_run_fields=extra_run_fields, force=force)
             return 0
         config = config.replace(procs=chosen.procs, threads=chosen.threads)

@@ -1,9 +1,11 @@
 """Mid-epoch checkpoints: a run interrupted between epoch ends resumes bit for bit, techniques and all."""
+import time
+
 import pytest
 import torch
 
 import leantrain as lt
-from leantrain.techniques import AdaptiveAccumulation, MixedPrecision, WarmupCosine
+from leantrain.techniques import AdaptiveAccumulation, MixedPrecision, Technique, WarmupCosine
 from tests.faults.helpers import LossTap, StopAtStep, same_weights, tiny_data, tiny_model, untimed
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,9 +59,18 @@ def test_checkpoint_every_must_be_steps_or_seconds():
             _run(None, checkpoint_every=bad)
 
 
+class SlowSteps(Technique):
+    """Each step takes at least 5 ms, so a 1 ms checkpoint interval has always passed by the next step."""
+
+    name = "slow-steps"
+
+    def after_optimizer_step(self, state) -> None:
+        time.sleep(0.005)
+
+
 def test_checkpoint_every_seconds_writes_mid_epoch(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, extra=[StopAtStep(12)], techniques=list, checkpoint_every="0.001s")
+        _run(tmp_path, extra=[SlowSteps(), StopAtStep(12)], techniques=list, checkpoint_every="0.001s")
     from leantrain.train import checkpoint
 
     saved = checkpoint.load(checkpoint.find(tmp_path))

@@ -1,0 +1,36 @@
+"""One rank of a 2-rank DDP run (under torchrun) whose rank 1 gets a NaN gradient at step STEP.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 nan_on_one_rank.py FOLDER STEP
+Each rank writes FOLDER/rank<r>.txt: "finished", or the divergence message it stopped with.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from leantrain.config import RunConfig
+from leantrain.errors import TrainingDiverged
+from leantrain.techniques import Technique
+from leantrain.train.run import execute
+
+folder, step = Path(sys.argv[1]), int(sys.argv[2])
+CONFIG = {"model": "mlp:hidden=16", "data": "healthcare-sim:n=1280", "epochs": 2, "batch_size": 16, "lr": 3e-3,
+          "device": "cpu", "seed": 3, "parallel": "ddp", "threads": 1, "dist_timeout": 20, "checkpoint_every": "4"}
+
+
+class PoisonOneRank(Technique):
+    name = "poison-one-rank"
+
+    def after_micro_backward(self, state, micro_index):
+        if state.dist.rank == 1 and state.step + 1 == step:
+            next(p for p in state.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+
+
+torch.set_num_threads(1)
+try:
+    execute(RunConfig.from_dict(CONFIG), techniques=[PoisonOneRank()], out_dir=folder / "out", quiet=True)
+    message = "finished"
+except TrainingDiverged as e:
+    message = str(e)
+(folder / f"rank{os.environ['RANK']}.txt").write_text(message)
