@@ -55,6 +55,8 @@ class RunConfig:
     target: float | None = _opt(None, "target validation metric (e.g. accuracy 0.7) for time-to-target")
     threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     name: str = _opt("", "run name (default: derived from data, model and seed)")
+    save_model: bool = _opt(False, "write <out>/<run>.model.pt at the end: weights, model and data specs, "
+                                   "vocabulary (for leantrain evaluate / predict)")
     # The registered techniques' keys -> values (precision, grad_clip, ...); read them as attributes.
     technique_options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 

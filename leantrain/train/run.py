@@ -18,6 +18,8 @@ from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.fileio import prepare_output_dir, write_json
+from leantrain.inference.model_file import SUFFIX as MODEL_SUFFIX
+from leantrain.inference.model_file import save_model
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
@@ -128,6 +130,10 @@ def _execute(
     )
 
     record = make_record(config, state, dataset, techniques, extra)
+    if out_dir and config.save_model and dist.is_main:
+        record["run"]["model_file"] = save_model(
+            out_dir / f"{config.run_name}{MODEL_SUFFIX}", state.model, model_spec=config.model, data_spec=config.data,
+            data=dataset, record=f"{config.run_name}.json").name
     if out_dir and ckpt_path and dist.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
