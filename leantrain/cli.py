@@ -102,7 +102,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from leantrain.config import RunConfig, config_options
     from leantrain.parallel.env import detect
-    from leantrain.parallel.launch import run_local_workers
+    from leantrain.parallel.launch import cores_available, run_local_workers
+    from leantrain.parallel.mpi import run_mpirun
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
 
@@ -119,7 +120,10 @@ def _train(args: argparse.Namespace) -> int:
         out_dir = args.out
     world = detect()
     if config.procs is not None and not world.launched and (config.procs > 1 or config.parallel != "none"):
-        status = run_local_workers(config.procs, ["-m", "leantrain", *args.argv], max_restarts=args.max_restarts)
+        if config.parallel == "mpi":
+            status = run_mpirun(config.procs, ["-m", "leantrain", *args.argv], cores_available())
+        else:
+            status = run_local_workers(config.procs, ["-m", "leantrain", *args.argv], max_restarts=args.max_restarts)
         result = out_dir / f"{config.run_name}.json"
         if status == 0 and result.is_file():
             _print_result(config.run_name, json.loads(result.read_text()), result)

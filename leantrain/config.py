@@ -21,7 +21,7 @@ from leantrain.techniques import registry as techniques
 
 LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "fused-adam", "adamw", "sgd")
-PARALLELS = ("none", "ddp")
+PARALLELS = ("none", "ddp", "mpi", "ensemble")
 BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -44,11 +44,15 @@ class RunConfig:
     )
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (launched workers use cuda:LOCAL_RANK)")
     parallel: str = _opt(
-        "none", "none (one process), or ddp: data parallel over the launched processes (batch_size per worker)",
+        "none", "none (one process); ddp: DistributedDataParallel over the launched processes; mpi: seed 003's "
+        "flat-buffer gradient Allreduce over mpi4py (mpirun); ensemble: a different model per worker, predictions "
+        "combined; batch_size is per worker",
         PARALLELS,
     )
     procs: int | None = _opt(None, "launch this many local worker processes (torch.distributed.run); "
                                    "none: as launched by torchrun/mpirun/srun, or one")
+    members: str | None = _opt(None, "ensemble: one model per worker, NAME[:key=value,...],NAME...; "
+                                     "none: --model on every worker, each from its own seed")
     backend: str = _opt("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", BACKENDS)
     dist_timeout: float = _opt(300.0, "seconds a collective or the rendezvous may wait before every rank fails")
     seed: int = _opt(0, "seed for data, initialisation and batch order")
@@ -145,7 +149,26 @@ class RunConfig:
                              "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
         check_spec(MODELS, self.model, "data")
+        self._validate_members(where)
         return self
+
+    def _validate_members(self, where: str) -> None:
+        from leantrain.models.registry import MODELS
+        from leantrain.parallel.ensemble import split_members
+        from leantrain.registry import check_spec
+
+        if self.members is None:
+            return
+        if self.parallel != "ensemble":
+            raise UsageError(f"{where}: members are for --parallel ensemble, not {self.parallel}")
+        try:
+            specs = split_members(self.members)
+            for spec in specs:
+                check_spec(MODELS, spec, "data")
+        except UsageError as e:
+            raise UsageError(f"{where}: members: {e}") from None
+        if self.procs is not None and len(specs) != self.procs:
+            raise UsageError(f"{where}: members names {len(specs)} models for procs {self.procs}; give one per worker")
 
     def _validate_techniques(self, where: str) -> None:
         """Each technique's keys by their own checks, then the technique's checks across keys."""

@@ -149,6 +149,32 @@ def _case_section(case: Case) -> list[str]:
                                      ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", *_epoch_table(case), ""]
+    for recipe, runs in case.recipes.items():
+        lines += _ensemble_table(recipe, runs[0])
+    return lines
+
+
+def _ensemble_table(recipe: str, run: dict[str, Any]) -> list[str]:
+    """Member by member, and the ensemble against its best member (last epoch, first seed)."""
+    last = run["epochs"][-1]
+    if "ensemble" not in last:
+        return []
+    e = last["ensemble"]
+    lines = [f"Ensemble `{recipe}` ({run['run']['name']}, epoch {last['epoch']}):", "",
+             "| member | model | val acc | val loss | epoch time (s) |", "|---|---|---|---|---|"]
+    for rank, member in enumerate(last["members"]):
+        lines.append(f"| {rank} | `{member['model']}` | {member['val_acc']:.4f} | {member['val_loss']:.4f} | "
+                     f"{member['time_s']:.3f} |")
+    lines += [
+        "",
+        f"Averaged probabilities: {e['average_acc']:.4f} on the whole validation split vs best member "
+        f"{e['best_member_acc']:.4f}. Stacked logistic regression, fitted on {e['stack_fit_samples']} validation "
+        f"samples and scored on the other {e['stack_score_samples']}: {e['stacked_acc_on_held_out_half']:.4f} "
+        f"(averaged {e['average_acc_on_held_out_half']:.4f}, best member {e['best_member_acc_on_held_out_half']:.4f} "
+        f"on that half). Wall time per epoch {e['wall_time_s']:.3f} s with the members side by side; their epoch "
+        f"times add up to {e['members_time_sum_s']:.3f} s (measured while sharing the machine).",
+        "",
+    ]
     return lines
 
 

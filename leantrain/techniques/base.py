@@ -49,6 +49,10 @@ class AutocastFactory(Protocol):
     def __call__(self) -> AbstractContextManager[Any]: ...
 
 
+class GradientSync(Protocol):
+    def __call__(self) -> None: ...
+
+
 class Forward(Protocol):
     """What the loop calls for the forward pass: the model, or a technique's compiled or wrapped stand-in."""
 
@@ -80,6 +84,7 @@ class StepState(Protocol):
     forward: Forward
     eval_forward: Forward | None
     no_sync: AutocastFactory
+    sync_gradients: GradientSync
 
     @property
     def dist(self) -> Collectives: ...

@@ -94,6 +94,8 @@ def train_epoch(
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
                 loss = _forward_backward(state, x, y, loss_divisor, meter)
+            if index == last:
+                state.sync_gradients()
             loss_sum += loss
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)

@@ -23,8 +23,10 @@ from leantrain.inference.model_file import save_model
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
+from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
+from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -36,6 +38,8 @@ from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
 
+# The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
+PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
 
 def execute(
     config: RunConfig,
@@ -59,7 +63,11 @@ def execute(
     device = resolve_device(config.device)
     if device.type == "cuda" and world.launched:
         device = torch.device("cuda", world.local_rank)
-    with process_group(world, config.backend, device, config.dist_timeout) as dist:
+    if config.parallel == "mpi":
+        group = mpi_group(world, device)
+    else:
+        group = process_group(with_master_from_rank0(world), config.backend, device, config.dist_timeout)
+    with group as dist:
         return _execute(config, dist, device, model, dataset, techniques, out_dir,
                         resume or world.restart_count > 0, quiet, extra_run_fields or {})
 
@@ -84,15 +92,27 @@ def _execute(
     threads = config.threads or (_threads_per_worker(dist.world) if dist.world_size > 1 else None)
     if threads:
         torch.set_num_threads(threads)
-    _seed_everything(config.seed)  # the same on every rank: the same data and initial weights
+    ensemble = config.parallel == "ensemble"
+    member = member_spec(config.model, config.members, dist.rank, dist.world_size) if ensemble else config.model
+    # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
+    _seed_everything(config.seed + (dist.rank if ensemble else 0))
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
-    model = model if model is not None else models.build(config.model, dataset)
+    model = model if model is not None else models.build(member, dataset)
     techniques = list(techniques) if techniques is not None else from_config(config)
     check_parallel_mode(techniques, config.parallel)
-    if config.parallel == "ddp":
-        techniques.append(DataParallel())
+    if config.parallel in PARALLEL_WRAPS:
+        techniques.append(PARALLEL_WRAPS[config.parallel]())
+    if ensemble:
+        if dataset.task != "classification":
+            raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
+        techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
+                                         config.eval_batch_size, config.seed))
+        # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
+        dist, ranks = Dist(device=device), dist
+    else:
+        ranks = dist
     techniques = in_hook_order(techniques)
-    if out_dir and dist.is_main:
+    if out_dir and ranks.is_main:
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
@@ -100,7 +120,7 @@ def _execute(
         torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
 
     task = get_task(dataset.task)
-    batches = _batch_source(config, dataset, dist)
+    batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset, dist)
     state = TrainState(
         model=model,
         optimizer=make_optimizer(config, model),
@@ -111,17 +131,19 @@ def _execute(
         total_epochs=config.epochs,
         dist=dist,
     )
-    ckpt_path = out_dir / f"{config.run_name}{checkpoint.SUFFIX}" if out_dir else None
+    # Ensemble members hold different models: each rank keeps its own checkpoint.
+    ckpt_name = f"{config.run_name}.member{ranks.rank}" if ensemble else config.run_name
+    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         restore(state, techniques, checkpoint.load(ckpt_path), config)
 
-    progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
+    progress = Progress(quiet=quiet, rank=ranks.rank, label=config.run_name)
 
     def save(state: TrainState) -> None:
         if ckpt_path is None:
             return
         payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
-        if dist.is_main:
+        if dist.is_main:  # under an ensemble, every member is main of its own loop
             checkpoint.save(ckpt_path, payload)
 
     train(
@@ -129,15 +151,20 @@ def _execute(
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
+    if ensemble:
+        extra = {**extra, "members": ranks.gather(member), "world_size": ranks.world_size,
+                 "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
+                 "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra)
-    if out_dir and config.save_model and dist.is_main:
+    if out_dir and config.save_model and dist.is_main:  # each ensemble member saves its own model
         record["run"]["model_file"] = save_model(
-            out_dir / f"{config.run_name}{MODEL_SUFFIX}", state.model, model_spec=config.model, data_spec=config.data,
+            out_dir / f"{ckpt_name}{MODEL_SUFFIX}", state.model, model_spec=member, data_spec=config.data,
             data=dataset, record=f"{config.run_name}.json").name
-    if out_dir and ckpt_path and dist.is_main:
+    if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
+    ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
+    if ckpt_path and dist.is_main:
         ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
-    dist.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return record
 
 
@@ -187,6 +214,10 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
 
 
 def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
+    saved_world = saved.get("world_size", 1)
+    if saved_world != state.dist.world_size:
+        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
+                         f"not {state.dist.world_size} (the batch order and per-rank random states depend on it)")
     if saved["config"] != config.to_dict():
         changed = sorted(k for k in config.to_dict() if saved["config"].get(k) != config.to_dict()[k])
         raise UsageError(
@@ -205,10 +236,6 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
     dist = state.dist
-    saved_world = saved.get("world_size", 1)
-    if saved_world != dist.world_size:
-        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
-                         f"not {dist.world_size} (the batch order and per-rank random states depend on it)")
     checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 
 

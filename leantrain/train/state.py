@@ -10,7 +10,7 @@ from torch import nn
 
 from leantrain.parallel.dist import Dist
 from leantrain.tasks import Task
-from leantrain.techniques.base import AutocastFactory, Forward
+from leantrain.techniques.base import AutocastFactory, Forward, GradientSync
 
 
 @dataclass
@@ -29,6 +29,8 @@ class TrainState:
     # Entered around every micro-batch's backward but the last of a step: DDP's no_sync skips the all-reduce.
     no_sync: AutocastFactory = contextlib.nullcontext
     dist: Dist = field(default_factory=Dist)
+    # Called after a step's last micro-batch backward: a wrap that averages gradients itself (MPI) does it here.
+    sync_gradients: GradientSync = lambda: None
     autocast: AutocastFactory = contextlib.nullcontext
     compute_dtype: torch.dtype = torch.float32
     grad_scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))

@@ -13,7 +13,8 @@ from typing import Any
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.fileio import write_json
-from leantrain.parallel.launch import run_local_workers
+from leantrain.parallel.launch import cores_available, run_local_workers
+from leantrain.parallel.mpi import run_mpirun
 
 
 def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra_run_fields: dict[str, Any]) -> int:
@@ -21,8 +22,11 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
     spec = out_dir / f".{config.run_name}.launch.json"
     write_json(spec, {"config": config.to_dict(), "out_dir": str(out_dir), "resume": resume, "quiet": quiet,
                       "extra_run_fields": extra_run_fields})
+    args = ["-m", "leantrain.train.worker", str(spec)]
     try:
-        return run_local_workers(config.procs or 1, ["-m", "leantrain.train.worker", str(spec)])
+        if config.parallel == "mpi":
+            return run_mpirun(config.procs or 1, args, cores_available())
+        return run_local_workers(config.procs or 1, args)
     finally:
         spec.unlink(missing_ok=True)
 

@@ -57,3 +57,23 @@ def test_two_ranks_track_one_process_under_bf16(tmp_path):
     assert drift < 3e-3 * len(single["steps"]) * 0.1
     last = ranks[0]["record"]["epochs"][-1]
     assert last["val_loss"] == pytest.approx(single["record"]["epochs"][-1]["val_loss"], rel=2e-2)
+
+
+def test_a_checkpoint_resumes_only_on_the_world_size_that_wrote_it(tmp_path):
+    from leantrain.config import RunConfig
+    from leantrain.errors import UsageError
+    from leantrain.train import checkpoint
+    from leantrain.train.run import execute
+
+    config = RunConfig.from_dict({**BASE, "batch_size": 64, "epochs": 1})
+    execute(config, out_dir=tmp_path, quiet=True)
+    (record,) = tmp_path.glob("*.json")
+    # a finished run keeps no checkpoint; write one as a 2-worker run would have, then resume alone
+    path = tmp_path / f"{config.run_name}{checkpoint.SUFFIX}"
+    saved = {"config": config.to_dict(), "epoch": 0, "step": 0, "samples_seen": 0, "accum_steps": 1, "records": [],
+             "model": {}, "optimizer": {}, "techniques": {}, "technique_labels": [], "rng": checkpoint.rng_states(),
+             "world_size": 2, "rng_per_rank": [checkpoint.rng_states()] * 2}
+    checkpoint.save(path, saved)
+    record.unlink()
+    with pytest.raises(UsageError, match="written by 2 worker"):
+        execute(config, out_dir=tmp_path, resume=True, quiet=True)
