@@ -5,7 +5,7 @@ greedy decoding, uncached and cached. Outputs are asserted identical before anyt
   stopping at EOS. Slow, so it runs on the first ``--per-sample-n`` lines and its rate is lines/s over those.
 - batched uncached: ``--batch-size`` lines at a time, the prefix recomputed each step (``--decode-cache off``).
 - batched cached: the encoder once, the LSTM state / transformer key-value cache carried (``predict``'s default).
-Batched decodes stop once every line of the batch has ended. Variants run interleaved, ``--repeats`` times; the
+Batched decodes group lines by length and stop once every line of the batch has ended. Variants run interleaved, ``--repeats`` times; the
 table shows the median lines/s [min-max], the speedup against the per-sample loop, and the CPU other processes
 used (runs above ~0.15 cores are marked: a shared machine is not a measurement).
 

@@ -56,13 +56,16 @@ class LineDecoder:
 
     @torch.inference_mode()
     def predict(self, sources: list[str]) -> list[str]:
-        """Expansions in input order, ``batch_size`` lines per decode."""
-        out: list[str] = []
-        for start in range(0, len(sources), self.batch_size):
-            chunk = sources[start : start + self.batch_size]
-            src = self.tokenizer.encode(chunk, self.max_source).to(self.device)
+        """Expansions in input order, ``batch_size`` lines per decode. Lines are batched by length (a longer
+        source has a longer expansion), so a batch stops decoding soon after its own longest line ends."""
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        out = [""] * len(sources)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            src = self.tokenizer.encode([sources[i] for i in rows], self.max_source).to(self.device)
             tokens = self.model.generate(src, self.bos, cache=self.cache, early_exit=True)
-            out.extend(self.tokenizer.decode(row) for row in tokens.cpu())
+            for i, ids in zip(rows, tokens.cpu(), strict=True):
+                out[i] = self.tokenizer.decode(ids)
         return out
 
 

@@ -52,3 +52,26 @@ def test_transformer_default_is_under_5m_parameters_and_declares_flops():
     model = models.build("seq2seq-transformer", data.load("polynomial:n=20"))
     assert 3_000_000 < sum(p.numel() for p in model.parameters()) <= 5_000_000
     assert model.flops_per_sample() > 2 * sum(p.numel() for p in model.decoder.parameters())
+
+
+def test_decode_cache_off_through_the_loop_changes_no_metric_and_is_recorded():
+    import leantrain as lt
+
+    lines = data.load("polynomial:n=80")
+    options = {"epochs": 1, "batch_size": 16, "quiet": True}
+    torch.manual_seed(0)
+    on = lt.fit(models.build("seq2seq:emb=8,hidden=16", lines), lines, **options)
+    torch.manual_seed(0)
+    off = lt.fit(models.build("seq2seq:emb=8,hidden=16", lines), lines, decode_cache="off", **options)
+    assert off["run"]["techniques"] == ["decode-cache-off"] and on["run"]["techniques"] == []
+    for key in ("val_exact_match", "val_token_acc", "val_loss"):
+        assert off["epochs"][0][key] == on["epochs"][0][key]
+
+
+def test_decode_cache_off_on_a_model_without_a_decoder_is_a_usage_error():
+    import leantrain as lt
+    from leantrain.errors import UsageError
+
+    flat = lt.data.from_tensors(torch.randn(40, 4), torch.randint(0, 2, (40,)))
+    with pytest.raises(UsageError, match="no cached decoder"):
+        lt.fit(torch.nn.Linear(4, 2), flat, epochs=1, decode_cache="off")
