@@ -16,7 +16,7 @@ from leantrain.errors import UsageError
 from leantrain.inference.lines import LineDecoder, read_pairs
 from leantrain.registry import parse_spec
 
-LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20), (21, 25), (26, 99))
+LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 15), (16, 20), (21, 25))  # characters of the expanded side; then 26+
 EVAL_SEED = 1_000_003  # generated evaluation lines: a stream other than the training data's (seed 0, 1, ...)
 
 
@@ -55,8 +55,10 @@ def line_kind(factored: str) -> str:
 
 
 def length_bucket(n: int) -> str:
-    low, high = next(b for b in LENGTH_BUCKETS if b[0] <= n <= b[1]) if n <= 99 else (100, n)
-    return f"{low}-{high}" if high < 99 else f"{low}+"
+    for low, high in LENGTH_BUCKETS:
+        if n <= high:
+            return f"{low}-{high}"
+    return f"{LENGTH_BUCKETS[-1][1] + 1}+"
 
 
 def score(pairs: list[tuple[str, str]], predicted: list[str]) -> Evaluation:

@@ -96,7 +96,7 @@ class Seq2SeqTransformer(nn.Module):
         super().__init__()
         self.pad_index, self.eos_index = pad_index, eos_index
         self.src_len, self.tgt_len = src_len, tgt_len
-        self.d_model = d_model
+        self.d_model, self.ff = d_model, ff
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_index)
         self.src_pos = nn.Parameter(torch.randn(src_len, d_model) * 0.02)
         self.tgt_pos = nn.Parameter(torch.randn(tgt_len, d_model) * 0.02)
@@ -181,8 +181,7 @@ class Seq2SeqTransformer(nn.Module):
         work and the cross-attention keys/values over the source, shared over the ``tgt_len - 1`` predicted
         tokens."""
         d, s, t = self.d_model, self.src_len, self.tgt_len
-        ff = cast(nn.Linear, cast(EncoderBlock | DecoderBlock, (list(self.encoder) + list(self.decoder))[0]).mlp[0]).out_features
-        steps = max(t - 1, 1)
+        ff, steps = self.ff, max(t - 1, 1)
         encoder_token = 2.0 * 4 * d * d + 2.0 * 2 * s * d + 2.0 * 2 * d * ff
         encoder = len(self.encoder) * s * encoder_token + len(self.decoder) * s * 2.0 * 2 * d * d  # + cross k, v
         decoder_token = 2.0 * 4 * d * d + 2.0 * 2 * (t / 2) * d  # self-attention
