@@ -104,7 +104,11 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(d_model, heads, ff, dropout) for _ in range(decoder_layers))
         self.encoder_norm, self.decoder_norm = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
-        self.scale = d_model**0.5  # embeddings are shared with the output layer: scale them up at the input
+        # GPT-2's initialisation: small token and position embeddings of one scale. nn.Embedding's N(0, 1) would
+        # drown the positions and, tied to the output layer, start with logits ~sqrt(d_model) too confident.
+        with torch.no_grad():
+            self.embedding.weight.normal_(0.0, 0.02)
+            self.embedding.weight[pad_index].zero_()
         # The blocks take masks and caches besides the tensor, so none is a plain tensor -> tensor block to checkpoint.
         self.blocks = nn.ModuleList()
         self.decode_cache = True  # False: decode by recomputing the prefix each step (same tokens, slower)
@@ -112,7 +116,7 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src: torch.Tensor) -> tuple[list[KV], torch.Tensor]:
         """Each decoder block's cross-attention keys/values of the source, and the source mask (N, 1, 1, S)."""
         mask = (src != self.pad_index)[:, None, None, :]
-        x = self.drop(self.embedding(src) * self.scale + self.src_pos[: src.shape[1]])
+        x = self.drop(self.embedding(src) + self.src_pos[: src.shape[1]])
         for block in self.encoder:
             x = block(x, mask)
         memory = self.encoder_norm(x)
@@ -122,7 +126,7 @@ class Seq2SeqTransformer(nn.Module):
         self, tokens: torch.Tensor, start: int, memory_kv: list[KV], mask: torch.Tensor,
         caches: list[KV] | None, causal: torch.Tensor | None,
     ) -> tuple[torch.Tensor, list[KV]]:
-        x = self.drop(self.embedding(tokens) * self.scale + self.tgt_pos[start : start + tokens.shape[1]])
+        x = self.drop(self.embedding(tokens) + self.tgt_pos[start : start + tokens.shape[1]])
         new_caches = []
         for i, block in enumerate(self.decoder):
             x, kv = block(x, memory_kv[i], mask, causal, None if caches is None else caches[i])
