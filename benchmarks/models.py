@@ -1,9 +1,10 @@
 """Training throughput and utilisation of every model in the zoo, fp32 and bf16 autocast side by side.
 
-One training step = the Task's forward and loss (as the loop runs them), backward, AdamW step, on random
-batches of each model's data kind. fp32 and bf16 are measured interleaved (fp32, bf16, fp32, ...) in one
-process, ``--repeats`` times; the table shows the median rate and its [min-max]. The first steps of each
-measurement are warm-up and not timed. Utilisation = 3 x forward FLOPs per unit x units/s over the
+Each measurement is one epoch of leantrain's own loop (``execute``: the same model preparation, step,
+techniques and metrics a user's run has) over ``--steps`` batches of random data of each model's kind,
+AdamW; the rate is the record's samples/s (tokens/s), which leaves out the epoch's first step (warm-up).
+fp32 and bf16 (``--precision bf16``) are measured interleaved (fp32, bf16, fp32, ...) in one process,
+``--repeats`` times; the table shows the median rate and its [min-max]. Utilisation = 3 x forward FLOPs per unit x units/s over the
 machine's measured matmul peak for that dtype (``peak_matmul_flops``); the unit is a token for sequence
 models (GPT-2, seq2seq), a sample otherwise. Measurements during which other processes used more than
 0.15 CPU cores are repeated (``--retries``) and, if still polluted, flagged. A second table compares
@@ -16,20 +17,20 @@ whole prefix each step. The matmul peak is measured afresh before each model (be
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 
 import torch
 
 from leantrain import models
+from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.experiments.report import NOISY_CPU_CORES, median_spread
 from leantrain.tasks import get_task
 from leantrain.train.metrics import ForeignCpuMeter, now, peak_matmul_flops, training_utilisation
+from leantrain.train.run import execute
 
 
 @dataclass
@@ -60,55 +61,36 @@ CUDA_CASES = [
 ]
 
 
-def make_data(case: Case, device: torch.device) -> Dataset:
+def make_data(case: Case, device: torch.device, steps: int = 1) -> Dataset:
+    """One batch of the case's kind for validation, and ``steps`` fresh batches of it for training."""
     n, *rest = case.shape
     g = torch.Generator().manual_seed(0)
+    m = n * steps
     if case.kind in ("flat", "image"):
-        x, y = torch.randn(n, *rest, generator=g), torch.randint(0, case.classes_or_vocab, (n,), generator=g)
-        return Dataset(case.label, x, y, x, y, num_classes=case.classes_or_vocab).to(device)
+        x, y = torch.randn(m, *rest, generator=g), torch.randint(0, case.classes_or_vocab, (m,), generator=g)
+        return Dataset(case.label, x, y, x[:n], y[:n], num_classes=case.classes_or_vocab).to(device)
     if case.kind == "reconstruction":
-        x = torch.rand(n, *rest, generator=g)
-        return Dataset(case.label, x, x, x, x, task="reconstruction").to(device)
+        x = torch.rand(m, *rest, generator=g)
+        return Dataset(case.label, x, x, x[:n], x[:n], task="reconstruction").to(device)
     vocab = case.classes_or_vocab
-    x = torch.randint(3, vocab, (n, *rest), generator=g)
+    x = torch.randint(3, vocab, (m, *rest), generator=g)
     if case.kind == "text":
-        y = torch.randint(0, 2, (n,), generator=g)
-        return Dataset(case.label, x, y, x, y, num_classes=2, info={"vocab_size": vocab, "pad_index": 0}).to(device)
+        y = torch.randint(0, 2, (m,), generator=g)
+        return Dataset(case.label, x, y, x[:n], y[:n], num_classes=2, info={"vocab_size": vocab, "pad_index": 0}).to(device)
     if case.kind == "language-model":
-        y = torch.randint(0, vocab, (n, *rest), generator=g)
-        return Dataset(case.label, x, y, x, y, task="language-model", info={"vocab_size": vocab}).to(device)
-    y = torch.cat([torch.ones(n, 1, dtype=torch.long), x.flip(1), torch.full((n, 1), 2)], dim=1)  # BOS rev EOS
+        y = torch.randint(0, vocab, (m, *rest), generator=g)
+        return Dataset(case.label, x, y, x[:n], y[:n], task="language-model", info={"vocab_size": vocab}).to(device)
+    y = torch.cat([torch.ones(m, 1, dtype=torch.long), x.flip(1), torch.full((m, 1), 2)], dim=1)  # BOS rev EOS
     info = {"vocab_size": vocab, "pad_index": 0, "bos_index": 1, "eos_index": 2, "max_target_len": y.shape[1]}
-    return Dataset(case.label, x, y, x, y, task="seq2seq", info=info).to(device)
+    return Dataset(case.label, x, y, x[:n], y[:n], task="seq2seq", info=info).to(device)
 
 
-def measure(model, task, data, device, dtype, seconds: float) -> tuple[float, float | None, float | None]:
-    """(samples/s, tokens/s or None, foreign CPU cores) of training steps on one fixed batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = data.x_train, data.y_train
-    units, tokens = task.units(y), task.tokens(y)
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    )
-
-    def step() -> None:
-        with autocast:
-            loss = task.loss_sum(task.forward(model, x, y), y) / units
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    model.train()
-    for _ in range(2):  # warm-up: allocation, kernel choice
-        step()
-    foreign = ForeignCpuMeter()
-    start, steps = now(device), 0
-    while steps < 3 or time.perf_counter() - start < seconds:
-        step()
-        steps += 1
-    elapsed = now(device) - start
-    rate = steps / elapsed
-    return rate * len(y), (rate * tokens if tokens is not None else None), foreign.cores()
+def measure(model, data, device, precision: str, batch: int) -> tuple[float, float | None, float | None]:
+    """(samples/s, tokens/s or None, foreign CPU cores) of one epoch of leantrain's loop over ``data``."""
+    config = RunConfig.from_dict({"epochs": 1, "batch_size": batch, "eval_batch_size": batch, "optimizer": "adamw",
+                                  "lr": 1e-4, "device": device.type, "precision": precision, "seed": 0})
+    epoch = execute(config, model=model, dataset=data, quiet=True)["epochs"][0]
+    return epoch["samples_per_s"], epoch.get("train_tokens_per_s"), epoch.get("foreign_cpu_cores")
 
 
 @torch.no_grad()
@@ -170,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per measurement")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per measurement (the first is warm-up)")
     parser.add_argument("--only", default="", help="comma-separated labels (substring match) to run")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
     parser.add_argument("--retries", type=int, default=3, help="re-measure up to N times while others use the CPU")
@@ -185,23 +167,23 @@ def main() -> None:
     cases = CPU_CASES + (CUDA_CASES if device.type == "cuda" else [])
     if args.only:
         cases = [c for c in cases if any(part in c.label for part in args.only.split(","))]
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}  # precision name -> the dtype whose peak it uses
     peaks = Peaks(device, dtypes, fresh=not args.cached_peak)
 
     rates = []
     for case in cases:
         peaks.measure()
         torch.manual_seed(0)
-        data = make_data(case, device)
+        data = make_data(case, device, args.steps)
         model = models.build(case.spec, data).to(device)
         task = get_task(data.task)
-        flops = model.flops_per_sample()
+        flops = models.flops_per_sample(model)
         params = sum(p.numel() for p in model.parameters())
         results: dict[str, dict[str, list[float]]] = {k: {"samples": [], "tokens": [], "foreign": []} for k in dtypes}
         for _ in range(args.repeats):
-            for name, dtype in dtypes.items():
+            for name in dtypes:
                 for _ in range(args.retries + 1):  # a measurement shared with a busy neighbour is repeated
-                    samples, tokens, foreign = measure(model, task, data, device, dtype, args.seconds)
+                    samples, tokens, foreign = measure(model, data, device, name, case.shape[0])
                     if (foreign or 0.0) <= NOISY_CPU_CORES:
                         break
                 results[name]["samples"].append(samples)
@@ -225,8 +207,9 @@ def main() -> None:
 
     decode = decode_rates(device, args.repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\ndevice {name} | threads {torch.get_num_threads()} | torch {torch.__version__} | repeats {args.repeats} "
-          f"x {args.seconds}s\nmatmul peak (best of {len(peaks.foreign)}): fp32 {peaks.best['fp32'] / 1e9:,.0f} GFLOP/s, "
+    print(f"\ndevice {name} | capability {torch.backends.cpu.get_cpu_capability()} | threads {torch.get_num_threads()} | "
+          f"torch {torch.__version__} | repeats {args.repeats} x {args.steps} steps\n"
+          f"matmul peak (best of {len(peaks.foreign)}): fp32 {peaks.best['fp32'] / 1e9:,.0f} GFLOP/s, "
           f"bf16 {peaks.best['bf16'] / 1e9:,.0f} GFLOP/s; foreign CPU while measuring it: "
           f"{min(peaks.foreign):.2f}-{max(peaks.foreign):.2f} cores")
     print("\nseq2seq greedy decode (batch 256, 17 steps), tokens/s:\n")

@@ -1,10 +1,13 @@
-"""Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side.
+"""Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side,
+and what ``--procs auto`` picks.
 
-Each case trains the same model and per-worker batch in every layout, interleaved and repeated; the
-two-process layout is launched exactly as a user launches it (``leantrain train --parallel ddp --procs 2``).
-Throughput is the run's median samples/s over epochs (the first optimizer step of each process left out).
-Scaling efficiency = 2-process samples/s / (2 x 1-process-1-thread samples/s), per repeat.
-Also measures what the Dist context costs a single-process run (it should be nothing).
+Each case trains the same model in every layout, interleaved and repeated; multi-process layouts are
+launched exactly as a user launches them (``leantrain train --parallel ddp --procs 2``). Throughput is
+the run's median samples/s over epochs (the first optimizer step of each process left out).
+Scaling efficiency = 2-process samples/s / (2 x 1-process-1-thread samples/s), per repeat (per-worker batch B).
+The auto bar compares equal global batches: ``--procs auto`` against the better of 1 process x 2 threads
+at batch 2B and 2 processes x 1 thread at batch B (its probe is cached after the first repeat, in a
+fresh cache folder per benchmark run). Also measures what the Dist context costs a single process.
 
     python benchmarks/parallel.py [--repeats 3] [--epochs 2]
 """
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,23 +31,27 @@ from leantrain.parallel.dist import Dist
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
 from leantrain.train.run import execute
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "seed MLP, batch 64": {"model": "mlp", "data": "imagenet-sim", "batch_size": 64, "lr": 1e-3},
     "seed MLP, batch 2048": {"model": "mlp", "data": "imagenet-sim", "batch_size": 2048, "lr": 6e-3},
     "MLP 512-2048-2048-20, batch 512": {"model": "mlp:hidden=2048,depth=2", "data": "gpt3-sim:n=20000",
                                         "batch_size": 512, "lr": 1e-3},
+    "CNN on cifar10-sim, batch 64": {"model": "cnn", "data": "cifar10-sim:n=4000", "batch_size": 64, "lr": 1e-3},
 }
-LAYOUTS = {"1 proc x 1 thread": (1, 1), "1 proc x 2 threads": (1, 2), "2 procs x 1 thread": (2, 1)}
+# name -> (processes, threads per process, batch multiplier)
+LAYOUTS: dict[str, tuple[int | str, int | None, int]] = {
+    "1 proc x 1 thread": (1, 1, 1), "1 proc x 2 threads": (1, 2, 1), "2 procs x 1 thread": (2, 1, 1),
+           "1 proc x 2 threads, batch 2B": (1, 2, 2), "procs auto": ("auto", None, 1)}
 
 
-def run_layout(case: dict, procs: int, threads: int, epochs: int) -> dict:
-    values = {**case, "epochs": epochs, "threads": threads, "device": "cpu"}
+def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, env: dict) -> dict:
+    values = {**case, "epochs": epochs, "device": "cpu", **({"threads": threads} if threads else {})}
     if procs == 1:
         return execute(RunConfig.from_dict(values), quiet=True)
     with tempfile.TemporaryDirectory() as out:
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
         subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--parallel", "ddp", "--procs", str(procs),
-                        "--quiet", "--out", out], check=True, capture_output=True, text=True)
+                        "--quiet", "--out", out], check=True, capture_output=True, text=True, env=env)
         (path,) = Path(out).glob("*.json")
         return json.loads(path.read_text())
 
@@ -67,26 +75,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="which cases (default: all)")
     args = parser.parse_args()
+    env = {**os.environ, "LEANTRAIN_CACHE_DIR": tempfile.mkdtemp(prefix="leantrain-bench-")}
     rows = []
     for name in args.cases:
         rates: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+        picks: list[str] = []
         noisy = 0
         for repeat in range(args.repeats):
-            for layout, (procs, threads) in LAYOUTS.items():
-                record = run_layout(CASES[name], procs, threads, args.epochs)
+            for layout, (procs, threads, factor) in LAYOUTS.items():
+                case = {**CASES[name], "batch_size": CASES[name]["batch_size"] * factor}
+                record = run_layout(case, procs, threads, args.epochs, env)
                 rates[layout].append(record["summary"]["median_samples_per_s"])
+                if procs == "auto":
+                    picks.append(f"{record['run']['layout']['procs']}x{record['run']['layout']['threads']}")
                 noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in record["epochs"])
             print(f"{name}: repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
         one = rates["1 proc x 1 thread"]
         efficiency = [two / (2 * single) for two, single in zip(rates["2 procs x 1 thread"], one)]
-        best_layout = max(LAYOUTS, key=lambda layout: statistics.median(rates[layout]))
+        better = [max(a, b) for a, b in zip(rates["1 proc x 2 threads, batch 2B"], rates["2 procs x 1 thread"])]
+        auto_ratio = [a / b for a, b in zip(rates["procs auto"], better)]
         rows.append([name, *(median_spread(rates[layout], "{:,.0f}") for layout in LAYOUTS),
-                     median_spread(efficiency, "{:.2f}"), best_layout, f"{noisy}/{args.repeats * len(LAYOUTS)}"])
+                     median_spread(efficiency, "{:.2f}"), ", ".join(dict.fromkeys(picks)),
+                     median_spread(auto_ratio, "{:.2f}"), f"{noisy}/{args.repeats * len(LAYOUTS)}"])
 
     print(f"\nmachine: {cpu_name()} | capability {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
           f"repeats {args.repeats} | epochs {args.epochs} | Dist on one process: {dist_cost_us():.1f} µs per epoch")
     header = ["case", *(f"{layout} (samples/s)" for layout in LAYOUTS), "scaling efficiency (2 procs vs 2 x 1x1)",
-              "fastest layout", "noisy runs"]
+              "auto picked", "auto / better equal-batch layout", "noisy runs"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -18,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a flag error already printed as one line
         return int(e.code or 0)
-    args.argv = argv  # for launching the same command in worker processes
     try:
         return args.handler(args)
     except UsageError as e:
@@ -74,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--max-restarts", type=int, default=0,
                        help="with --procs: restart the workers this many times after a failure; they resume from the last checkpoint")
-    train.add_argument("--run-fields", help=argparse.SUPPRESS)  # JSON: an experiment's fields for the record
     train.set_defaults(handler=_train)
 
     run = commands.add_parser("run", help="run an experiment file (a matrix of runs) and write its report")
@@ -102,10 +100,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from leantrain.config import RunConfig, config_options
     from leantrain.parallel.env import detect
-    from leantrain.parallel.launch import cores_available, run_local_workers
-    from leantrain.parallel.mpi import run_mpirun
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
+    from leantrain.train.worker import launch, needs_launch
 
     given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
     if args.resume:
@@ -119,18 +116,15 @@ def _train(args: argparse.Namespace) -> int:
         config = RunConfig.from_dict(given, where="command line")
         out_dir = args.out
     world = detect()
-    if config.procs is not None and not world.launched and (config.procs > 1 or config.parallel != "none"):
-        if config.parallel == "mpi":
-            status = run_mpirun(config.procs, ["-m", "leantrain", *args.argv], cores_available())
-        else:
-            status = run_local_workers(config.procs, ["-m", "leantrain", *args.argv], max_restarts=args.max_restarts)
+    if needs_launch(config, world.launched):
+        status = launch(config, out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields={},
+                        max_restarts=args.max_restarts)
         result = out_dir / f"{config.run_name}.json"
         if status == 0 and result.is_file():
             _print_result(config.run_name, json.loads(result.read_text()), result)
         return status
-    extra = json.loads(args.run_fields) if args.run_fields else {}
-    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields=extra)
-    if world.rank == 0 and config.procs is None:  # with --procs, the launching process prints it
+    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet)
+    if world.rank == 0:
         _print_result(config.run_name, record, out_dir / (config.run_name + ".json"))
     return 0
 

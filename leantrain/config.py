@@ -20,7 +20,7 @@ from leantrain.options import Option
 from leantrain.techniques import registry as techniques
 
 LOADERS = ("tensor", "dataloader")
-OPTIMIZERS = ("adam", "fused-adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
 PARALLELS = ("none", "ddp", "mpi", "ensemble")
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -37,7 +37,10 @@ class RunConfig:
     batch_size: int = _opt(64, "samples per optimizer step (per worker)")
     eval_batch_size: int = _opt(1024, "samples per validation batch")
     lr: float = _opt(1e-3, "learning rate")
-    optimizer: str = _opt("adam", "optimizer (fused-adam: the same Adam update in one fused kernel per step)", OPTIMIZERS)
+    optimizer: str = _opt(
+        "adam", "optimizer (foreach-/fused-adam: the same Adam update in grouped or fused kernels; auto-adam: the "
+        "fastest of the three, timed here)", OPTIMIZERS,
+    )
     weight_decay: float = _opt(0.0, "weight decay")
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
@@ -49,15 +52,18 @@ class RunConfig:
         "combined; batch_size is per worker",
         PARALLELS,
     )
-    procs: int | None = _opt(None, "launch this many local worker processes (torch.distributed.run); "
-                                   "none: as launched by torchrun/mpirun/srun, or one")
+    procs: str | int | None = _opt(None, "launch this many local worker processes (torch.distributed.run, or mpirun "
+                                         "for mpi); auto (ddp): time 1 process x all cores against 1 process per "
+                                         "core, same global batch, and take the faster; none: as launched, or one")
     members: str | None = _opt(None, "ensemble: one model per worker, NAME[:key=value,...],NAME...; "
                                      "none: --model on every worker, each from its own seed")
     backend: str = _opt("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", BACKENDS)
     dist_timeout: float = _opt(300.0, "seconds a collective or the rendezvous may wait before every rank fails")
     seed: int = _opt(0, "seed for data, initialisation and batch order")
     target: float | None = _opt(None, "target validation metric (e.g. accuracy 0.7) for time-to-target")
-    threads: int | None = _opt(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    threads: str | int | None = _opt(
+        None, "CPU threads for PyTorch: a count, auto (the CPUs other processes leave free), or none (PyTorch's choice)"
+    )
     name: str = _opt("", "run name (default: derived from data, model and seed)")
     save_model: bool = _opt(False, "write <out>/<run>.model.pt at the end: weights, model and data specs, "
                                    "vocabulary (for leantrain evaluate / predict)")
@@ -126,9 +132,18 @@ class RunConfig:
             raise UsageError(f"{where}: lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.threads is not None and self.threads <= 0:
-            raise UsageError(f"{where}: threads must be a positive integer, got {self.threads}")
-        if self.procs is not None and self.procs <= 0:
+        if isinstance(self.threads, str) and self.threads.isdigit():
+            self.threads = int(self.threads)  # from the command line, a count arrives as text
+        if self.threads is not None and self.threads != "auto" and not (isinstance(self.threads, int) and self.threads > 0):
+            raise UsageError(f"{where}: threads must be a positive integer or auto, got {self.threads!r}")
+        if isinstance(self.procs, str) and self.procs.isdigit():
+            self.procs = int(self.procs)  # from the command line, a count arrives as text
+        if isinstance(self.procs, str) and self.procs != "auto":
+            raise UsageError(f"{where}: procs must be a positive integer or auto, got {self.procs!r}")
+        if self.procs == "auto" and self.parallel != "ddp":
+            raise UsageError(f"{where}: procs auto chooses between processes and threads for --parallel ddp, "
+                             f"not {self.parallel}")
+        if isinstance(self.procs, int) and self.procs <= 0:
             raise UsageError(f"{where}: procs must be a positive integer, got {self.procs}")
         if not self.dist_timeout > 0:
             raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
@@ -144,7 +159,7 @@ class RunConfig:
         device = resolve_device(self.device, where)
         if self.backend == "nccl" and device.type != "cuda":
             raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
-        if self.procs is not None and self.procs > 1 and self.parallel == "none":
+        if isinstance(self.procs, int) and self.procs > 1 and self.parallel == "none":
             raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
                              "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
@@ -167,7 +182,7 @@ class RunConfig:
                 check_spec(MODELS, spec, "data")
         except UsageError as e:
             raise UsageError(f"{where}: members: {e}") from None
-        if self.procs is not None and len(specs) != self.procs:
+        if isinstance(self.procs, int) and len(specs) != self.procs:
             raise UsageError(f"{where}: members names {len(specs)} models for procs {self.procs}; give one per worker")
 
     def _validate_techniques(self, where: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from leantrain.experiments import plots
+from leantrain.experiments.machine_report import autotune_lines, machine_line
 from leantrain.experiments.results import load_runs
 from leantrain.fileio import write_atomic
 from leantrain.train.metrics import NOISY_FOREIGN_CORES as NOISY_CPU_CORES
@@ -102,6 +103,7 @@ def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
         "each process (warm-up). Several seeds: median [min–max]. Speedups are paired by seed against the "
         "baseline recipe.",
         _noise_note(runs),
+        *filter(None, [machine_line(env), *autotune_lines(runs)]),
         "",
     ]
     for case in cases:
@@ -148,6 +150,10 @@ def _case_section(case: Case) -> list[str]:
             row.insert(9, " / ".join(_spread(runs, _mean_of(k), "{:,.0f}") for k in
                                      ("train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s")))
         lines.append("| " + " | ".join(row) + " |")
+    settings = next(iter(case.recipes.values()))[0]["run"].get("experiment", {})
+    for missing in settings.get("unavailable", []):
+        if missing["case"] == case.label:
+            lines.append(f"| {missing['recipe']} | {missing['why']} |" + " |" * (len(header) - 2))
     lines += ["", *_epoch_table(case), ""]
     for recipe, runs in case.recipes.items():
         lines += _ensemble_table(recipe, runs[0])

@@ -5,7 +5,9 @@
     [defaults]    RunConfig fields for every run
     [[cases]]     one table per case: RunConfig fields (model, data, epochs, ...) and an optional label
     [recipes.X]   RunConfig fields that make recipe X (they override the case's); optional
-                  cases = ["label", ...] limits the recipe to those cases
+                  cases = ["label", ...] limits the recipe to those cases;
+                  requires = "cuda" marks a recipe that needs a GPU: where there is none, its runs are
+                  listed in the summary as "not available on this machine", never silently dropped
 
 Every run's configuration is validated before the output folder is created, so a typo in the last
 recipe never leaves a half-written results folder behind.
@@ -47,6 +49,7 @@ class Experiment:
     target_tolerance: float
     runs: list[PlannedRun]
     source: str
+    unavailable: tuple[tuple[str, str, str], ...] = ()  # (case, recipe, why) of runs this machine cannot do
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -54,6 +57,7 @@ class Experiment:
         return {
             "name": self.name, "description": self.description, "baseline": self.baseline,
             "target": self.target, "target_tolerance": self.target_tolerance, "source": self.source,
+            "unavailable": [{"case": c, "recipe": r, "why": why} for c, r, why in self.unavailable],
         }
 
 
@@ -100,6 +104,7 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
         raise UsageError(f"{where} [experiment]: target = \"baseline-final\" needs a baseline recipe")
 
     runs = []
+    unavailable: list[tuple[str, str, str]] = []
     labels = set()
     for case in cases:
         case = dict(case)
@@ -116,18 +121,36 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
                 raise UsageError(f"{where}: [recipes.{recipe}] cases must be a list of case labels, got {only!r}")
             if only is not None and label not in only:
                 continue
+            requires = fields.pop("requires", None)
+            if requires not in (None, "cuda"):
+                raise UsageError(f"{where}: [recipes.{recipe}] requires must be \"cuda\" (or absent), got {requires!r}")
+            why = _missing(requires)
             for seed in seeds:
                 values = {**defaults, **case, **fields, "seed": seed, "name": f"{label}-{recipe}-s{seed}"}
                 if _is_number(target):
                     values["target"] = float(target)
                 context = f"{where} (case {label!r}, recipe {recipe!r})"
+                if why:  # still check every other value, on a device this machine has
+                    RunConfig.from_dict({**values, "device": "cpu"}, where=context)
+                    unavailable.append((label, recipe, why))
+                    continue
                 runs.append(PlannedRun(label, recipe, seed, RunConfig.from_dict(values, where=context)))
     for recipe, fields in recipes.items():
         unknown = sorted(set(fields.get("cases", [])) - labels) if isinstance(fields, dict) else []
         if unknown:
             raise UsageError(f"{where}: [recipes.{recipe}] cases names unknown case(s) {', '.join(unknown)}; "
                              f"cases: {', '.join(sorted(labels))}")
-    return Experiment(name, head.get("description", ""), baseline, seeds, target, float(tolerance), runs, where)
+    return Experiment(name, head.get("description", ""), baseline, seeds, target, float(tolerance), runs, where,
+                      tuple(dict.fromkeys(unavailable)))
+
+
+def _missing(requires: str | None) -> str | None:
+    """Why this machine cannot run a recipe that requires something, or None."""
+    if requires == "cuda":
+        import torch
+
+        return None if torch.cuda.is_available() else "not available on this machine (no CUDA device)"
+    return None
 
 
 def _case_label(values: dict[str, Any]) -> str:
@@ -158,7 +181,7 @@ def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = Fals
     from leantrain.experiments.report import write_report
     from leantrain.fileio import prepare_output_dir
     from leantrain.train.run import execute
-    from leantrain.train.worker import launch
+    from leantrain.train.worker import launch, needs_launch
 
     datasets = preflight(experiment)
     prepare_output_dir(out_dir)
@@ -172,7 +195,7 @@ def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = Fals
         if not quiet:
             print(f"[{number}/{len(experiment.runs)}] {config.run_name}", file=sys.stderr, flush=True)
         fields = {"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe}
-        if config.procs is not None and (config.procs > 1 or config.parallel != "none"):
+        if needs_launch(config, launched=False):
             status = launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields)
             if status != 0:
                 raise UsageError(f"{config.run_name}: its {config.procs} workers failed (exit status {status}); "

@@ -61,7 +61,7 @@ def stacked_accuracy(log_probs: list[torch.Tensor], y: torch.Tensor, fit_idx: to
 
     features = torch.cat(log_probs, dim=1).numpy()
     labels = y.numpy()
-    learner = LogisticRegression(max_iter=500)
+    learner = LogisticRegression(max_iter=5000)  # log-probabilities are badly scaled; let lbfgs converge
     learner.fit(features[fit_idx.numpy()], labels[fit_idx.numpy()])
     return float(learner.score(features[score_idx.numpy()], labels[score_idx.numpy()]))
 

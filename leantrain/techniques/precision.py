@@ -118,14 +118,16 @@ class MixedPrecision(Technique):
     name = "precision"
     summary = "mixed precision: bf16 autocast, or fp16 autocast + fp32 master weights + dynamic loss scaling"
     options = (
-        Option("precision", str, "fp32", "compute precision: fp32, bf16 autocast, or fp16 autocast with loss scaling",
-               choices=("fp32", "bf16", "fp16")),
+        Option("precision", str, "fp32", "compute precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or "
+               "auto (the fastest of them whose loss keeps with fp32's, timed on this machine and model)",
+               choices=("fp32", "bf16", "fp16", "auto")),
     )
     runs_after = ("complexity",)  # the scaler steps the optimizer complexity matching may replace
 
     @classmethod
     def from_config(cls, config: Any) -> MixedPrecision | None:
-        return cls(config.precision) if config.precision != "fp32" else None
+        # "auto" is resolved (leantrain.tuning, in run.py) to one of the others before techniques are built.
+        return cls(config.precision) if config.precision in DTYPES else None
 
     def __init__(self, precision: str = "bf16", init_scale: float = 2.0**16, growth_interval: int = 2000):
         if precision not in DTYPES:

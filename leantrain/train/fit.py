@@ -10,7 +10,6 @@ from torch import nn
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
-from leantrain.techniques import from_config
 from leantrain.techniques.base import Technique
 from leantrain.train.run import execute
 
@@ -28,7 +27,8 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` (from ``leantrain.data.load`` or ``leantrain.data.from_tensors``).
 
-    ``options`` are RunConfig fields (batch_size, lr, optimizer, device, seed, target, precision, ...).
+    ``options`` are RunConfig fields (batch_size, lr, optimizer, device, seed, target, precision, ...);
+    ``techniques`` (objects) run in addition to those the options switch on, never the same one twice.
     Returns the run's record (the same JSON document ``leantrain train`` writes). With
     ``checkpoint_dir``, a checkpoint is written each epoch and the record saved there at the end;
     ``resume=True`` continues from it.
@@ -39,14 +39,11 @@ def fit(
         raise UsageError("fit: data must be a leantrain Dataset; wrap tensors with leantrain.data.from_tensors(x, y)")
     options.setdefault("name", f"{type(model).__name__.lower()}-{data.name}")
     config = RunConfig.from_dict({"model": "mlp", "data": "imagenet-sim", "epochs": epochs, **options}, where="fit")
-    # Techniques switched on by option (precision="bf16") and those passed as objects, never both for one name.
-    switched_on = from_config(config)
-    clashes = {t.name for t in switched_on} & {t.name for t in techniques}
-    if clashes:
-        raise UsageError(f"fit: {', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
+    # Techniques switched on by option (precision="bf16") run with those passed as objects; execute refuses
+    # one name given both ways.
     out_dir = Path(checkpoint_dir) if checkpoint_dir else None
     record = execute(
-        config, model=model, dataset=data, techniques=switched_on + list(techniques), out_dir=out_dir, resume=resume,
+        config, model=model, dataset=data, techniques=list(techniques), out_dir=out_dir, resume=resume,
         quiet=quiet,
         extra_run_fields={"model": type(model).__name__, "data": data.name},
     )

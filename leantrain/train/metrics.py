@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -155,11 +156,29 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
 
     Utilisation divides by this, not by a vendor's datasheet figure, so it cannot exceed 100% on
     hardware newer than a hard-coded table. A low-precision type slower than fp32 (fp16 on most CPUs)
-    is held to fp32's peak: the machine could always have run the model at that rate. A measurement
-    disturbed by other processes is used but not cached, and the cache keeps the best one seen.
+    is held to fp32's peak: the machine could always have run the model at that rate, at no cost in
+    accuracy (an AVX2 CPU emulates bf16 ~6x slower: dividing by that slow peak would flatter a slow run).
+    A faster low-precision type is divided by its own peak, as MFU conventionally is. A measurement
+    disturbed by other processes is used (and kept for this process) but not cached on disk; the cache
+    keeps the best one seen.
     """
     peak = _cached_peak(device, dtype)
     return max(peak, _cached_peak(device, torch.float32)) if dtype != torch.float32 else peak
+
+
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_peaks(device: torch.device) -> dict[str, float]:
+    """Each dtype's own measured matmul peak (FLOP/s), unadjusted: what the machine can do in each."""
+    return {name: _cached_peak(device, dtype) for name, dtype in PEAK_DTYPES.items()}
+
+
+# Disturbed measurements (not on disk) of this process: (best FLOP/s seen, when last measured). Re-measured
+# at most once a minute, keeping the best, so a run of many short runs on a busy machine neither pays ~2 s
+# per dtype per run nor keeps one unlucky figure for good.
+_MEASURED_HERE: dict[tuple[Path, str], tuple[float, float]] = {}
+REMEASURE_S = 60.0
 
 
 def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
@@ -170,6 +189,9 @@ def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
     cached = _read_json(path)
     if key in cached:
         return cached[key]
+    best_here, when = _MEASURED_HERE.get((path, key), (0.0, -math.inf))
+    if time.monotonic() - when < REMEASURE_S:
+        return best_here
     measured, quiet = 0.0, False
     for _ in range(3):  # a busy neighbour lowers the figure: try again, keep the best
         foreign = ForeignCpuMeter()
@@ -177,6 +199,8 @@ def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
         quiet = (foreign.cores() or 0.0) <= NOISY_FOREIGN_CORES
         if quiet:
             break
+    measured = max(measured, best_here)
+    _MEASURED_HERE[(path, key)] = (measured, time.monotonic())
     if quiet:
         cached = _read_json(path)  # another process may have written meanwhile
         cached[key] = max(measured, cached.get(key, 0.0))

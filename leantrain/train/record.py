@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from leantrain.train.metrics import cpu_name
+from leantrain.train.metrics import cpu_name, matmul_peaks
+from leantrain.tuning.machine import machine_facts
 
 SCHEMA = 1
 
@@ -52,7 +53,9 @@ def summarize(epochs: list[dict[str, Any]], metric: str, target: float | None, h
     }
 
 
-def environment(device: torch.device, peak_flops: float | None) -> dict[str, Any]:
+def environment(device: torch.device, peak_flops: float | None, by_dtype: bool = True) -> dict[str, Any]:
+    """The machine a run ran on. ``by_dtype``: measure every dtype's matmul peak (seconds when not cached; a
+    rank whose record is not written skips it, so that N ranks do not measure at once and disturb each other)."""
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
@@ -65,7 +68,9 @@ def environment(device: torch.device, peak_flops: float | None) -> dict[str, Any
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "git_commit": _git_commit(),
-        "peak_flops": peak_flops,
+        "peak_flops": peak_flops,  # utilisation's divisor: the run's dtype's peak, never below fp32's
+        "peak_flops_by_dtype": matmul_peaks(device) if by_dtype else None,
+        **machine_facts(device),
     }
 
 

@@ -5,6 +5,7 @@ Used by the CLI (``leantrain train``), the experiment runner, and ``leantrain.fi
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from leantrain import data as data_sets
-from leantrain import models
+from leantrain import models, tuning
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
@@ -34,6 +35,7 @@ from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
+from leantrain.train.optim import make_optimizer
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
@@ -54,6 +56,9 @@ def execute(
 ) -> dict[str, Any]:
     """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
+    ``techniques`` are objects trained with in addition to those the config switches on (``precision="bf16"``);
+    a technique given both ways is a UsageError. ``auto`` settings (precision, auto-adam, threads) are
+    resolved by measurement once the model is built (``leantrain.tuning``); the config keeps "auto".
     With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
     With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
     it exists (else start afresh).
@@ -67,9 +72,13 @@ def execute(
         group = mpi_group(world, device)
     else:
         group = process_group(with_master_from_rank0(world), config.backend, device, config.dist_timeout)
-    with group as dist:
-        return _execute(config, dist, device, model, dataset, techniques, out_dir,
-                        resume or world.restart_count > 0, quiet, extra_run_fields or {})
+    threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
+    try:
+        with group as dist:
+            return _execute(config, dist, device, model, dataset, techniques, out_dir,
+                            resume or world.restart_count > 0, quiet, extra_run_fields or {})
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def check_world(config: RunConfig, world: World) -> None:
@@ -89,22 +98,35 @@ def _execute(
     config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
     techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
 ) -> dict[str, Any]:
-    threads = config.threads or (_threads_per_worker(dist.world) if dist.world_size > 1 else None)
-    if threads:
-        torch.set_num_threads(threads)
+    given = list(techniques or [])
+    _check_given_once(config, given)
+    if isinstance(config.threads, int):
+        torch.set_num_threads(config.threads)
+    elif dist.world_size > 1:
+        torch.set_num_threads(_threads_per_worker(dist.world))  # "auto" too: see _tune
     ensemble = config.parallel == "ensemble"
     member = member_spec(config.model, config.members, dist.rank, dist.world_size) if ensemble else config.model
     # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
     _seed_everything(config.seed + (dist.rank if ensemble else 0))
     dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
+    if ensemble and dataset.task != "classification":
+        raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
     model = model if model is not None else models.build(member, dataset)
-    techniques = list(techniques) if techniques is not None else from_config(config)
+    # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
+    ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
+    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
+    saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
+    if saved:  # before anything is measured or built from it
+        check_resumable(saved, config, 1 if ensemble else dist.world_size)
+    progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
+    # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
+    tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message,
+                  own_model=ensemble)
+    techniques = from_config(tuned.config) + given
     check_parallel_mode(techniques, config.parallel)
     if config.parallel in PARALLEL_WRAPS:
         techniques.append(PARALLEL_WRAPS[config.parallel]())
     if ensemble:
-        if dataset.task != "classification":
-            raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
         techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
                                          config.eval_batch_size, config.seed))
         # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
@@ -116,14 +138,15 @@ def _execute(
         prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
     dataset = dataset.to(device)
     model.to(device)
-    if dist.world_size > 1:
-        torch.manual_seed(config.seed * 100_003 + dist.rank)  # per-rank randomness (dropout) after the shared init
+    if dist.rank > 0:
+        # Per-rank randomness (dropout) after the shared initialisation; rank 0 keeps the one-process stream.
+        torch.manual_seed(config.seed * 100_003 + dist.rank)
 
     task = get_task(dataset.task)
     batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset, dist)
     state = TrainState(
         model=model,
-        optimizer=make_optimizer(config, model),
+        optimizer=make_optimizer(tuned.config, model),
         task=task,
         device=device,
         base_lr=config.lr,
@@ -131,31 +154,28 @@ def _execute(
         total_epochs=config.epochs,
         dist=dist,
     )
-    # Ensemble members hold different models: each rank keeps its own checkpoint.
-    ckpt_name = f"{config.run_name}.member{ranks.rank}" if ensemble else config.run_name
-    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
-    if resume and ckpt_path and ckpt_path.exists():
-        restore(state, techniques, checkpoint.load(ckpt_path), config)
-
-    progress = Progress(quiet=quiet, rank=ranks.rank, label=config.run_name)
+    if saved:
+        restore(state, techniques, saved, config)
 
     def save(state: TrainState) -> None:
         if ckpt_path is None:
             return
         payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
         if dist.is_main:  # under an ensemble, every member is main of its own loop
-            checkpoint.save(ckpt_path, payload)
+            checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
 
     train(
         state, batches, dataset.x_val, dataset.y_val,
         techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
     )
 
+    if tuned.record:
+        extra = {**extra, "autotune": tuned.record}
     if ensemble:
         extra = {**extra, "members": ranks.gather(member), "world_size": ranks.world_size,
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
-    record = make_record(config, state, dataset, techniques, extra)
+    record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
     if out_dir and config.save_model and dist.is_main:  # each ensemble member saves its own model
         record["run"]["model_file"] = save_model(
             out_dir / f"{ckpt_name}{MODEL_SUFFIX}", state.model, model_spec=member, data_spec=config.data,
@@ -168,18 +188,59 @@ def _execute(
     return record
 
 
+def _check_given_once(config: RunConfig, given: list[Technique]) -> None:
+    """A technique switched on by the config and also passed as an object would run twice: refuse it."""
+    switched_on = {t.name for t in from_config(config)} | ({"precision"} if config.precision == tuning.AUTO else set())
+    clashes = switched_on & {t.name for t in given}
+    if clashes:
+        raise UsageError(f"{', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
+
+
+def _tune(config: RunConfig, dist: Dist, model: nn.Module, dataset: Dataset, device: torch.device,
+          saved: dict[str, Any] | None, say: Callable[[str], None], own_model: bool = False) -> tuning.Tuned:
+    """The config with its auto knobs resolved (see leantrain.tuning).
+
+    Several ranks: a rank's auto threads are its share of the node's cores (its sibling ranks are not
+    "other processes" to leave cores for). Ranks never probe at once: they would compete for the cores
+    and might choose differently. Data parallel (one model): rank 0 alone measures precision and Adam
+    kernel and broadcasts its record; the other ranks take it and never probe. An ensemble
+    (``own_model``: a different model per rank): each member measures its own model, one rank at a time.
+    """
+    if dist.world_size <= 1 or not tuning.auto_knobs(config):
+        return tuning.resolve(config, model, dataset, device, saved=saved, say=say)
+    share = {"choice": _threads_per_worker(dist.world), "cpus": cores_available(),
+             "workers": dist.world.local_world_size, "source": "per-worker share"}
+    if own_model:
+        tuned: tuning.Tuned | None = None
+        for turn in range(dist.world_size):
+            failed = False
+            if dist.rank == turn:
+                try:
+                    tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
+                except BaseException:
+                    failed = True
+                    dist.any(True)  # the others stop waiting: this rank's error is the job's
+                    raise
+            if dist.any(failed):
+                raise UsageError(f"rank {turn} failed while choosing its auto settings; see its error")
+        assert tuned is not None
+        return tuned
+    if dist.is_main:
+        try:
+            tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
+        except BaseException:
+            dist.broadcast(None)  # the others stop waiting: rank 0's error is the job's
+            raise
+        dist.broadcast(tuned.record)
+        return tuned
+    record = dist.broadcast(None)
+    if record is None:
+        raise UsageError("rank 0 failed while choosing the auto settings; see its error")
+    return tuning.resolve(config, model, dataset, device, saved=record, saved_from="rank 0", threads=share)
+
+
 def _threads_per_worker(world: World) -> int:
     return max(1, cores_available() // max(1, world.local_world_size))
-
-
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer in ("adam", "fused-adam"):
-        fused = config.optimizer == "fused-adam"
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
 
 
 def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
@@ -213,17 +274,22 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
     }
 
 
-def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
+def check_resumable(saved: dict[str, Any], config: RunConfig, world_size: int) -> None:
+    """The checkpoint was written by this many workers with these settings; else one line saying what differs."""
     saved_world = saved.get("world_size", 1)
-    if saved_world != state.dist.world_size:
+    if saved_world != world_size:
         raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
-                         f"not {state.dist.world_size} (the batch order and per-rank random states depend on it)")
+                         f"not {world_size} (the batch order and per-rank random states depend on it)")
     if saved["config"] != config.to_dict():
         changed = sorted(k for k in config.to_dict() if saved["config"].get(k) != config.to_dict()[k])
         raise UsageError(
             f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
             "resume with the original configuration"
         )
+
+
+def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
+    check_resumable(saved, config, state.dist.world_size)
     labels = _stateful_labels(techniques)
     if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
         raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
@@ -245,15 +311,19 @@ def _stateful_labels(techniques: list[Technique]) -> list[str]:
 
 
 def make_record(
-    config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any]
+    config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any],
+    written: bool = True,
 ) -> dict[str, Any]:
     flops = models.flops_per_sample(state.model)
     peak = peak_matmul_flops(state.device, state.compute_dtype) if flops else None
+    # Rates are global over the ranks, so the capacity is every rank's peak (each measured at its thread count).
+    capacity = peak * state.dist.world_size if peak else None
     for epoch in state.records:
         # Sequence models declare FLOPs per token, the others per sample; a resized model, per epoch.
         rate = epoch.get("train_tokens_per_s") or epoch.get("samples_per_s")
         epoch_flops = epoch.get("flops_per_sample") or flops
-        epoch["utilisation"] = training_utilisation(epoch_flops, rate, peak) if epoch_flops and peak and rate else None
+        epoch["utilisation"] = (training_utilisation(epoch_flops, rate, capacity)
+                                if epoch_flops and capacity and rate else None)
     task = state.task
     return {
         "schema": SCHEMA,
@@ -280,7 +350,7 @@ def make_record(
             "config": config.to_dict(),
             **extra,
         },
-        "env": environment(state.device, peak),
+        "env": environment(state.device, peak, by_dtype=written),
         "epochs": state.records,
         "summary": summarize(state.records, task.metric, config.target, task.higher_is_better),
     }

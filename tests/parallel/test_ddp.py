@@ -77,3 +77,19 @@ def test_a_checkpoint_resumes_only_on_the_world_size_that_wrote_it(tmp_path):
     record.unlink()
     with pytest.raises(UsageError, match="written by 2 worker"):
         execute(config, out_dir=tmp_path, resume=True, quiet=True)
+
+
+@pytest.mark.timeout(90)
+def test_complexity_matching_rewraps_ddp_and_still_equals_one_process(tmp_path):
+    # Widening rebuilds the layers at an epoch end: DDP must hook the new parameters (else they would train
+    # apart on each rank). Decisions follow the validation loss, reduced over all samples, so every rank
+    # and the one-process run widen at the same epochs.
+    from leantrain.techniques import ComplexityMatching
+
+    techniques = lambda: [ComplexityMatching(start_width=4, max_width=16, min_delta=10.0, patience=1)]  # noqa: E731
+    config = {**BASE, "model": "mlp", "epochs": 3}
+    single = run_single({**config, "batch_size": 64}, techniques)
+    ranks = run_workers(2, tmp_path, {**config, "batch_size": 32, "parallel": "ddp"}, techniques)
+    widths = [e["hidden_width"] for e in ranks[0]["record"]["epochs"]]
+    assert widths == [e["hidden_width"] for e in single["record"]["epochs"]] and widths[-1] > widths[0]
+    _compare(single, ranks, rtol=1e-5, atol=1e-7)

@@ -9,7 +9,7 @@ from leantrain.parallel.ensemble import member_spec, split_members, stacking_spl
 from tests.parallel.helpers import run_workers
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_averaged_ensemble_reaches_its_best_member_on_real_digits(tmp_path):
     config = {"model": "mlp:hidden=64", "data": "digits-image", "epochs": 6, "batch_size": 32, "lr": 3e-3,
               "device": "cpu", "parallel": "ensemble", "seed": 1}
@@ -17,7 +17,7 @@ def test_averaged_ensemble_reaches_its_best_member_on_real_digits(tmp_path):
     last = ranks[0]["record"]["epochs"][-1]
     members = last["members"]
     assert len({m["val_acc"] for m in members}) > 1  # three different members (seeds), not one model thrice
-    assert last["ensemble"]["average_acc"] >= last["ensemble"]["best_member_acc"]
+    assert last["ensemble"]["average_acc"] >= last["ensemble"]["best_member_acc"], last["ensemble"]
     assert last["val_acc"] == last["ensemble"]["average_acc"]  # the run's headline is the ensemble's
     assert len(list((tmp_path / "out").glob("*.json"))) == 1 and not list((tmp_path / "out").glob("*.ckpt"))
 

@@ -63,3 +63,14 @@ def test_parallel_mpi_outside_mpirun_says_how_to_launch(capsys, tmp_path):
     code = main(["train", "--model", "mlp:hidden=8", "--data", "healthcare-sim:n=256", "--epochs", "1", "--quiet",
                  "--parallel", "mpi", "--out", str(tmp_path / "o")])
     assert code == 2 and "--procs N" in capsys.readouterr().err
+
+
+def test_without_mpi4py_parallel_mpi_says_how_to_install_it(monkeypatch):
+    import sys as system
+
+    from leantrain.errors import UsageError
+    from leantrain.parallel.mpi import mpi_module
+
+    monkeypatch.setitem(system.modules, "mpi4py", None)  # as if not installed
+    with pytest.raises(UsageError, match=r"pip install 'leantrain\[mpi\]'"):
+        mpi_module()

@@ -85,3 +85,15 @@ def test_techniques_switch_on_by_option_as_well_as_by_object():
     assert record["run"]["techniques"] == ["bf16", "warmup0.05-cosine"]
     with pytest.raises(lt.UsageError, match="precision given both"):
         lt.fit(TwoLayer(), _separable(), epochs=1, precision="bf16", techniques=[lt.MixedPrecision("fp16")])
+
+
+def test_execute_runs_given_techniques_in_addition_to_the_configs():
+    from leantrain.config import RunConfig
+    from leantrain.train.run import execute
+
+    config = RunConfig.from_dict({"data": "healthcare-sim:n=300", "epochs": 1, "device": "cpu",
+                                  "schedule": "warmup-cosine"})
+    record = execute(config, techniques=[lt.MixedPrecision("bf16")], quiet=True)
+    assert sorted(record["run"]["techniques"]) == ["bf16", "warmup0.05-cosine"]
+    with pytest.raises(lt.UsageError, match="schedule given both"):
+        execute(config, techniques=[lt.WarmupCosine()], quiet=True)

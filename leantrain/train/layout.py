@@ -1,0 +1,153 @@
+"""``--procs auto``: on a CPU machine, one process with every core, or one process per core? Measured.
+
+Neither wins everywhere: a small model at a small batch gains nothing from a second process (the
+all-reduce and the framework's fixed costs eat it), while a compute-bound one scales better across
+processes than across threads. So both layouts are timed on the user's model and batch, with the same
+global batch (N processes x batch B, or 1 process x N threads x batch N*B: the same optimizer steps,
+as the data-parallel tests prove), and the faster is taken. The probe is a few real training steps
+(forward, backward, optimizer step) after warm-up; its result is cached per machine, torch version,
+model, data and batch, so it costs once.
+
+    python -m leantrain.train.layout SPEC.json      (a launched probe worker; rank 0 writes the timing)
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leantrain import data as data_sets
+from leantrain import models
+from leantrain.config import RunConfig
+from leantrain.data.batches import TensorBatches
+from leantrain.fileio import write_json
+from leantrain.parallel import env as parallel_env
+from leantrain.parallel.ddp import wrap_ddp
+from leantrain.parallel.dist import Dist, process_group
+from leantrain.parallel.launch import cores_available, run_local_workers
+from leantrain.tasks import get_task
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cache_dir, cpu_name
+from leantrain.train.optim import make_optimizer
+
+WARMUP_STEPS, TIMED_STEPS = 3, 12
+
+
+@dataclass(frozen=True)
+class Layout:
+    procs: int
+    threads: int
+    batch_size: int  # per process
+    samples_per_s: dict[str, float]  # both layouts' measured throughput
+    why: str
+    cached: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_steps(config: RunConfig, dist: Dist) -> float:
+    """Global samples/s of this layout: median over timed steps of one training step on every rank."""
+    torch.manual_seed(config.seed)
+    dataset = data_sets.load(config.data, seed=config.seed)
+    model = models.build(config.model, dataset)
+    forward = wrap_ddp(model, device_type="cpu") if dist.active else model
+    optimizer = make_optimizer(config, model)
+    task = get_task(dataset.task)
+    batches = TensorBatches(dataset.x_train, dataset.y_train, config.batch_size, rank=dist.rank,
+                            world_size=dist.world_size)
+    times = []
+    for step, (x, y) in enumerate(_cycle(batches)):
+        start = time.perf_counter()
+        loss = task.loss_sum(task.forward(forward, x, y), y) / task.units(y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dist.barrier()
+        if step >= WARMUP_STEPS:
+            times.append(dist.max([time.perf_counter() - start])[0])
+        if len(times) == TIMED_STEPS:
+            break
+    return config.batch_size * dist.world_size / statistics.median(times)
+
+
+def _cycle(batches: TensorBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    epoch = 0
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1
+
+
+def choose(config: RunConfig, cores: int | None = None, say: Any = print) -> Layout:
+    """Time 1 x ``cores`` threads against ``cores`` x 1 thread for ``config`` (per-process batch_size B)."""
+    n = cores or cores_available()
+    key = f"{cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|torch={torch.__version__}|{config.model}|" \
+          f"{config.data}|batch={config.batch_size}|optimizer={config.optimizer}|cores={n}"
+    cache = cache_dir() / "layouts.json"
+    cached = _read(cache).get(key)
+    if cached:
+        layout = Layout(**{**cached, "cached": True})
+    else:
+        foreign = ForeignCpuMeter()
+        single = time_steps(config.replace(batch_size=config.batch_size * n, threads=n, parallel="none", procs=None),
+                            Dist())
+        multi = _time_launched(config, n)
+        # The launched probe's own processes count as foreign here; only a busy machine beyond them taints it.
+        disturbed = (foreign.cores() or 0.0) > n + NOISY_FOREIGN_CORES
+        rates = {f"1 x {n} threads": single, f"{n} x 1 thread": multi}
+        if multi > single:
+            layout = Layout(n, 1, config.batch_size, rates, f"{n} processes {multi / single:.2f}x as fast")
+        else:
+            layout = Layout(1, n, config.batch_size * n, rates, f"one process {single / multi:.2f}x as fast")
+        if disturbed:  # used for this run, not kept: a busy neighbour collapses multi-threaded runs first
+            layout = Layout(layout.procs, layout.threads, layout.batch_size, layout.samples_per_s,
+                            layout.why + "; measured while other processes were busy, so not cached")
+        else:
+            stored = _read(cache)
+            stored[key] = {k: v for k, v in asdict(layout).items() if k != "cached"}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache, stored)
+    rates_text = ", ".join(f"{name} {rate:,.0f} samples/s" for name, rate in layout.samples_per_s.items())
+    say(f"procs auto -> {layout.procs} x {layout.threads} thread(s), batch {layout.batch_size} per process: "
+        f"{layout.why} ({rates_text}{', cached' if layout.cached else ''})")
+    return layout
+
+
+def _time_launched(config: RunConfig, procs: int) -> float:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        spec, result = Path(folder) / "spec.json", Path(folder) / "result.json"
+        write_json(spec, {"config": config.replace(procs=procs, threads=1).to_dict(), "result": str(result)})
+        status = run_local_workers(procs, ["-m", "leantrain.train.layout", str(spec)])
+        if status != 0 or not result.exists():
+            return 0.0  # the layout failed here: never chosen
+        return float(json.loads(result.read_text())["samples_per_s"])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    config = RunConfig.from_dict(spec["config"])
+    torch.set_num_threads(1)
+    with process_group(parallel_env.detect(), "gloo", torch.device("cpu"), config.dist_timeout) as dist:
+        rate = time_steps(config, dist)
+        if dist.is_main:
+            write_json(Path(spec["result"]), {"samples_per_s": rate})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

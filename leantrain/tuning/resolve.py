@@ -1,0 +1,183 @@
+"""``auto`` settings resolved by measurement on this machine, for this model, before training starts.
+
+    threads = "auto"         the CPUs this process may use, minus those other processes keep busy now
+    optimizer = "auto-adam"  Adam as a loop, foreach or fused kernel: the fastest step, timed
+    precision = "auto"       fp32, bf16 or fp16 (+ loss scaling): the fastest real training step whose
+                             loss stays with fp32's (see probe.py and choice.py)
+
+A forced value is never probed. Optimizer and precision choices are cached (cache.py) so a probe costs
+once per machine and model; threads follow the load of the moment and are measured each run (0.2 s).
+A resumed run takes its choices from the checkpoint, never from a new measurement, so it continues with
+the same precision it started with. The choices go into the run record and one printed line each.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from leantrain.config import RunConfig
+from leantrain.data.dataset import Dataset
+from leantrain.tasks import get_task
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
+from leantrain.train.optim import ADAM_KERNELS, make_optimizer
+from leantrain.tuning import cache, machine, probe
+from leantrain.tuning.choice import Trial, choose
+
+AUTO = "auto"
+AUTO_ADAM = "auto-adam"
+
+
+@dataclass
+class Measure:
+    """The measuring functions resolve uses; tests inject fakes with chosen timings and losses."""
+    busy_cores: Callable[[list[int]], float | None] = machine.busy_cores
+    precision_trials: Callable[..., dict[str, Trial]] = probe.precision_trials
+    optimizer_trials: Callable[..., dict[str, Trial]] = probe.optimizer_trials
+    cpu_meter: Callable[[], Any] = ForeignCpuMeter  # other processes' CPU during a probe: a disturbed one is not cached
+
+
+@dataclass
+class Tuned:
+    config: RunConfig  # every auto knob replaced by its choice; the run's own config keeps "auto"
+    record: dict[str, Any] = field(default_factory=dict)  # per knob: choice, timings, source; {} if none was auto
+
+
+def auto_knobs(config: RunConfig) -> list[str]:
+    return [k for k, auto in (("threads", AUTO), ("optimizer", AUTO_ADAM), ("precision", AUTO)) if getattr(config, k) == auto]
+
+
+def resolve(
+    config: RunConfig,
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    *,
+    saved: dict[str, Any] | None = None,
+    saved_from: str = "checkpoint",
+    threads: dict[str, Any] | None = None,
+    say: Callable[[str], None] = lambda line: None,
+    measure: Measure | None = None,
+) -> Tuned:
+    """Replace each auto knob of ``config`` by a measured (or cached, or ``saved``) choice; set threads.
+
+    ``saved``: a record this returned before (from a checkpoint, or rank 0's under data parallelism, as
+    ``saved_from`` says): its choices are taken as they are, never measured again. ``threads``: the entry
+    auto threads take without measuring (a data-parallel worker's share of the node's cores).
+    """
+    knobs = auto_knobs(config)
+    if not knobs:
+        return Tuned(config)
+    measure = measure or Measure()
+    record: dict[str, Any] = {"machine": machine.machine_key(device), "cpu_capability": machine.cpu_capability()}
+    changes: dict[str, Any] = {}
+    for knob in knobs:
+        if knob == "threads" and threads is not None:
+            entry = dict(threads)
+        elif saved and knob in saved:
+            entry = {**saved[knob], "source": saved_from}
+        elif knob == "threads":
+            entry = _threads(measure)
+        elif knob == "optimizer":
+            entry = _optimizer(config, model, device, measure)
+        else:
+            entry = _precision(config.replace(**changes), model, dataset, device, measure)
+        if knob == "threads":
+            torch.set_num_threads(entry["choice"])
+            record["machine"] = machine.machine_key(device)  # the thread count is part of it
+        record[knob] = entry
+        changes[knob] = entry["choice"]
+        say(describe(knob, entry))
+    return Tuned(config.replace(**changes), record)
+
+
+def _threads(measure: Measure) -> dict[str, Any]:
+    cpus = machine.usable_cpus()
+    busy = measure.busy_cores(cpus)
+    return {"choice": machine.free_threads(len(cpus), busy), "cpus": len(cpus), "busy_cores": busy, "source": "measured"}
+
+
+def _optimizer(config: RunConfig, model: nn.Module, device: torch.device, measure: Measure) -> dict[str, Any]:
+    def factory(kernel: str) -> probe.OptimizerFactory:
+        kernel_config = config.replace(optimizer=kernel)
+        return lambda params: make_optimizer(kernel_config, nn.ParameterList(params))
+
+    key = cache.key("optimizer", device, model)
+    kernels = {k: factory(k) for k in ADAM_KERNELS}
+    return _measured(key, "adam", lambda: measure.optimizer_trials(model, kernels, device), measure)
+
+
+def _precision(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure) -> dict[str, Any]:
+    task = get_task(dataset.task)
+    x = dataset.x_train[: config.batch_size].to(device)
+    y = dataset.y_train[: config.batch_size].to(device)
+    units = task.units(y)
+    key = cache.key("precision", device, model, batch=len(y), task=dataset.task, optimizer=config.optimizer,
+                    input=f"{tuple(x.shape[1:])}:{x.dtype}")
+    candidates, unsupported = precision_candidates(device)
+
+    def trials() -> dict[str, Trial]:
+        measured = measure.precision_trials(
+            model, lambda m: make_optimizer(config, m), lambda m: task.loss_sum(task.forward(m, x, y), y) / units,
+            device, candidates,
+        )
+        return {**measured, **{p: Trial(skipped=why) for p, why in unsupported.items()}}
+
+    return _measured(key, "fp32", trials, measure)
+
+
+def precision_candidates(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """Precisions worth timing here, and why the others are not (a known-slow path costs a long probe)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return ["fp32", "bf16", "fp16"], {}
+        return ["fp32", "fp16"], {"bf16": f"not supported by {machine.device_name(device)}"}
+    flags = machine.cpu_flags()
+    if "avx512_fp16" in flags or "amx_fp16" in flags:
+        return ["fp32", "bf16", "fp16"], {}
+    return ["fp32", "bf16"], {"fp16": "no fp16 arithmetic on this CPU (no avx512_fp16 or amx_fp16): emulated, ~16x slower"}
+
+
+def _measured(key: str, reference: str, run_trials: Callable[[], dict[str, Trial]], measure: Measure) -> dict[str, Any]:
+    """The cached entry for ``key``, or a new measurement (cached when no other process disturbed it)."""
+    cached = cache.load(key)
+    if cached is not None:
+        return {**cached, "source": "cache"}
+    foreign, start = measure.cpu_meter(), time.perf_counter()
+    trials = run_trials()
+    choice, rejected = choose(trials, reference)
+    busy = foreign.cores()
+    entry = {
+        "choice": choice,
+        "trials": {name: t.to_dict() for name, t in trials.items()},
+        "rejected": rejected,
+        "probe_s": time.perf_counter() - start,
+        "foreign_cpu_cores": busy,
+    }
+    if busy is None or busy <= NOISY_FOREIGN_CORES:
+        cache.store(key, entry)
+    return {**entry, "source": "measured"}
+
+
+def describe(knob: str, entry: dict[str, Any]) -> str:
+    """One line, e.g. ``precision auto -> fp32 (fp32 12.1 ms/step, bf16 71.3 ms: 5.9x slower ..., fp16 skipped: ...)``."""
+    label = {"optimizer": AUTO_ADAM}.get(knob, AUTO)
+    source = {"cache": ", cached", "checkpoint": ", from the checkpoint", "rank 0": ", from rank 0"}.get(
+        entry.get("source", ""), "")
+    if knob == "threads" and "workers" in entry:
+        return f"threads {label} -> {entry['choice']} ({entry['cpus']} CPUs shared by {entry['workers']} local workers)"
+    if knob == "threads" and "cpus" in entry:
+        busy = entry.get("busy_cores")
+        shown = "unknown" if busy is None else f"{busy:.2f}"
+        return f"threads {label} -> {entry['choice']} ({entry['cpus']} CPUs, {shown} busy with other processes{source})"
+    parts = []
+    for i, (name, trial) in enumerate(entry.get("trials", {}).items()):
+        ms, why = trial.get("ms_per_step"), entry.get("rejected", {}).get(name, "")
+        timing = f"{ms:.3g} ms" + ("/step" if i == 0 else "") if ms is not None else "skipped"
+        note = f": {why}" if why and not why.startswith(("slower than", "not faster than")) else ""
+        parts.append(f"{name} {timing}{note}")
+    return f"{knob} {label} -> {entry['choice']} ({', '.join(parts)}{source})"
