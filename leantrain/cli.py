@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from leantrain.errors import UsageError
+from leantrain.errors import TrainingDiverged, UsageError
 
 DEFAULT_EXPERIMENT = Path("experiments/default.toml")
 
@@ -18,14 +21,40 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a flag error already printed as one line
         return int(e.code or 0)
+    previous = _terminate_like_interrupt()
     try:
         return args.handler(args)
+    except TrainingDiverged as e:
+        print(f"leantrain: error: {_rank_prefix()}{e}", file=sys.stderr)
+        return 3
     except UsageError as e:
         print(f"leantrain: error: {_rank_prefix()}{e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("leantrain: terminated (SIGTERM); the last checkpoint is kept for --resume", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
     except KeyboardInterrupt:
-        print("leantrain: interrupted; the last finished epoch's checkpoint is kept for --resume", file=sys.stderr)
+        print("leantrain: interrupted; the last checkpoint is kept for --resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and torchrun send) unwinds like Ctrl-C: atomic writes abandon their temporaries,
+    the last complete checkpoint stays, and the exit status says which signal (143)."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def _terminate_like_interrupt() -> Any:
+    """Install the SIGTERM handler (main thread only); returns the previous one, to put back."""
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    return None
 
 
 def _rank_prefix() -> str:
@@ -71,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--force", action="store_true",
+                       help="replace an existing result, or start over an interrupted run's checkpoint")
     train.add_argument("--max-restarts", type=int, default=0,
                        help="with --procs: restart the workers this many times after a failure; they resume from the last checkpoint")
     train.set_defaults(handler=_train)
@@ -80,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results folder (default results/<experiment name>)")
     run.add_argument("--resume", action="store_true", help="skip finished runs; continue interrupted ones")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--force", action="store_true", help="rerun and replace existing results")
     run.set_defaults(handler=_run)
 
     report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
@@ -118,12 +150,12 @@ def _train(args: argparse.Namespace) -> int:
     world = detect()
     if needs_launch(config, world.launched):
         status = launch(config, out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields={},
-                        max_restarts=args.max_restarts)
+                        max_restarts=args.max_restarts, force=args.force)
         result = out_dir / f"{config.run_name}.json"
         if status == 0 and result.is_file():
             _print_result(config.run_name, json.loads(result.read_text()), result)
         return status
-    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet)
+    record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet, force=args.force)
     if world.rank == 0:
         _print_result(config.run_name, record, out_dir / (config.run_name + ".json"))
     return 0
@@ -140,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.file)
     out_dir = args.out or Path("results") / experiment.name
-    run_experiment(experiment, out_dir, resume=args.resume, quiet=args.quiet)
+    run_experiment(experiment, out_dir, resume=args.resume, quiet=args.quiet, force=args.force)
     print(f"results: {out_dir}/ (summary.md, plots, one JSON per run)")
     return 0
 

@@ -23,6 +23,8 @@ LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
 PARALLELS = ("none", "ddp", "mpi", "ensemble")
 BACKENDS = ("auto", "gloo", "nccl")
+NONFINITE = ("stop", "skip")
+MAX_SEED = 2**32 - 1  # the data generators and per-rank seeds (seed * 100_003 + rank) must fit torch's 64 bits
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -64,7 +66,11 @@ class RunConfig:
     threads: str | int | None = _opt(
         None, "CPU threads for PyTorch: a count, auto (the CPUs other processes leave free), or none (PyTorch's choice)"
     )
-    name: str = _opt("", "run name (default: derived from data, model and seed)")
+    name: str = _opt("", "run name (default: derived from data, model, seed and a hash of the settings)")
+    on_nonfinite: str = _opt("stop", "a non-finite loss or gradient: stop (keep the last good checkpoint), or skip "
+                                     "the step and count it", NONFINITE)
+    checkpoint_every: str | None = _opt(None, "also checkpoint mid-epoch every N optimizer steps (\"200\"), or every "
+                                              "N seconds (\"300s\"); none: at epoch ends only")
     save_model: bool = _opt(False, "write <out>/<run>.model.pt at the end: weights, model and data specs, "
                                    "vocabulary (for leantrain evaluate / predict)")
     # The registered techniques' keys -> values (precision, grad_clip, ...); read them as attributes.
@@ -99,7 +105,18 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.data}-{self.model}-s{self.seed}".replace(":", "_").replace(",", "_").replace("=", "")
+        """The given name, or data-model-seed plus a hash of the settings that change results (run_identity)."""
+        from leantrain.naming import derived_name
+
+        return self.name or derived_name(self.data, self.model, self.seed, self.to_dict())
+
+    @property
+    def checkpoint_interval(self) -> tuple[int | None, float | None]:
+        """(steps, seconds) between mid-epoch checkpoints; (None, None): epoch ends only."""
+        every = self.checkpoint_every
+        if every is None:
+            return None, None
+        return (None, float(every[:-1])) if every.endswith("s") else (int(every), None)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat: core fields, then technique keys, as TOML files and checkpoints write them."""
@@ -145,6 +162,14 @@ class RunConfig:
                              f"not {self.parallel}")
         if isinstance(self.procs, int) and self.procs <= 0:
             raise UsageError(f"{where}: procs must be a positive integer, got {self.procs}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"{where}: seed must be an integer in 0..{MAX_SEED}, got {_short(self.seed)}")
+        if self.name:
+            from leantrain.naming import check_name
+
+            check_name(self.name, f"{where}: run name")
+        if self.checkpoint_every is not None:
+            self._validate_checkpoint_every(where)
         if not self.dist_timeout > 0:
             raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         self._validate_techniques(where)
@@ -166,6 +191,21 @@ class RunConfig:
         check_spec(MODELS, self.model, "data")
         self._validate_members(where)
         return self
+
+    def _validate_checkpoint_every(self, where: str) -> None:
+        text = str(self.checkpoint_every).strip()
+        number = text[:-1] if text.endswith("s") else text
+        try:
+            value = float(number) if text.endswith("s") else int(number)
+        except ValueError:
+            value = -1
+        if not value > 0 or value != value or value == float("inf"):
+            raise UsageError(f"{where}: checkpoint_every must be N (optimizer steps) or Ns (seconds), N > 0; "
+                             f"got {self.checkpoint_every!r}")
+        if text.endswith("s") and self.parallel != "none":
+            raise UsageError(f"{where}: checkpoint_every in seconds is for one process (ranks must agree on when); "
+                             "give a number of steps with --parallel")
+        self.checkpoint_every = text
 
     def _validate_members(self, where: str) -> None:
         from leantrain.models.registry import MODELS
@@ -194,6 +234,11 @@ class RunConfig:
                 cls.check_config(self)
             except ValueError as e:
                 raise UsageError(f"{where}: {e}") from None
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
 
 
 def resolve_device(device: str, where: str = "config") -> torch.device:

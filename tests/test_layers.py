@@ -12,6 +12,7 @@ RANKS = {  # a module may import modules of its own rank or lower
     "leantrain.inference": 4,  # a trained model in use (saved files, evaluate, predict): beside train
     "leantrain.config": 3, "leantrain.techniques": 2, "leantrain.models": 2, "leantrain.data": 2, "leantrain.parallel": 2,
     "leantrain.tasks": 1, "leantrain.options": 1, "leantrain.registry": 1, "leantrain.errors": 0, "leantrain.fileio": 0,
+    "leantrain.naming": 0,
     "leantrain._torch_private": 0,
 }
 

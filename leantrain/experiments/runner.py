@@ -14,6 +14,7 @@ recipe never leaves a half-written results folder behind.
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,8 @@ def load_experiment(path: Path) -> Experiment:
 
 
 def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
+    if not raw:
+        raise UsageError(f"{where}: the experiment file is empty; see experiments/default.toml for the shape")
     _only_keys(raw, TOP_LEVEL_KEYS, where)
     head = _table(raw, "experiment", where)
     _only_keys(head, EXPERIMENT_KEYS, f"{where} [experiment]")
@@ -86,10 +89,10 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UsageError(f"{where} [experiment]: seeds must be a non-empty list of integers, got {seeds!r}")
     target = head.get("target")
-    if not (target is None or target == "baseline-final" or _is_number(target)):
+    if not (target is None or target == "baseline-final" or (_is_number(target) and math.isfinite(target))):
         raise UsageError(f"{where} [experiment]: target must be a number or \"baseline-final\", got {target!r}")
     tolerance = head.get("target_tolerance", 0.005)
-    if not _is_number(tolerance) or tolerance < 0:
+    if not _is_number(tolerance) or not 0 <= tolerance < math.inf:  # NaN fails every comparison
         raise UsageError(f"{where} [experiment]: target_tolerance must be a number >= 0, got {tolerance!r}")
 
     defaults = _table(raw, "defaults", where)
@@ -140,6 +143,8 @@ def parse_experiment(raw: dict[str, Any], where: str) -> Experiment:
         if unknown:
             raise UsageError(f"{where}: [recipes.{recipe}] cases names unknown case(s) {', '.join(unknown)}; "
                              f"cases: {', '.join(sorted(labels))}")
+    if not runs:
+        raise UsageError(f"{where}: no runs (no cases, or every recipe limited to other cases)")
     return Experiment(name, head.get("description", ""), baseline, seeds, target, float(tolerance), runs, where,
                       tuple(dict.fromkeys(unavailable)))
 
@@ -176,33 +181,40 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def run_experiment(experiment: Experiment, out_dir: Path, *, resume: bool = False, quiet: bool = False) -> list[Path]:
-    """Train every planned run (skipping finished ones when resuming), then rebuild the report."""
+def run_experiment(
+    experiment: Experiment, out_dir: Path, *, resume: bool = False, quiet: bool = False, force: bool = False,
+) -> list[Path]:
+    """Train every planned run (skipping finished ones made with the same settings when resuming), then
+    rebuild the report. Without ``force``, an existing result is never replaced (see run_identity)."""
     from leantrain.experiments.report import write_report
     from leantrain.fileio import prepare_output_dir
     from leantrain.train.run import execute
+    from leantrain.train.run_identity import check_existing, check_record_settings, inside
     from leantrain.train.worker import launch, needs_launch
 
     datasets = preflight(experiment)
+    for planned in experiment.runs:  # before any run trains: never stop halfway on a result already there
+        check_existing(inside(out_dir, f"{planned.config.run_name}.json"), None, resume=resume, force=force)
     prepare_output_dir(out_dir)
     written = []
     for number, planned in enumerate(experiment.runs, 1):
         config = planned.config
-        result_path = out_dir / f"{config.run_name}.json"
-        if resume and result_path.exists():
+        result_path = inside(out_dir, f"{config.run_name}.json")
+        if resume and result_path.exists() and not force:
+            check_record_settings(result_path, config.to_dict())
             written.append(result_path)
             continue
         if not quiet:
             print(f"[{number}/{len(experiment.runs)}] {config.run_name}", file=sys.stderr, flush=True)
         fields = {"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe}
         if needs_launch(config, launched=False):
-            status = launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields)
+            status = launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields, force=force)
             if status != 0:
                 raise UsageError(f"{config.run_name}: its {config.procs} workers failed (exit status {status}); "
                                  "the runs before it are kept, and run --resume continues from here")
         else:
             execute(config, dataset=datasets[(config.data, config.seed)], out_dir=out_dir, resume=resume, quiet=quiet,
-                    extra_run_fields=fields)
+                    extra_run_fields=fields, force=force)
         written.append(result_path)
     write_report(out_dir)
     return written
@@ -214,6 +226,7 @@ def preflight(experiment: Experiment) -> dict[tuple[str, int], Any]:
     Returns the data sets, which the runs then share."""
     from leantrain import data as data_sets
     from leantrain import models
+    from leantrain.train.preflight import dry_forward
 
     datasets: dict[tuple[str, int], Any] = {}
     checked: set[tuple[str, str]] = set()
@@ -228,7 +241,7 @@ def preflight(experiment: Experiment) -> dict[tuple[str, int], Any]:
         if (config.model, config.data) not in checked:
             where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
             try:
-                models.build(config.model, datasets[key])
+                dry_forward(models.build(config.model, datasets[key]), datasets[key], config)
             except UsageError as e:
                 raise UsageError(f"{where}: {e}") from None
             checked.add((config.model, config.data))

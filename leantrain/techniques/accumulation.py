@@ -191,6 +191,7 @@ class AdaptiveAccumulation(Technique):
             "k": self.k, "original_lr": self.original_lr, "estimates": self._estimates,
             "steps_since_update": self._steps_since_update,
             "ema_true_sq": self._ema_true_sq.cpu(), "ema_trace": self._ema_trace.cpu(),
+            "epoch_micro": self._epoch_micro, "epoch_steps": self._epoch_steps,  # a mid-epoch checkpoint's partial mean
         }
 
     def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
@@ -198,6 +199,7 @@ class AdaptiveAccumulation(Technique):
         self._estimates, self._steps_since_update = saved["estimates"], saved["steps_since_update"]
         self._ema_true_sq = saved["ema_true_sq"].to(state.device)
         self._ema_trace = saved["ema_trace"].to(state.device)
+        self._epoch_micro, self._epoch_steps = saved.get("epoch_micro", 0), saved.get("epoch_steps", 0)
 
 
 def _sum_sq(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:

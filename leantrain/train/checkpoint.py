@@ -1,6 +1,14 @@
-"""Checkpoints: written atomically at each epoch end, read back with a clear error when they are not ours."""
+"""Checkpoints: written atomically and durably, with a checksum verified on load.
+
+File layout: one header line ``LEANTRAIN-CHECKPOINT <format> sha256=<hex>\\n``, then the ``torch.save`` bytes.
+The checksum covers those bytes, so a bit flip or a truncated copy is named as such instead of loading
+silently or failing inside the unpickler. The write goes through ``fileio.atomic_path``: the previous
+checkpoint stays whole until the new one is complete and fsynced.
+"""
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import random
 import zipfile
@@ -10,24 +18,44 @@ from typing import Any
 import torch
 
 from leantrain.errors import UsageError
-from leantrain.fileio import atomic_path
+from leantrain.fileio import is_temporary, write_atomic
 
-FORMAT = 1
+FORMAT = 2
 SUFFIX = ".ckpt"
+MAGIC = b"LEANTRAIN-CHECKPOINT"
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    body = buffer.getvalue()
+    return MAGIC + f" {FORMAT} sha256={hashlib.sha256(body).hexdigest()}\n".encode() + body
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside the target, then rename: a crash never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+    """Serialise in memory (to checksum it), then write atomically: a crash never leaves half a checkpoint."""
+    write_atomic(path, encode(payload))
 
 
 def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}")
     try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"checkpoint {path} cannot be read ({e.strerror})") from None
+    header, _, body = raw.partition(b"\n")
+    parts = header.split(b" ")
+    if len(parts) != 3 or parts[0] != MAGIC or not parts[2].startswith(b"sha256="):
+        raise UsageError(f"checkpoint {path} is corrupt or not a leantrain checkpoint (no format-{FORMAT} header)")
+    if parts[1] != str(FORMAT).encode():
+        raise UsageError(f"checkpoint {path} has format {parts[1].decode(errors='replace')}; this leantrain reads {FORMAT}")
+    if hashlib.sha256(body).hexdigest().encode() != parts[2][len(b"sha256="):]:
+        raise UsageError(f"checkpoint {path} is corrupt (checksum mismatch: truncated or altered); "
+                         "delete it to start over, or restore a copy")
+    try:
         # weights_only: a checkpoint is tensors and plain data; never unpickle arbitrary objects.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise UsageError(f"checkpoint {path} is corrupt or not a leantrain checkpoint ({type(e).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -36,10 +64,10 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def find(folder: Path) -> Path:
-    """The single checkpoint in a run folder (for ``--resume DIR``)."""
+    """The single checkpoint in a run folder (for ``--resume DIR``); a killed writer's temporaries do not count."""
     if not folder.is_dir():
         raise UsageError(f"--resume {folder}: no such folder")
-    found = sorted(folder.glob(f"*{SUFFIX}"))
+    found = sorted(p for p in folder.glob(f"*{SUFFIX}") if not is_temporary(p))
     if len(found) != 1:
         listing = ", ".join(p.name for p in found) or "none"
         raise UsageError(f"--resume {folder}: expected one *{SUFFIX} checkpoint, found {listing}")

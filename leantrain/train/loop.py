@@ -20,9 +20,10 @@ from leantrain.data.batches import BatchSource, sequential_batches
 from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.base import Event, Technique, fire
+from leantrain.train.guards import Guards
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
-from leantrain.train.state import TrainState
+from leantrain.train.state import EpochProgress, TrainState
 
 
 def train(
@@ -35,9 +36,14 @@ def train(
     eval_batch_size: int,
     progress: Progress,
     on_epoch_saved: Callable[[TrainState], None] = lambda state: None,
+    checkpoint_every: tuple[int | None, float | None] = (None, None),
 ) -> None:
-    """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``."""
+    """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``.
+
+    ``on_epoch_saved`` writes a checkpoint: after each epoch, and mid-epoch every ``checkpoint_every``
+    (steps, seconds) with ``state.progress`` holding the unfinished epoch."""
     fire(techniques, Event.ON_FIT_START, state)
+    guards = Guards(state, checkpoint_every, on_epoch_saved)
     first_epoch_of_process = True
     measured: tuple[int, int] | None = None  # the model whose activation memory was last measured
     activation_bytes = 0
@@ -46,7 +52,7 @@ def train(
         model_key = (id(state.model), sum(p.numel() for p in state.model.parameters()))
         measure = model_key != measured
         record = train_epoch(state, batches, techniques, progress, exclude_warmup=first_epoch_of_process,
-                             measure_activations=measure)
+                             measure_activations=measure, guards=guards)
         if measure:
             measured, activation_bytes = model_key, record["activation_bytes"]
         else:
@@ -59,24 +65,27 @@ def train(
         state.records.append(record)
         state.epoch += 1
         progress.epoch_done(record, state.task.metric)
-        on_epoch_saved(state)
+        guards.save(state)
         first_epoch_of_process = False
     fire(techniques, Event.ON_FIT_END, state)
 
 
 def train_epoch(
     state: TrainState, batches: BatchSource, techniques: list[Technique], progress: Progress, exclude_warmup: bool,
-    measure_activations: bool = True,
+    measure_activations: bool = True, guards: Guards | None = None,
 ) -> dict[str, Any]:
     state.model.train()
     device, task = state.device, state.task
+    guards = guards or Guards(state)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
-    units = samples = steps = 0
-    tokens: int | None = None
-    activation_bytes = 0
-    micro_batches = iter(batches.epoch(state.epoch))
+    # A mid-epoch checkpoint's epoch continues where it stopped: same sums, same next batch.
+    resumed, state.progress = state.progress or EpochProgress(), None
+    loss_sum = resumed.loss_sum if resumed.loss_sum is not None else torch.zeros((), device=device)  # no host sync per step
+    units, samples, steps, tokens = resumed.units, resumed.samples, resumed.steps, resumed.tokens
+    activation_bytes, step_losses, drawn = resumed.activation_bytes, resumed.step_losses, resumed.micro_batches
+    step_units_list = resumed.step_units
+    micro_batches = islice(batches.epoch(state.epoch), drawn, None)
     foreign_cpu = ForeignCpuMeter()
     bar = progress.epoch_bar(state.epoch, state.total_epochs, len(batches))
     start = now(device)
@@ -87,24 +96,36 @@ def train_epoch(
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
+        drawn += len(step_batches)
         meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 and measure_activations else None
         step_units = sum(task.units(y) for _, y in step_batches)
         loss_divisor = _loss_divisor(state, step_units)
         last = len(step_batches) - 1
+        sum_before = loss_sum.clone() if guards.skipping else None
+        step_loss = loss_sum  # replaced by micro-batch 0's loss below
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
                 loss = _forward_backward(state, x, y, loss_divisor, meter)
             if index == last:
                 state.sync_gradients()
             loss_sum += loss
+            step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
-        state.grad_scaler.step(state.optimizer)
-        state.grad_scaler.update()
-        state.optimizer.zero_grad(set_to_none=True)
+        if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
+            state.optimizer.zero_grad(set_to_none=True)
+            assert sum_before is not None
+            loss_sum = sum_before
+            step_units = 0
+        else:
+            state.grad_scaler.step(state.optimizer)
+            state.grad_scaler.update()
+            state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
+        step_losses.append(step_loss)
+        step_units_list.append(step_units)
 
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
@@ -116,19 +137,27 @@ def train_epoch(
         state.samples_seen += step_samples
         if meter is not None:
             activation_bytes = meter.peak_bytes
-        if steps == 1:
+        if steps - resumed.steps == 1:
             after_first_step, first_step_samples = now(device), step_samples
         bar.update(len(step_batches), step_samples)
+        if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
+            state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses, step_units_list,
+                                           resumed.elapsed_s + now(device) - start, activation_bytes)
+            guards.save(state)
+            state.progress = None
     end = now(device)
     bar.close()
+    guards.check(state)  # before the epoch is recorded (and checkpointed): no NaN epoch is ever saved
 
-    time_s = end - start
+    time_s = end - start + resumed.elapsed_s
     # Throughput leaves out the process's first step (allocation, kernel selection, compilation),
     # when there is more than one step to measure; epoch time_s always counts everything.
-    if exclude_warmup and steps > 1:
-        rate_time, rate_samples, rate_steps = end - after_first_step, samples - first_step_samples, steps - 1
+    # Rates count this process's share of the epoch only (a mid-epoch resume's earlier part ran elsewhere).
+    session_steps, session_samples = steps - resumed.steps, samples - resumed.samples
+    if exclude_warmup and session_steps > 1:
+        rate_time, rate_samples, rate_steps = end - after_first_step, session_samples - first_step_samples, session_steps - 1
     else:
-        rate_time, rate_samples, rate_steps = time_s, samples, steps
+        rate_time, rate_samples, rate_steps = end - start, session_samples, session_steps
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
     dist = state.dist
     totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
@@ -151,6 +180,7 @@ def train_epoch(
         "accum_steps": state.accum_steps,
         "lr": state.optimizer.param_groups[0]["lr"],
         "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
+        **guards.epoch_end(state, step_losses, step_units_list),
     }
     if device.type == "cuda":
         record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)

@@ -18,7 +18,7 @@ from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
-from leantrain.fileio import prepare_output_dir, write_json
+from leantrain.fileio import write_json
 from leantrain.inference.model_file import SUFFIX as MODEL_SUFFIX
 from leantrain.inference.model_file import save_model
 from leantrain.parallel import env as parallel_env
@@ -33,12 +33,15 @@ from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
+from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
 from leantrain.train.optim import make_optimizer
+from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
-from leantrain.train.state import TrainState
+from leantrain.train.run_identity import differing_keys
+from leantrain.train.state import EpochProgress, TrainState
 
 # The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
 PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
@@ -53,6 +56,7 @@ def execute(
     resume: bool = False,
     quiet: bool = False,
     extra_run_fields: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
@@ -61,7 +65,8 @@ def execute(
     resolved by measurement once the model is built (``leantrain.tuning``); the config keeps "auto".
     With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
     With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
-    it exists (else start afresh).
+    it exists (else start afresh). A finished result or an interrupted run's checkpoint already there is
+    never replaced unless ``force`` (see ``run_identity``).
     """
     world = parallel_env.detect()
     check_world(config, world)
@@ -76,7 +81,7 @@ def execute(
     try:
         with group as dist:
             return _execute(config, dist, device, model, dataset, techniques, out_dir,
-                            resume or world.restart_count > 0, quiet, extra_run_fields or {})
+                            resume or world.restart_count > 0, quiet, extra_run_fields or {}, force)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -97,6 +102,7 @@ def check_world(config: RunConfig, world: World) -> None:
 def _execute(
     config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
     techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
+    force: bool = False,
 ) -> dict[str, Any]:
     given = list(techniques or [])
     _check_given_once(config, given)
@@ -134,8 +140,18 @@ def _execute(
     else:
         ranks = dist
     techniques = in_hook_order(techniques)
-    if out_dir and ranks.is_main:
-        prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
+    dry_forward(model, dataset, config)  # a model that does not fit the data fails before any file is written
+    with run_files(out_dir if ranks.is_main else None, config.run_name, resume=resume, force=force):
+        return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt_path, saved,
+                                 tuned, progress, member if ensemble else None, extra)
+
+
+def _train_and_record(
+    config: RunConfig, dist: Dist, ranks: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
+    techniques: list[Technique], out_dir: Path | None, ckpt_path: Path | None, saved: dict[str, Any] | None,
+    tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any],
+) -> dict[str, Any]:
+    ensemble = member is not None
     dataset = dataset.to(device)
     model.to(device)
     if dist.rank > 0:
@@ -153,6 +169,7 @@ def _execute(
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
         dist=dist,
+        on_nonfinite=config.on_nonfinite,
     )
     if saved:
         restore(state, techniques, saved, config)
@@ -164,10 +181,16 @@ def _execute(
         if dist.is_main:  # under an ensemble, every member is main of its own loop
             checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
 
-    train(
-        state, batches, dataset.x_val, dataset.y_val,
-        techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
-    )
+    try:
+        train(
+            state, batches, dataset.x_val, dataset.y_val,
+            techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
+            checkpoint_every=config.checkpoint_interval,
+        )
+    except NonFiniteLoss as e:
+        kept = f"the last good checkpoint is kept: {ckpt_path}" if ckpt_path and ckpt_path.exists() else \
+            "no checkpoint was written before it"
+        raise NonFiniteLoss(f"{e}; {kept}") from None
 
     if tuned.record:
         extra = {**extra, "autotune": tuned.record}
@@ -176,10 +199,11 @@ def _execute(
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
-    if out_dir and config.save_model and dist.is_main:  # each ensemble member saves its own model
+    if out_dir and ckpt_path and config.save_model and dist.is_main:  # each ensemble member saves its own model
         record["run"]["model_file"] = save_model(
-            out_dir / f"{ckpt_name}{MODEL_SUFFIX}", state.model, model_spec=member, data_spec=config.data,
-            data=dataset, record=f"{config.run_name}.json").name
+            out_dir / (ckpt_path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), state.model,
+            model_spec=member or config.model, data_spec=config.data, data=dataset,
+            record=f"{config.run_name}.json").name
     if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
     ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
@@ -264,6 +288,9 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "samples_seen": state.samples_seen,
         "accum_steps": state.accum_steps,
         "records": state.records,
+        "step_losses": state.step_losses,
+        "progress": state.progress.to_dict() if state.progress is not None else None,
+        "guards": state.guard_state,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "techniques": {t.name: t.state_dict() for t in techniques},
@@ -280,8 +307,8 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, world_size: int) -
     if saved_world != world_size:
         raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
                          f"not {world_size} (the batch order and per-rank random states depend on it)")
-    if saved["config"] != config.to_dict():
-        changed = sorted(k for k in config.to_dict() if saved["config"].get(k) != config.to_dict()[k])
+    changed = differing_keys(saved["config"], config.to_dict())
+    if changed:
         raise UsageError(
             f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
             "resume with the original configuration"
@@ -296,11 +323,19 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
                          "resume with the original techniques")
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
         technique.load_state_dict(saved["techniques"].get(technique.name, {}), state)
-    state.model.load_state_dict(saved["model"])
+    try:
+        state.model.load_state_dict(saved["model"])
+    except RuntimeError as e:  # another model's weights: say so in one line, not a page of shapes
+        first = str(e).strip().splitlines()[0][:120]
+        raise UsageError(f"the checkpoint holds weights of another model than {type(state.model).__name__} "
+                         f"({first}); resume with the model it was written with") from None
     state.optimizer.load_state_dict(saved["optimizer"])
     state.epoch, state.step = saved["epoch"], saved["step"]
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])
+    state.step_losses = list(saved["step_losses"])
+    state.guard_state = dict(saved["guards"])
+    state.progress = EpochProgress.from_dict(saved["progress"], state.device) if saved["progress"] else None
     dist = state.dist
     checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 

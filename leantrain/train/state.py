@@ -14,6 +14,41 @@ from leantrain.techniques.base import AutocastFactory, Forward, GradientSync
 
 
 @dataclass
+class EpochProgress:
+    """How far the current epoch got, for a mid-epoch checkpoint: resuming continues from exactly here."""
+
+    micro_batches: int = 0  # drawn from ``batches.epoch(e)`` so far; a resume skips this many
+    steps: int = 0
+    units: int = 0
+    samples: int = 0
+    tokens: int | None = None
+    loss_sum: torch.Tensor | None = None  # the epoch's running loss sum, bit for bit (on the device while training)
+    step_losses: list[torch.Tensor] = field(default_factory=list)  # per-step summed losses, on the device
+    step_units: list[int] = field(default_factory=list)  # what each step's loss is divided by, at the epoch's end
+    elapsed_s: float = 0.0  # training time before the interruption (epoch time_s adds it)
+    activation_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "micro_batches": self.micro_batches, "steps": self.steps, "units": self.units, "samples": self.samples,
+            "tokens": self.tokens, "loss_sum": None if self.loss_sum is None else self.loss_sum.detach().cpu(),
+            "step_losses": torch.stack(self.step_losses).cpu() if self.step_losses else None,
+            "step_units": list(self.step_units), "elapsed_s": self.elapsed_s,
+            "activation_bytes": self.activation_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochProgress:
+        loss_sum, losses = saved["loss_sum"], saved["step_losses"]
+        return cls(
+            saved["micro_batches"], saved["steps"], saved["units"], saved["samples"], saved["tokens"],
+            None if loss_sum is None else loss_sum.to(device),
+            list(losses.to(device).unbind()) if losses is not None else [], list(saved["step_units"]),
+            saved["elapsed_s"], saved["activation_bytes"],
+        )
+
+
+@dataclass
 class TrainState:
     model: nn.Module  # the module being trained; its weights are what a checkpoint saves
     optimizer: torch.optim.Optimizer
@@ -40,6 +75,11 @@ class TrainState:
     samples_seen: int = 0
     stop_training: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)
+    # Reliability (leantrain/train/guards.py): what to do on inf/NaN, and every finished step's mean loss.
+    on_nonfinite: str = "stop"
+    step_losses: list[float] = field(default_factory=list)
+    progress: EpochProgress | None = None  # the unfinished epoch, set while a mid-epoch checkpoint is written or read
+    guard_state: dict[str, Any] = field(default_factory=dict)  # the guards' state_dicts, for checkpoints
 
     def __post_init__(self) -> None:
         if self.forward is None:

@@ -20,7 +20,7 @@ from leantrain.parallel.mpi import run_mpirun
 
 
 def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra_run_fields: dict[str, Any],
-           max_restarts: int = 0) -> int:
+           max_restarts: int = 0, force: bool = False) -> int:
     """Train ``config`` on its local workers; the record lands in ``out_dir`` as usual. Returns the exit status."""
     if config.procs == "auto":
         from leantrain.train import layout as layouts
@@ -30,13 +30,13 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
         extra_run_fields = {**extra_run_fields, "layout": chosen.record()}
         if chosen.procs == 1:
             single = config.replace(procs=None, parallel="none", batch_size=chosen.batch_size, threads=chosen.threads)
-            execute(single, out_dir=out_dir, resume=resume, quiet=quiet, extra_run_fields=extra_run_fields)
+            execute(single, out_dir=out_dir, resume=resume, quiet=quiet, extra_run_fields=extra_run_fields, force=force)
             return 0
         config = config.replace(procs=chosen.procs, threads=chosen.threads)
     procs = int(config.procs or 1)
     prepare_output_dir(out_dir)
     spec = out_dir / f".{config.run_name}.launch.json"
-    write_json(spec, {"config": config.to_dict(), "out_dir": str(out_dir), "resume": resume, "quiet": quiet,
+    write_json(spec, {"config": config.to_dict(), "out_dir": str(out_dir), "resume": resume, "quiet": quiet, "force": force,
                       "extra_run_fields": extra_run_fields})
     args = ["-m", "leantrain.train.worker", str(spec)]
     try:
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     try:
         execute(RunConfig.from_dict(spec["config"], where=argv[0]), out_dir=Path(spec["out_dir"]), resume=spec["resume"],
-                quiet=spec["quiet"], extra_run_fields=spec["extra_run_fields"])
+                quiet=spec["quiet"], extra_run_fields=spec["extra_run_fields"], force=spec.get("force", False))
     except UsageError as e:
         print(f"leantrain: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,196 @@
+"""Guards against silent divergence: non-finite losses/gradients before the optimizer step, and loss spikes.
+
+Non-finite check. Each step the loop hands the step's summed loss to the guard, which folds it and the
+gradients' norms into one scalar (``NonFiniteGuard.total``: finite iff all of them are). Then:
+  - on one CPU process, that scalar is read at once (reading a CPU scalar costs no device sync), so the
+    bad update never happens;
+  - on CUDA or several ranks, "first bad step" is kept on the device (no host sync) and read
+    every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the epoch's end
+    (where the loop syncs anyway): no host sync per step. A bad step's
+    weights may then live for a few steps, but are never saved: the last good checkpoint is kept.
+  With several ranks, reading is one all-reduce, so every rank stops at the same step.
+``skip`` mode must know before each optimizer step, so it reads every step (documented cost on CUDA).
+Under fp16 the GradScaler already checks gradients and skips overflowing steps (and counts them): the
+guard then checks only the loss, and in skip mode leaves skipping (and counting) to the scaler.
+
+Spikes. Per-step losses stay on the device until the epoch's end; then each is compared with the
+median and MAD (median absolute deviation, a robust spread) of the ``window`` steps before it.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from typing import Any
+
+import torch
+
+from leantrain._torch_private import foreach_norm
+from leantrain.errors import TrainingDiverged
+
+DEVICE_CHECK_EVERY = 32
+NO_STEP = -1
+
+
+NonFiniteLoss = TrainingDiverged  # training diverged (a loss or gradient became inf/NaN): one line, exit 3
+
+
+class NonFiniteGuard:
+    def __init__(self, mode: str, device: torch.device, world_size: int, scaler_checks_grads: bool):
+        self.mode = mode  # "stop" or "skip"
+        self.scaler_checks_grads = scaler_checks_grads
+        # On one CPU process reading a scalar is nearly free, so check every step, before the update.
+        self.eager = device.type != "cuda" and world_size == 1
+        self.check_every = 1 if self.eager else DEVICE_CHECK_EVERY
+        self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
+        self.skipped = 0  # steps skipped by this guard (skip mode, fp32/bf16); fp16 skips are the scaler's
+
+    def total(self, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+        """One on-device scalar that is finite iff the loss and every gradient are: the loss plus the sum of
+        the gradients' norms (inf/NaN propagate through norms and sums; a norm past float max is divergence
+        anyway). Three kernels (one multi-tensor norm, a stack, a sum) and an add, whatever the model's size."""
+        if grads and not self.scaler_checks_grads:
+            return torch.stack(foreach_norm(grads)).sum() + step_loss
+        return step_loss
+
+    def should_skip(self, state: Any, total: torch.Tensor) -> bool:
+        """Skip mode: whether to leave this step's update out (reads the flag: one sync on CUDA)."""
+        if self.scaler_checks_grads:
+            return False  # the scaler skips (and counts) steps with inf/NaN gradients itself
+        skip = state.dist.any(not math.isfinite(float(total)))
+        self.skipped += skip
+        return skip
+
+    def note(self, state: Any, total: torch.Tensor) -> None:
+        """Stop mode: check now (one CPU process), or remember the first bad step on the device and read it
+        when the interval comes round."""
+        step = state.step + 1  # the step being taken, counted from 1
+        if self.eager:
+            if not math.isfinite(float(total)):
+                self._raise(step, state.epoch + 1)
+            return
+        bad = ~torch.isfinite(total)
+        self.first_bad = torch.where((self.first_bad == NO_STEP) & bad, step, self.first_bad)
+        if step % self.check_every == 0:
+            self.check(state)
+
+    def check(self, state: Any) -> None:
+        """Raise NonFiniteLoss (on every rank alike) if any rank saw a bad step."""
+        if self.mode != "stop" or self.eager:
+            return
+        local = int(self.first_bad)
+        # The smallest bad step over ranks, as a max of negatives (the Dist context offers sum and max).
+        worst = state.dist.max([-local if local != NO_STEP else -math.inf])[0]
+        if worst != -math.inf:
+            self._raise(int(-worst), state.epoch + 1)
+
+    @staticmethod
+    def _raise(step: int, epoch: int) -> None:
+        raise NonFiniteLoss(f"the loss or gradients became non-finite (inf/NaN) at step {step} (epoch {epoch}); "
+                            "training stopped. Lower the lr, check the data for NaN, or pass --on-nonfinite skip")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.skipped = int(saved.get("skipped", 0))
+
+
+class SpikeDetector:
+    """Flags a step whose loss exceeds the rolling median by ``threshold`` robust standard deviations.
+
+    The MAD is floored at ``min_rel_spread`` of the median: on a plateau the MAD can be tiny, and noise
+    that is tiny in absolute terms is not a spike. Only upward jumps count (falling loss is progress).
+    """
+
+    def __init__(self, window: int = 64, threshold: float = 8.0, min_history: int = 16, min_rel_spread: float = 0.02):
+        self.window, self.threshold, self.min_history, self.min_rel_spread = window, threshold, min_history, min_rel_spread
+        self.history: deque[float] = deque(maxlen=window)
+
+    def scan(self, losses: list[float], first_step: int) -> list[int]:
+        """Steps (global, from 1) among ``losses`` (steps ``first_step``, ``first_step + 1``, ...) that spiked."""
+        spikes = []
+        for offset, loss in enumerate(losses):
+            if not math.isfinite(loss):
+                continue  # the non-finite guard's business
+            if len(self.history) >= self.min_history:
+                median = statistics.median(self.history)
+                mad = statistics.median(abs(v - median) for v in self.history)
+                spread = max(1.4826 * mad, self.min_rel_spread * abs(median), 1e-12)
+                if (loss - median) / spread > self.threshold:
+                    spikes.append(first_step + offset)
+            self.history.append(loss)
+        return spikes
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.history = deque(saved.get("history", []), maxlen=self.window)
+
+
+class Guards:
+    """What the loop consults each step: the non-finite guard, the spike detector and the checkpoint clock.
+
+    Their state travels in ``state.guard_state`` through checkpoints, so a resumed run flags as the
+    uninterrupted one would."""
+
+    def __init__(
+        self, state: Any, checkpoint_every: tuple[int | None, float | None] = (None, None),
+        save: Any = lambda state: None,
+    ):
+        scaler_checks_grads = state.grad_scaler.is_enabled()
+        self.nonfinite = NonFiniteGuard(state.on_nonfinite, state.device, state.dist.world_size, scaler_checks_grads)
+        self.spikes = SpikeDetector()
+        saved = state.guard_state or {}
+        self.nonfinite.load_state_dict(saved.get("nonfinite", {}))
+        self.spikes.load_state_dict(saved.get("spikes", {}))
+        self.every_steps, self.every_s = checkpoint_every
+        self._save = save
+        self._last_save = time.monotonic()
+
+    @property
+    def skipping(self) -> bool:
+        return self.nonfinite.mode == "skip" and not self.nonfinite.scaler_checks_grads
+
+    def before_optimizer_step(self, state: Any, step_loss: torch.Tensor) -> bool:
+        """True when this step's update must be left out (skip mode); in stop mode may raise NonFiniteLoss."""
+        grads = [] if self.nonfinite.scaler_checks_grads else [
+            p.grad for p in state.model.parameters() if p.grad is not None]
+        total = self.nonfinite.total(step_loss, grads)
+        if self.nonfinite.mode == "skip":
+            return self.nonfinite.should_skip(state, total)
+        self.nonfinite.note(state, total)
+        return False
+
+    def check(self, state: Any) -> None:
+        self.nonfinite.check(state)
+
+    def checkpoint_due(self, state: Any) -> bool:
+        if self.every_steps is not None:
+            return state.step % self.every_steps == 0
+        if self.every_s is not None and time.monotonic() - self._last_save >= self.every_s:
+            return True
+        return False
+
+    def save(self, state: Any) -> None:
+        self.check(state)  # never write a checkpoint holding a diverged step
+        state.guard_state = self.state_dict()
+        self._save(state)
+        self._last_save = time.monotonic()
+
+    def epoch_end(self, state: Any, step_losses: list[torch.Tensor], step_units: list[int]) -> dict[str, Any]:
+        """The epoch record's guard fields; moves the epoch's per-step losses to the host (the loop syncs here
+        anyway) and divides each step's summed loss by its units there (no division kernel per step)."""
+        sums = torch.stack(step_losses).tolist() if step_losses else []
+        values = [total / max(1, units) for total, units in zip(sums, step_units)]
+        first_step = len(state.step_losses) + 1
+        state.step_losses.extend(values)
+        fields: dict[str, Any] = {"loss_spikes": self.spikes.scan(values, first_step)}
+        if self.nonfinite.mode == "skip":
+            fields["nonfinite_skipped_steps"] = self.nonfinite.skipped
+        return fields
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nonfinite": self.nonfinite.state_dict(), "spikes": self.spikes.state_dict()}

@@ -1,0 +1,128 @@
+"""Divergence is never silent: inf/NaN in the loss, the gradients or the inputs stops the run (or skips the step)."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import leantrain as lt
+from leantrain.errors import TrainingDiverged
+from leantrain.techniques import MixedPrecision, Technique
+from leantrain.train import checkpoint
+from tests.faults.helpers import cli, one_line_error, tiny_data, tiny_model
+
+pytestmark = pytest.mark.timeout(60)
+OPTIONS = {"epochs": 2, "batch_size": 16, "lr": 5e-3, "device": "cpu", "seed": 0}
+
+
+class PoisonGrads(Technique):
+    """Writes ``value`` into the first gradient after the backward of optimizer steps ``steps`` (1-based)."""
+
+    name = "poison-grads"
+
+    def __init__(self, steps, value=math.nan):
+        self.steps, self.value = set(steps), value
+
+    def after_micro_backward(self, state, micro_index):
+        if state.step + 1 in self.steps:
+            next(p for p in state.model.parameters() if p.grad is not None).grad.view(-1)[0] = self.value
+
+
+class PoisonedLoss(nn.Module):
+    """Wraps a model; its training forward ``calls`` (1-based) return logits times ``factor`` (NaN, or a spike)."""
+
+    def __init__(self, model, calls, factor=math.nan):
+        super().__init__()
+        self.model, self.calls, self.factor, self.count = model, set(calls), factor, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.count += 1
+            if self.count in self.calls:
+                return out * self.factor
+        return out
+
+
+def test_a_diverging_lr_stops_with_one_line_naming_step_and_epoch_and_exit_3(tmp_path):
+    result = cli("train", "--model", "mlp", "--data", "healthcare-sim:n=600", "--optimizer", "sgd",
+                           "--lr", "1e6", "--epochs", "2", "--out", str(tmp_path), "--quiet")
+    assert result.returncode == 3
+    line = one_line_error(result.stderr)
+    assert "non-finite" in line and "at step" in line and "(epoch 1)" in line
+    assert not list(tmp_path.glob("*.json"))  # no NaN record written
+
+
+def test_nan_in_the_gradients_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"at step 8 \(epoch 1\).*last good checkpoint is kept"):
+        lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({8})], checkpoint_dir=tmp_path,
+               checkpoint_every="3", **OPTIONS)
+    saved = checkpoint.load(checkpoint.find(tmp_path))
+    assert saved["step"] == 6 and all(torch.isfinite(t).all() for t in saved["model"].values())
+    resumed = lt.fit(tiny_model(), tiny_data(), checkpoint_dir=tmp_path, checkpoint_every="3", resume=True, **OPTIONS)
+    assert math.isfinite(resumed["epochs"][-1]["train_loss"])  # the kept checkpoint is good: training goes on
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_inf_or_nan_gradients_are_caught_before_the_step(value):
+    model = tiny_model()
+    with pytest.raises(TrainingDiverged, match=r"at step 3 \(epoch 1\)"):
+        lt.fit(model, tiny_data(), techniques=[PoisonGrads({3}, value)], **OPTIONS)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # caught before the update, on one CPU process
+
+
+def test_a_nan_loss_stops_the_run():
+    with pytest.raises(TrainingDiverged, match=r"at step 4 \(epoch 1\)"):
+        lt.fit(PoisonedLoss(tiny_model(), {4}), tiny_data(), **OPTIONS)
+
+
+def test_nan_in_the_input_data_stops_the_run():
+    data = tiny_data()
+    data.x_train[37, 3] = math.nan
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        lt.fit(tiny_model(), data, **{**OPTIONS, "epochs": 1})
+
+
+def test_skip_mode_leaves_bad_steps_out_and_counts_them():
+    model = tiny_model()
+    record = lt.fit(model, tiny_data(), techniques=[PoisonGrads({3, 25})], on_nonfinite="skip", **OPTIONS)
+    assert [e["nonfinite_skipped_steps"] for e in record["epochs"]] == [1, 2]  # cumulative, like skipped_steps
+    assert all(math.isfinite(e["train_loss"]) for e in record["epochs"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fp16_overflow_is_the_scalers_to_skip_and_count_not_the_guards():
+    record = lt.fit(tiny_model(), tiny_data(), techniques=[MixedPrecision("fp16"), PoisonGrads({3}, math.inf)],
+                    on_nonfinite="skip", **OPTIONS)
+    last = record["epochs"][-1]
+    assert last["skipped_steps"] >= 1 and last["nonfinite_skipped_steps"] == 0  # counted once, by the scaler
+    # In stop mode too, an overflowing fp16 step is routine (the scale comes down), not divergence.
+    record = lt.fit(tiny_model(), tiny_data(), techniques=[MixedPrecision("fp16"), PoisonGrads({3}, math.inf)], **OPTIONS)
+    assert record["epochs"][-1]["skipped_steps"] >= 1
+
+
+def test_a_nan_loss_under_fp16_still_stops():
+    with pytest.raises(TrainingDiverged, match=r"at step 2 "):
+        lt.fit(PoisonedLoss(tiny_model(), {2}), tiny_data(), techniques=[MixedPrecision("fp16")], **OPTIONS)
+
+
+def test_a_loss_spike_is_flagged_in_the_epoch_record():
+    record = lt.fit(PoisonedLoss(tiny_model(), {30}, factor=40.0), tiny_data(), **OPTIONS)
+    assert record["epochs"][0]["loss_spikes"] == [] and record["epochs"][1]["loss_spikes"] == [30]
+
+
+def test_the_default_experiments_cases_raise_no_spike(tmp_path):
+    """The default experiment's three cases with the baseline recipe (batch 64: enough steps for the rolling
+    window; the lean recipe's batches of 2048 give too few), on reduced data: a clean run must not cry wolf."""
+    from leantrain.experiments.runner import load_experiment
+    from leantrain.train.run import execute
+
+    experiment = load_experiment(Path(__file__).resolve().parents[2] / "experiments" / "default.toml")
+    runs = [r for r in experiment.runs if r.recipe == experiment.baseline]
+    assert len(runs) == 3
+    for planned in runs:
+        config = planned.config.replace(data=f"{planned.config.data}:n=2000", epochs=2)
+        record = execute(config, out_dir=tmp_path, quiet=True)
+        assert sum(e["train_steps"] for e in record["epochs"]) > 40
+        assert all(e["loss_spikes"] == [] for e in record["epochs"]), config.data
