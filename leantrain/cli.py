@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     for option in config_options():
         flag = "--run-name" if option.name == "name" else option.flag
         parse = _parse_bool if option.base_type is bool else option.base_type
-        train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help)
+        bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}  # --save-model: true
+        train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help,
+                           **bare)
     train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -115,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
     report.add_argument("dir", type=Path)
     report.set_defaults(handler=_report)
+
+    from leantrain.inference.commands import add_commands
+
+    add_commands(commands)  # evaluate, predict
 
     listing = commands.add_parser("list", help="registered models, data sets and techniques")
     listing.set_defaults(handler=_list)

@@ -71,6 +71,8 @@ class RunConfig:
                                      "the step and count it", NONFINITE)
     checkpoint_every: str | None = _opt(None, "also checkpoint mid-epoch every N optimizer steps (\"200\"), or every "
                                               "N seconds (\"300s\"); none: at epoch ends only")
+    save_model: bool = _opt(False, "write <out>/<run>.model.pt at the end: weights, model and data specs, "
+                                   "vocabulary (for leantrain evaluate / predict)")
     # The registered techniques' keys -> values (precision, grad_clip, ...); read them as attributes.
     technique_options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 

@@ -1,4 +1,4 @@
-"""Imports flow one way: cli -> experiments -> (train, tuning) -> config -> (techniques, models, data, parallel) ->
+"""Imports flow one way: cli -> experiments -> (train, tuning, inference) -> config -> (techniques, models, data, parallel) ->
 shared basics. Every import counts, including those inside functions and under TYPE_CHECKING."""
 import ast
 from pathlib import Path
@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).parents[1] / "leantrain"
 RANKS = {  # a module may import modules of its own rank or lower
     "leantrain": 7, "leantrain.__main__": 7, "leantrain.cli": 6, "leantrain.experiments": 5, "leantrain.train": 4,
     "leantrain.tuning": 4,  # run.py resolves auto settings with it; it times steps with train's meters and optimizer
+    "leantrain.inference": 4,  # a trained model in use (saved files, evaluate, predict): beside train
     "leantrain.config": 3, "leantrain.techniques": 2, "leantrain.models": 2, "leantrain.data": 2, "leantrain.parallel": 2,
     "leantrain.tasks": 1, "leantrain.options": 1, "leantrain.registry": 1, "leantrain.errors": 0, "leantrain.fileio": 0,
     "leantrain.naming": 0,

@@ -160,17 +160,22 @@ VOCAB = ["<pad>", "<bos>", "<eos>", *ALPHABET]
 
 
 class CharTokenizer:
-    """One id per character; 0 pads, 1 and 2 start and end a target."""
+    """One id per character; 0 pads, 1 and 2 start and end a target. ``vocab``: a saved model's own list."""
 
-    def __init__(self) -> None:
+    def __init__(self, vocab: list[str] | None = None) -> None:
+        self.vocab = list(vocab or VOCAB)
         self.lookup = np.full(256, -1, dtype=np.int64)
         self.lookup[0] = PAD  # the padding byte written by ``encode``
-        for i, ch in enumerate(VOCAB[3:], start=3):
+        for i, ch in enumerate(self.vocab[3:], start=3):
             self.lookup[ord(ch)] = i
 
     @property
     def vocab_size(self) -> int:
-        return len(VOCAB)
+        return len(self.vocab)
+
+    @property
+    def alphabet(self) -> str:
+        return "".join(self.vocab[3:])
 
     def encode(self, texts: list[str], length: int, *, bos_eos: bool = False) -> Tensor:
         """(N, length) ids, padded with 0; with ``bos_eos`` each row is BOS, the text, EOS (length + 2 wide)."""
@@ -190,7 +195,7 @@ class CharTokenizer:
             if i == EOS:
                 break
             if i > EOS:
-                chars.append(VOCAB[i])
+                chars.append(self.vocab[i])
         return "".join(chars)
 
 

@@ -6,7 +6,9 @@ the target embedding, runs an LSTM step, and projects to the vocabulary.
 Training is teacher-forced: ``model(src, tgt_in)`` -> logits (N, T, vocab). With ``decode=True`` it also
 returns a greedy decode of T tokens, batched, with the encoder run once and the decoder advanced one
 step at a time carrying its (h, c) state: for an LSTM that state is the whole cache. The source half of
-the attention score is also computed once per sequence, not once per step.
+the attention score is also computed once per sequence, not once per step. ``decode_cache = False`` (the
+``decode_cache`` technique, the seed's "no KV caching" arm) decodes by re-running the whole model on the prefix
+instead (``models/decoding.py``); the tokens are the same.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 
 from leantrain.data.dataset import Dataset
 from leantrain.models.common import info_int, require_task, token_length
+from leantrain.models.decoding import greedy_by_recompute
 from leantrain.models.registry import MODELS
 
 State = list[tuple[torch.Tensor, torch.Tensor]]  # (h, c) per decoder layer
@@ -45,6 +48,7 @@ class Seq2Seq(nn.Module):
         self.fc = nn.Linear(hidden, vocab_size)
         # No run of identical tensor -> tensor blocks (the decoder is a loop over time): nothing to checkpoint.
         self.blocks = nn.ModuleList()
+        self.decode_cache = True  # False: decode by recomputing the prefix each step (same tokens, slower)
 
     def encode(self, src: torch.Tensor) -> tuple[Memory, State]:
         states, (h_n, c_n) = self.encoder(self.src_embedding(src))
@@ -85,27 +89,43 @@ class Seq2Seq(nn.Module):
         teacher_forced = torch.stack(logits, dim=1)
         if not decode:
             return teacher_forced
+        if not self.decode_cache:
+            return teacher_forced, self._recompute(src, tgt_in[:, 0], tgt_in.shape[1], early_exit=False)
         return teacher_forced, self.greedy(memory, first_state, tgt_in[:, 0], tgt_in.shape[1])
 
     def greedy(
-        self, memory: Memory, state: State, bos: torch.Tensor, steps: int
+        self, memory: Memory, state: State, bos: torch.Tensor, steps: int, early_exit: bool = False
     ) -> torch.Tensor:
         """Greedy decode of ``steps`` tokens after ``bos``; positions after a sequence's EOS hold pad.
 
-        No early exit: stopping when every sequence has ended would need a host sync per step."""
+        ``early_exit`` stops once every sequence has ended (fewer columns): a host sync per step, so validation
+        (on any device) runs all steps, and CPU inference exits."""
         token, finished, out = bos, torch.zeros_like(bos, dtype=torch.bool), []
         for _ in range(steps):
             logits, state = self.step(token, state, memory)
             token = logits.argmax(dim=-1).masked_fill(finished, self.pad_index)
             finished = finished | (token == self.eos_index)
             out.append(token)
+            if early_exit and bool(finished.all()):
+                break
         return torch.stack(out, dim=1)
 
+    def _recompute(self, src: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool) -> torch.Tensor:
+        return greedy_by_recompute(lambda s, p: cast(torch.Tensor, self(s, p)), src, bos, steps,
+                                   pad_index=self.pad_index, eos_index=self.eos_index, early_exit=early_exit)
+
     @torch.no_grad()
-    def generate(self, src: torch.Tensor, bos_index: int = 1, steps: int | None = None) -> torch.Tensor:
-        memory, state = self.encode(src)
+    def generate(
+        self, src: torch.Tensor, bos_index: int = 1, steps: int | None = None, *, cache: bool | None = None,
+        early_exit: bool = False,
+    ) -> torch.Tensor:
+        """Greedy tokens after BOS for a batch of sources; ``cache`` None follows ``self.decode_cache``."""
         bos = torch.full((src.shape[0],), bos_index, dtype=torch.long, device=src.device)
-        return self.greedy(memory, state, bos, steps or self.tgt_len - 1)
+        steps = steps or self.tgt_len - 1
+        if not (self.decode_cache if cache is None else cache):
+            return self._recompute(src, bos, steps, early_exit)
+        memory, state = self.encode(src)
+        return self.greedy(memory, state, bos, steps, early_exit)
 
     def flops_per_sample(self) -> float:
         """Forward FLOPs per target token (the task's unit): one decoder step, plus the encoder's work

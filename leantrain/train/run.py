@@ -19,6 +19,8 @@ from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.fileio import write_json
+from leantrain.inference.model_file import SUFFIX as MODEL_SUFFIX
+from leantrain.inference.model_file import save_model
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
@@ -197,6 +199,11 @@ def _train_and_record(
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
+    if out_dir and ckpt_path and config.save_model and dist.is_main:  # each ensemble member saves its own model
+        record["run"]["model_file"] = save_model(
+            out_dir / (ckpt_path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), state.model,
+            model_spec=member or config.model, data_spec=config.data, data=dataset,
+            record=f"{config.run_name}.json").name
     if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
     ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group

@@ -24,8 +24,9 @@ TINY = [
     ("gpt2-tiny:n_embd=32", "language-model"),
     ("gpt2:n_layer=2,n_head=2,n_embd=32", "language-model"),
     ("seq2seq:emb=8,hidden=16", "seq2seq"),
+    ("seq2seq-transformer:d_model=16,heads=2,ff=32,encoder_layers=1,decoder_layers=1", "seq2seq"),
 ]
-NO_BLOCKS = {"nbow", "seq2seq"}  # no run of identical tensor -> tensor blocks to checkpoint
+NO_BLOCKS = {"nbow", "seq2seq", "seq2seq-transformer"}  # no run of identical tensor -> tensor blocks to checkpoint
 
 
 def test_every_registered_model_has_a_tiny_case():
