@@ -50,8 +50,10 @@ def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, e
         return execute(RunConfig.from_dict(values), quiet=True)
     with tempfile.TemporaryDirectory() as out:
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
-        subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--parallel", "ddp", "--procs", str(procs),
-                        "--quiet", "--out", out], check=True, capture_output=True, text=True, env=env)
+        done = subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--parallel", "ddp", "--procs",
+                               str(procs), "--quiet", "--out", out], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            sys.exit(f"{procs} procs failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         (path,) = Path(out).glob("*.json")
         return json.loads(path.read_text())
 
