@@ -19,14 +19,14 @@ from torch import nn
 
 from leantrain.data.dataset import Dataset
 from leantrain.models.common import info_int, require_task, token_length
-from leantrain.models.decoding import greedy_by_recompute
+from leantrain.models.decoding import GreedyDecoding, greedy_loop
 from leantrain.models.registry import MODELS
 
 State = list[tuple[torch.Tensor, torch.Tensor]]  # (h, c) per decoder layer
 Memory = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # encoder states, their score half, source mask
 
 
-class Seq2Seq(nn.Module):
+class Seq2Seq(GreedyDecoding, nn.Module):
     def __init__(
         self, vocab_size: int, *, src_len: int, tgt_len: int, emb: int = 128, hidden: int = 256, num_layers: int = 1,
         pad_index: int = 0, eos_index: int = 2,
@@ -96,34 +96,18 @@ class Seq2Seq(nn.Module):
     def greedy(
         self, memory: Memory, state: State, bos: torch.Tensor, steps: int, early_exit: bool = False
     ) -> torch.Tensor:
-        """Greedy decode of ``steps`` tokens after ``bos``; positions after a sequence's EOS hold pad.
+        """Greedy decode of ``steps`` tokens after ``bos``, carrying the decoder's (h, c) state: for an LSTM that
+        state is the whole cache. Positions after a sequence's EOS hold pad. ``early_exit``: see greedy_loop."""
+        carried = [state]
 
-        ``early_exit`` stops once every sequence has ended (fewer columns): a host sync per step, so validation
-        (on any device) runs all steps, and CPU inference exits."""
-        token, finished, out = bos, torch.zeros_like(bos, dtype=torch.bool), []
-        for _ in range(steps):
-            logits, state = self.step(token, state, memory)
-            token = logits.argmax(dim=-1).masked_fill(finished, self.pad_index)
-            finished = finished | (token == self.eos_index)
-            out.append(token)
-            if early_exit and bool(finished.all()):
-                break
-        return torch.stack(out, dim=1)
+        def next_logits(token: torch.Tensor, t: int) -> torch.Tensor:
+            logits, carried[0] = self.step(token, carried[0], memory)
+            return logits
 
-    def _recompute(self, src: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool) -> torch.Tensor:
-        return greedy_by_recompute(lambda s, p: cast(torch.Tensor, self(s, p)), src, bos, steps,
-                                   pad_index=self.pad_index, eos_index=self.eos_index, early_exit=early_exit)
+        return greedy_loop(next_logits, bos, steps, pad_index=self.pad_index, eos_index=self.eos_index,
+                           early_exit=early_exit)
 
-    @torch.no_grad()
-    def generate(
-        self, src: torch.Tensor, bos_index: int = 1, steps: int | None = None, *, cache: bool | None = None,
-        early_exit: bool = False,
-    ) -> torch.Tensor:
-        """Greedy tokens after BOS for a batch of sources; ``cache`` None follows ``self.decode_cache``."""
-        bos = torch.full((src.shape[0],), bos_index, dtype=torch.long, device=src.device)
-        steps = steps or self.tgt_len - 1
-        if not (self.decode_cache if cache is None else cache):
-            return self._recompute(src, bos, steps, early_exit)
+    def _decode_cached(self, src: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool) -> torch.Tensor:
         memory, state = self.encode(src)
         return self.greedy(memory, state, bos, steps, early_exit)
 

@@ -19,7 +19,7 @@ from torch import nn
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.models.common import info_int, require_task, token_length
-from leantrain.models.decoding import greedy_by_recompute
+from leantrain.models.decoding import GreedyDecoding, greedy_loop
 from leantrain.models.registry import MODELS
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: (N, heads, L, head_dim)
@@ -87,7 +87,7 @@ class DecoderBlock(nn.Module):
         return x + self.drop(self.mlp(self.norm3(x))), (k, v)
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(GreedyDecoding, nn.Module):
     def __init__(
         self, vocab_size: int, *, src_len: int, tgt_len: int, d_model: int = 256, heads: int = 8,
         encoder_layers: int = 3, decoder_layers: int = 3, ff: int = 512, dropout: float = 0.0,
@@ -151,31 +151,16 @@ class Seq2SeqTransformer(nn.Module):
         self, memory_kv: list[KV], mask: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool = False
     ) -> torch.Tensor:
         """Greedy decode of ``steps`` tokens after ``bos`` with the key/value cache; pad after a sequence's EOS."""
-        token, finished, out = bos, torch.zeros_like(bos, dtype=torch.bool), []
-        caches: list[KV] | None = None
-        for t in range(steps):
-            logits, caches = self._decode(token[:, None], t, memory_kv, mask, caches, None)
-            token = logits[:, -1].argmax(dim=-1).masked_fill(finished, self.pad_index)
-            finished = finished | (token == self.eos_index)
-            out.append(token)
-            if early_exit and bool(finished.all()):
-                break
-        return torch.stack(out, dim=1)
+        caches: list[list[KV] | None] = [None]
 
-    def _recompute(self, src: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool) -> torch.Tensor:
-        return greedy_by_recompute(lambda s, p: cast(torch.Tensor, self(s, p)), src, bos, steps,
-                                   pad_index=self.pad_index, eos_index=self.eos_index, early_exit=early_exit)
+        def next_logits(token: torch.Tensor, t: int) -> torch.Tensor:
+            logits, caches[0] = self._decode(token[:, None], t, memory_kv, mask, caches[0], None)
+            return logits[:, -1]
 
-    @torch.no_grad()
-    def generate(
-        self, src: torch.Tensor, bos_index: int = 1, steps: int | None = None, *, cache: bool | None = None,
-        early_exit: bool = False,
-    ) -> torch.Tensor:
-        """Greedy tokens after BOS for a batch of sources; ``cache`` None follows ``self.decode_cache``."""
-        bos = torch.full((src.shape[0],), bos_index, dtype=torch.long, device=src.device)
-        steps = steps or self.tgt_len - 1
-        if not (self.decode_cache if cache is None else cache):
-            return self._recompute(src, bos, steps, early_exit)
+        return greedy_loop(next_logits, bos, steps, pad_index=self.pad_index, eos_index=self.eos_index,
+                           early_exit=early_exit)
+
+    def _decode_cached(self, src: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool) -> torch.Tensor:
         memory_kv, mask = self.encode(src)
         return self.greedy(memory_kv, mask, bos, steps, early_exit)
 
