@@ -89,7 +89,8 @@ def test_the_choice_is_cached_and_measured_again_when_cpu_torch_or_model_shape_c
     fake.precision = {"fp32": (10.0, 1.0), "bf16": (40.0, 1.0)}  # e.g. an AVX2 CPU: bf16 emulated
     monkeypatch.setattr(machine, "cpu_name", lambda: "AMD EPYC (AVX2 only)")
     assert _resolve(config, data, fake).config.precision == "fp32"
-    monkeypatch.setattr(machine, "cpu_capability", lambda: "AVX2")
+    other = "AVX512" if machine.cpu_capability() == "AVX2" else "AVX2"  # a capability this CPU does not report
+    monkeypatch.setattr(machine, "cpu_capability", lambda: other)
     _resolve(config, data, fake)
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     _resolve(config, data, fake)
