@@ -9,6 +9,7 @@ a validated RunConfig.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +22,27 @@ from leantrain.techniques import registry as techniques
 
 LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
-PARALLELS = ("none", "ddp", "mpi", "ensemble")
+PARALLELS = ("none", "ddp", "mpi", "fsdp", "pipeline", "ensemble")  # and hybrids dpAxppB (e.g. dp2xpp2)
+PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("auto", "gloo", "nccl")
 NONFINITE = ("stop", "skip")
 MAX_SEED = 2**32 - 1  # the data generators and per-rank seeds (seed * 100_003 + rank) must fit torch's 64 bits
+
+
+def parallel_mode(parallel: str) -> str:
+    """The mode a ``parallel`` value names: ``dp2xpp2`` is a hybrid, the rest name themselves."""
+    return "hybrid" if _hybrid_match(parallel) else parallel
+
+
+def hybrid_shape(parallel: str) -> tuple[int, int]:
+    """(data-parallel replicas, pipeline stages) of a ``dpAxppB`` value."""
+    match = _hybrid_match(parallel)
+    assert match, parallel
+    return int(match.group(1)), int(match.group(2))
+
+
+def _hybrid_match(parallel: str) -> re.Match[str] | None:
+    return re.fullmatch(r"dp([1-9][0-9]*)xpp([2-9]|[1-9][0-9]+)", str(parallel))
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -51,9 +69,14 @@ class RunConfig:
     parallel: str = _opt(
         "none", "none (one process); ddp: DistributedDataParallel over the launched processes; mpi: seed 003's "
         "flat-buffer gradient Allreduce over mpi4py (mpirun); ensemble: a different model per worker, predictions "
-        "combined; batch_size is per worker",
-        PARALLELS,
+        "combined; fsdp: parameters, gradients and optimizer state sharded per block (FSDP2); pipeline: the "
+        "model's blocks split into one stage per worker; dpAxppB (e.g. dp2xpp2): A data-parallel replicas of a "
+        "B-stage pipeline; batch_size is per worker (per pipeline replica under pipeline and dpAxppB)",
     )
+    microbatches: int = _opt(4, "pipeline, dpAxppB: micro-batches each batch is cut into (batch_size must be a "
+                                "multiple)")
+    schedule_pp: str = _opt("1f1b", "pipeline, dpAxppB: the pipeline schedule (torch.distributed.pipelining)",
+                            PIPELINE_SCHEDULES)
     procs: str | int | None = _opt(None, "launch this many local worker processes (torch.distributed.run, or mpirun "
                                          "for mpi); auto (ddp): time 1 process x all cores against 1 process per "
                                          "core, same global batch, and take the faster; none: as launched, or one")
@@ -173,8 +196,9 @@ class RunConfig:
         if not self.dist_timeout > 0:
             raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         self._validate_techniques(where)
+        self._validate_parallel(where)
         try:
-            techniques.check_parallel_mode(techniques.from_config(self), self.parallel)
+            techniques.check_parallel_mode(techniques.from_config(self), parallel_mode(self.parallel))
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
         for f in _core_fields():
@@ -191,6 +215,32 @@ class RunConfig:
         check_spec(MODELS, self.model, "data")
         self._validate_members(where)
         return self
+
+    def _validate_parallel(self, where: str) -> None:
+        mode = parallel_mode(self.parallel)
+        if mode not in PARALLELS + ("hybrid",):
+            raise UsageError(f"{where}: parallel {self.parallel!r} is not one of: {', '.join(PARALLELS)}, "
+                             "or dpAxppB (A data-parallel replicas x B pipeline stages, e.g. dp2xpp2)")
+        if self.microbatches <= 0:
+            raise UsageError(f"{where}: microbatches must be a positive integer, got {self.microbatches}")
+        if mode in ("pipeline", "hybrid"):
+            if self.batch_size % self.microbatches:
+                raise UsageError(f"{where}: batch_size {self.batch_size} is not a multiple of microbatches "
+                                 f"{self.microbatches}; each micro-batch must be the same size")
+            if mode == "pipeline" and isinstance(self.procs, int) and self.procs < 2:
+                raise UsageError(f"{where}: a pipeline needs at least 2 stages: procs {self.procs}")
+            stages = hybrid_shape(self.parallel)[1] if mode == "hybrid" else self.procs
+            if self.schedule_pp == "1f1b" and isinstance(stages, int) and self.microbatches < stages:
+                raise UsageError(f"{where}: schedule 1f1b needs at least one micro-batch per stage: microbatches "
+                                 f"{self.microbatches} < {stages} stages; raise microbatches or use gpipe")
+        if mode == "hybrid":
+            dp, pp = hybrid_shape(self.parallel)
+            if isinstance(self.procs, int) and self.procs != dp * pp:
+                raise UsageError(f"{where}: parallel {self.parallel} is {dp} x {pp} = {dp * pp} processes, "
+                                 f"but procs is {self.procs}")
+        if mode in ("fsdp", "pipeline", "hybrid") and self.technique_options.get("precision") == "fp16":
+            raise UsageError(f"{where}: precision fp16 with parallel {self.parallel}: the loss scaler would decide "
+                             "on each shard or stage alone; use bf16")
 
     def _validate_checkpoint_every(self, where: str) -> None:
         text = str(self.checkpoint_every).strip()

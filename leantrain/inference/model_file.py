@@ -52,14 +52,15 @@ def _plain(info: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def save_model(path: Path, model: nn.Module, *, model_spec: str, data_spec: str, data: Dataset,
+def save_model(path: Path, model: nn.Module | dict[str, Any], *, model_spec: str, data_spec: str, data: Dataset,
                record: str | None = None) -> Path:
     payload = {
         "format": FORMAT, "version": VERSION, "model_spec": model_spec, "data_spec": data_spec, "record": record,
         "task": data.task, "num_classes": data.num_classes, "info": _plain(data.info),
         "x_shape": list(data.x_train.shape[1:]), "x_dtype": str(data.x_train.dtype).removeprefix("torch."),
         "y_shape": list(data.y_train.shape[1:]), "y_dtype": str(data.y_train.dtype).removeprefix("torch."),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # A module, or its (gathered) state dict: a sharded or staged model's whole weights.
+        "state_dict": {k: v.detach().cpu() for k, v in (model if isinstance(model, dict) else model.state_dict()).items()},
     }
     with atomic_path(path) as tmp:  # a crash never leaves half a model file under the final name
         torch.save(payload, tmp)

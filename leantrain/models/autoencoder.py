@@ -40,6 +40,10 @@ class ConvAutoencoder(nn.Module):
             x = block(x)
         return x
 
+    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
+        return nn.Identity(), self.blocks, nn.Identity()
+
     def flops_per_sample(self) -> float:
         return self._flops
 

@@ -36,6 +36,10 @@ class CNN(nn.Module):
             x = block(x)
         return self.head(x)
 
+    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
+        return nn.Identity(), self.blocks, self.head
+
     def flops_per_sample(self) -> float:
         return self._flops
 

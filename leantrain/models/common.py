@@ -69,19 +69,25 @@ def layer_flops(model: nn.Module, sample_shape: tuple[int, ...]) -> float:
     the weights, so it is free for a large model and works on one built on the meta device to be sharded.
     It runs in eval mode, so batch norm accepts a batch of one.
     """
-    total = 0.0
+    return sum(flops_by_layer(model, sample_shape).values())
+
+
+def flops_by_layer(model: nn.Module, sample_shape: tuple[int, ...]) -> dict[nn.Module, float]:
+    """``layer_flops`` per conv/linear layer (the layers a forward pass runs; a layer run twice counts twice)."""
+    counts: dict[nn.Module, float] = {}
 
     def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
+        flops = 0.0
         if isinstance(module, nn.Linear):
-            total += 2.0 * module.in_features * output.numel()
+            flops = 2.0 * module.in_features * output.numel()
         elif isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            total += 2.0 * output.numel() * (module.in_channels // module.groups) * kh * kw
+            flops = 2.0 * output.numel() * (module.in_channels // module.groups) * kh * kw
         elif isinstance(module, nn.ConvTranspose2d):
             # Every input element scatters into kh*kw*out_channels outputs.
             kh, kw = module.kernel_size
-            total += 2.0 * inputs[0].numel() * (module.out_channels // module.groups) * kh * kw
+            flops = 2.0 * inputs[0].numel() * (module.out_channels // module.groups) * kh * kw
+        counts[module] = counts.get(module, 0.0) + flops
 
     layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
@@ -96,4 +102,4 @@ def layer_flops(model: nn.Module, sample_shape: tuple[int, ...]) -> float:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total
+    return counts

@@ -30,6 +30,10 @@ class MLP(nn.Module):
             x = block(x)
         return self.head(x)
 
+    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
+        return nn.Flatten(), self.blocks, self.head
+
     def linear_layers(self) -> list[nn.Linear]:
         """The chain of linear layers, input to output (for resizing the hidden width: complexity matching)."""
         return [cast(nn.Linear, cast(nn.Sequential, block)[0]) for block in self.blocks] + [self.head]

@@ -5,6 +5,9 @@ Conventions every registered model keeps, so techniques and metrics work on all 
   training costs about three times that (forward + backward).
 - repeated blocks live in ``self.blocks`` (an ``nn.ModuleList``) and ``forward`` runs them in order,
   so activation checkpointing can wrap them in segments.
+- a model that can be split into pipeline stages says how: ``pipeline_parts()`` returns (the module run
+  before the blocks, ``self.blocks``, the module run after them), so that ``forward(x)`` equals
+  ``after(blocks[-1](...blocks[0](before(x))))``; ``--parallel pipeline`` refuses a model without it.
 """
 from leantrain.registry import Registry
 

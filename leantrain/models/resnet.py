@@ -80,6 +80,10 @@ class ResNet(nn.Module):
             x = block(x)
         return self.head(x)
 
+    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
+        return self.stem, self.blocks, self.head
+
     def flops_per_sample(self) -> float:
         return self._flops
 

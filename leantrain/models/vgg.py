@@ -52,6 +52,10 @@ class VGG(nn.Module):
             x = block(x)
         return self.head(self.pool(x))
 
+    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+        """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
+        return nn.Identity(), self.blocks, nn.Sequential(self.pool, self.head)
+
     def flops_per_sample(self) -> float:
         return self._flops
 

@@ -3,6 +3,9 @@
 On one process every method returns at once without touching torch.distributed, so single-process
 runs pay nothing. Collectives here are for bookkeeping (metric sums once per epoch, a flag, an object);
 gradients are averaged by the parallel wrapper (DDP), never here.
+
+A ``Dist`` may span a sub-group of the world (``within``): the data-parallel replicas of a pipeline stage
+sum their metrics among themselves, while flags, memory figures and random states go over the whole world.
 """
 from __future__ import annotations
 
@@ -28,18 +31,28 @@ class Dist:
     world: World = field(default_factory=lambda: World("none"))
     backend: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collective tensors live
+    group: Any = None  # a torch.distributed ProcessGroup: these ranks only; None: the whole world
 
     @property
     def rank(self) -> int:
-        return self.world.rank
+        return self.world.rank if self.group is None else torch_dist.get_rank(self.group)
 
     @property
     def world_size(self) -> int:
-        return self.world.world_size
+        return self.world.world_size if self.group is None else torch_dist.get_world_size(self.group)
 
     @property
     def is_main(self) -> bool:
+        """Rank 0 of the whole world (of a sub-group too): the one process that writes files and prints."""
         return self.world.rank == 0
+
+    def global_rank(self, group_rank: int) -> int:
+        """The world rank of this group's rank ``group_rank``."""
+        return group_rank if self.group is None else torch_dist.get_global_rank(self.group, group_rank)
+
+    def within(self, group: Any) -> Dist:
+        """The same world, with collectives over ``group`` (a sub-group this rank belongs to)."""
+        return Dist(self.world, self.backend, self.device, group)
 
     @property
     def active(self) -> bool:
@@ -56,13 +69,13 @@ class Dist:
         if not self.active:
             return [float(v) for v in values]
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        torch_dist.all_reduce(tensor, op=op)
+        torch_dist.all_reduce(tensor, op=op, group=self.group)
         return tensor.tolist()
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place sum over ranks of a tensor already on ``device``."""
         if self.active:
-            torch_dist.all_reduce(tensor)
+            torch_dist.all_reduce(tensor, group=self.group)
         return tensor
 
     def gather(self, value: Any) -> list[Any]:
@@ -70,20 +83,20 @@ class Dist:
         if not self.active:
             return [value]
         out: list[Any] = [None] * self.world_size
-        torch_dist.all_gather_object(out, value)
+        torch_dist.all_gather_object(out, value, group=self.group)
         return out
 
     def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
+        """Rank 0's (of this group) ``value`` on every rank."""
         if not self.active:
             return value
         box = [value]
-        torch_dist.broadcast_object_list(box, src=0)
+        torch_dist.broadcast_object_list(box, src=self.global_rank(0), group=self.group)
         return box[0]
 
     def barrier(self) -> None:
         if self.active:
-            torch_dist.barrier()
+            torch_dist.barrier(group=self.group)
 
     def any(self, flag: bool) -> bool:
         """True on every rank when any rank says True: all ranks agree and stop together."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from leantrain.options import Option
-from leantrain.techniques.base import StepState, Technique
+from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
 from leantrain.techniques.registry import register
 
 
@@ -60,6 +60,8 @@ class Compile(Technique):
     summary = "torch.compile the forward pass; eager mode with a warning where it fails"
     options = (Option("compile", bool, False, "torch.compile the model (eager mode, with a warning, where it fails)"),)
     runs_after = ("complexity", "checkpointing", "ddp")  # compile the model as the others leave it (DDP: compile(DDP))
+    # A pipeline's schedule calls its stage module, not the loop's forward; FSDP + compile is untested here.
+    parallel_modes = frozenset(PARALLEL_MODES) - {"fsdp", "pipeline", "hybrid"}
 
     @classmethod
     def from_config(cls, config: Any) -> Compile | None:

@@ -157,7 +157,7 @@ class Guards:
     def before_optimizer_step(self, state: Any, step_loss: torch.Tensor) -> bool:
         """True when this step's update must be left out (skip mode); in stop mode may raise NonFiniteLoss."""
         grads = [] if self.nonfinite.scaler_checks_grads else [
-            p.grad for p in state.model.parameters() if p.grad is not None]
+            _local(p.grad) for p in state.model.parameters() if p.grad is not None]
         total = self.nonfinite.total(step_loss, grads)
         if self.nonfinite.mode == "skip":
             return self.nonfinite.should_skip(state, total)
@@ -194,3 +194,8 @@ class Guards:
 
     def state_dict(self) -> dict[str, Any]:
         return {"nonfinite": self.nonfinite.state_dict(), "spikes": self.spikes.state_dict()}
+
+
+def _local(grad: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP) gradient's own shard: each rank checks its part, and the ranks agree on the verdict."""
+    return grad.to_local() if hasattr(grad, "to_local") else grad  # DTensor

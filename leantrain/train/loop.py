@@ -159,8 +159,9 @@ def train_epoch(
     else:
         rate_time, rate_samples, rate_steps = end - start, session_samples, session_steps
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
+    # A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole.
     dist = state.dist
-    totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
+    totals = state.data_dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
     loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
     tokens = int(totals[4]) if tokens is not None else None
     time_s, rate_time = dist.max([time_s, rate_time])
@@ -193,10 +194,10 @@ def _loss_divisor(state: TrainState, step_units: int) -> float | int:
     """What each rank divides its summed loss by, so that the gradient (DDP averages it over ranks) is the
     mean over every unit of the step on all ranks. Ranks hold equal sample counts, so where a unit is a
     sample the local count serves; token counts differ between ranks and are summed (one small collective)."""
-    world = state.dist.world_size
+    world = state.data_dist.world_size
     if world == 1 or getattr(state.task, "units_are_samples", False):
         return step_units
-    return state.dist.sum([step_units])[0] / world
+    return state.data_dist.sum([step_units])[0] / world
 
 
 def _foreign_cores(dist: Dist, meter: ForeignCpuMeter) -> float | None:
@@ -211,9 +212,10 @@ def _foreign_cores(dist: Dist, meter: ForeignCpuMeter) -> float | None:
 
 
 def _with_rank_memory(dist: Dist, record: dict[str, Any]) -> dict[str, Any]:
-    if dist.active:
-        per_rank = [int(v) for v in dist.gather(record["peak_mem_bytes"])]
-        record["peak_mem_bytes"], record["peak_mem_bytes_per_rank"] = max(per_rank), per_rank
+    if dist.active:  # each rank's own: under FSDP or a pipeline, ranks hold different parts of the model
+        per_rank = [(int(a), int(b)) for a, b in dist.gather((record["peak_mem_bytes"], record["state_bytes"]))]
+        record["peak_mem_bytes"], record["peak_mem_bytes_per_rank"] = max(p for p, _ in per_rank), [p for p, _ in per_rank]
+        record["state_bytes_per_rank"] = [b for _, b in per_rank]
     return record
 
 
@@ -221,6 +223,9 @@ def _forward_backward(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int, meter: SavedTensorMeter | None
 ) -> torch.Tensor:
     """One micro-batch; returns its summed loss (detached). The gradient is of the per-unit mean over the step."""
+    if state.forward_backward is not None:
+        with meter.measure() if meter is not None else contextlib.nullcontext():
+            return state.forward_backward(x, y, loss_divisor)
     with meter.measure() if meter is not None else contextlib.nullcontext():
         with state.autocast():
             loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
@@ -235,7 +240,7 @@ def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: in
     On several ranks each evaluates its contiguous share and the sums are added up, so the loss and the
     metric are over all validation samples (not means of per-rank means)."""
     state.model.eval()
-    device, task, dist = state.device, state.task, state.dist
+    device, task, dist = state.device, state.task, state.data_dist
     forward = state.eval_forward or state.forward
     if dist.world_size > 1:
         share = math.ceil(len(x) / dist.world_size)

@@ -44,7 +44,7 @@ class SavedTensorMeter:
     """
 
     def __init__(self, exclude: list[torch.Tensor]):
-        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
+        self._excluded = {_local(t).untyped_storage().data_ptr() for t in exclude}
         self._live: dict[int, int] = {}  # storage pointer -> reference count
         self._bytes = 0
         self._recomputed: dict[int, tuple[StorageWeakRef, int]] = {}  # pointer -> (weak ref, bytes)
@@ -126,16 +126,22 @@ class _Held:
 
 
 def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of parameters, their gradients (one per parameter) and the optimizer's state tensors."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    opt = sum(
-        v.numel() * v.element_size()
-        for s in optimizer.state.values()
-        for v in s.values()
-        if torch.is_tensor(v)
-    )
+    """Bytes this process holds of parameters, their gradients (one per parameter) and the optimizer's state
+    tensors (a sharded tensor counts its local shard)."""
+    params = sum(_local_bytes(p) for p in model.parameters())
+    grads = sum(_local_bytes(p) for p in model.parameters() if p.requires_grad)
+    opt = sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
     return params + grads + opt
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    local = _local(tensor)
+    return local.numel() * local.element_size()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: a sharded DTensor's own shard, else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 NOISY_FOREIGN_CORES = 0.15  # other processes' CPU above this makes a timing suspect

@@ -14,7 +14,7 @@ from torch import nn
 
 from leantrain import data as data_sets
 from leantrain import models, tuning
-from leantrain.config import RunConfig, resolve_device
+from leantrain.config import RunConfig, hybrid_shape, parallel_mode, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
@@ -28,6 +28,7 @@ from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
 from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
+from leantrain.parallel.plan import ParallelPlan
 from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -129,7 +130,7 @@ def _execute(
     tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message,
                   own_model=ensemble)
     techniques = from_config(tuned.config) + given
-    check_parallel_mode(techniques, config.parallel)
+    check_parallel_mode(techniques, parallel_mode(config.parallel))
     if config.parallel in PARALLEL_WRAPS:
         techniques.append(PARALLEL_WRAPS[config.parallel]())
     if ensemble:
@@ -141,15 +142,35 @@ def _execute(
         ranks = dist
     techniques = in_hook_order(techniques)
     dry_forward(model, dataset, config)  # a model that does not fit the data fails before any file is written
+    # The layout over the ranks (FSDP shards, pipeline stages), before the optimizer sees the parameters;
+    # a model that cannot be laid out so fails here too, before any file is written.
+    plan = make_plan(config, dist)
+    model = plan.prepare(model.to(device), dataset)
     with run_files(out_dir if ranks.is_main else None, config.run_name, resume=resume, force=force):
         return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt_path, saved,
-                                 tuned, progress, member if ensemble else None, extra)
+                                 tuned, progress, member if ensemble else None, extra, plan)
+
+
+def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
+    """How this run lays the model out over its ranks (see leantrain/parallel/plan.py)."""
+    # Imported here: FSDP2 and pipelining need a newer torch than one-process runs do.
+    from leantrain.parallel.fsdp import FsdpPlan
+    from leantrain.parallel.pipeline import PipelinePlan
+
+    mode = parallel_mode(config.parallel)
+    if mode == "fsdp":
+        return FsdpPlan(dist)
+    if mode == "pipeline":
+        return PipelinePlan(dist, 1, dist.world_size, config.microbatches, config.schedule_pp)
+    if mode == "hybrid":
+        return PipelinePlan(dist, *hybrid_shape(config.parallel), config.microbatches, config.schedule_pp)
+    return ParallelPlan(dist)
 
 
 def _train_and_record(
     config: RunConfig, dist: Dist, ranks: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
     techniques: list[Technique], out_dir: Path | None, ckpt_path: Path | None, saved: dict[str, Any] | None,
-    tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any],
+    tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any], plan: ParallelPlan,
 ) -> dict[str, Any]:
     ensemble = member is not None
     dataset = dataset.to(device)
@@ -159,7 +180,8 @@ def _train_and_record(
         torch.manual_seed(config.seed * 100_003 + dist.rank)
 
     task = get_task(dataset.task)
-    batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset, dist)
+    batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset,
+                            plan.data_dist)
     state = TrainState(
         model=model,
         optimizer=make_optimizer(tuned.config, model),
@@ -169,8 +191,11 @@ def _train_and_record(
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
         dist=dist,
+        data_dist=plan.data_dist,
+        plan=plan,
         on_nonfinite=config.on_nonfinite,
     )
+    plan.attach(state)
     if saved:
         restore(state, techniques, saved, config)
 
@@ -192,6 +217,7 @@ def _train_and_record(
             "no checkpoint was written before it"
         raise NonFiniteLoss(f"{e}; {kept}") from None
 
+    extra = {**extra, **plan.record()}
     if tuned.record:
         extra = {**extra, "autotune": tuned.record}
     if ensemble:
@@ -199,11 +225,13 @@ def _train_and_record(
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
-    if out_dir and ckpt_path and config.save_model and dist.is_main:  # each ensemble member saves its own model
-        record["run"]["model_file"] = save_model(
-            out_dir / (ckpt_path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), state.model,
-            model_spec=member or config.model, data_spec=config.data, data=dataset,
-            record=f"{config.run_name}.json").name
+    if out_dir and ckpt_path and config.save_model:
+        weights = plan.model_state(state.model)  # every rank takes part: stages and shards are gathered
+        if dist.is_main:  # each ensemble member saves its own model
+            record["run"]["model_file"] = save_model(
+                out_dir / (ckpt_path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
+                model_spec=member or config.model, data_spec=config.data, data=dataset,
+                record=f"{config.run_name}.json").name
     if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
     ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
@@ -291,8 +319,8 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "step_losses": state.step_losses,
         "progress": state.progress.to_dict() if state.progress is not None else None,
         "guards": state.guard_state,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
+        "model": state.plan.model_state(state.model),  # the whole model, whatever the layout
+        "optimizer": state.plan.optimizer_state(state.model, state.optimizer),
         "techniques": {t.name: t.state_dict() for t in techniques},
         "technique_labels": _stateful_labels(techniques),
         "rng": checkpoint.rng_states(),
@@ -324,12 +352,12 @@ def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any
     for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
         technique.load_state_dict(saved["techniques"].get(technique.name, {}), state)
     try:
-        state.model.load_state_dict(saved["model"])
+        state.plan.load_model_state(state.model, saved["model"])
     except RuntimeError as e:  # another model's weights: say so in one line, not a page of shapes
         first = str(e).strip().splitlines()[0][:120]
         raise UsageError(f"the checkpoint holds weights of another model than {type(state.model).__name__} "
                          f"({first}); resume with the model it was written with") from None
-    state.optimizer.load_state_dict(saved["optimizer"])
+    state.plan.load_optimizer_state(state.model, state.optimizer, saved["optimizer"])
     state.epoch, state.step = saved["epoch"], saved["step"]
     state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
     state.records = list(saved["records"])

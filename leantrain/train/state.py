@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from leantrain.parallel.dist import Dist
+from leantrain.parallel.plan import ParallelPlan
 from leantrain.tasks import Task
 from leantrain.techniques.base import AutocastFactory, Forward, GradientSync
+
+
+class ForwardBackward(Protocol):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int) -> torch.Tensor: ...
 
 
 @dataclass
@@ -64,6 +69,14 @@ class TrainState:
     # Entered around every micro-batch's backward but the last of a step: DDP's no_sync skips the all-reduce.
     no_sync: AutocastFactory = contextlib.nullcontext
     dist: Dist = field(default_factory=Dist)
+    # The ranks that split each batch and sum the epoch's metrics: ``dist`` itself, except under a pipeline,
+    # whose stages see the same batches (its data-parallel replicas split them). None: ``dist``.
+    data_dist: Dist = None  # type: ignore[assignment]
+    # A parallel mode that runs forward and backward itself (pipeline schedules) sets this: (x, y, loss_divisor)
+    # -> the batch's summed loss, detached, as the loop's own forward/backward returns it.
+    forward_backward: ForwardBackward | None = None
+    # How the model is laid out over the ranks, and how its state is saved from that layout.
+    plan: ParallelPlan = None  # type: ignore[assignment]  # None: the whole model on every rank
     # Called after a step's last micro-batch backward: a wrap that averages gradients itself (MPI) does it here.
     sync_gradients: GradientSync = lambda: None
     autocast: AutocastFactory = contextlib.nullcontext
@@ -84,6 +97,10 @@ class TrainState:
     def __post_init__(self) -> None:
         if self.forward is None:
             self.forward = self.model
+        if self.data_dist is None:
+            self.data_dist = self.dist
+        if self.plan is None:
+            self.plan = ParallelPlan(self.dist)
 
     @property
     def total_steps(self) -> int:

@@ -41,7 +41,8 @@ def test_nccl_on_cpu_is_refused(capsys, tmp_path):
 
 
 def test_an_unknown_parallel_mode_lists_the_known_ones(capsys, tmp_path):
-    assert "invalid choice: 'zero3' (choose from 'none', 'ddp', 'mpi'" in _fails(capsys, tmp_path, "--parallel", "zero3")
+    assert "parallel 'zero3' is not one of: none, ddp, mpi, fsdp, pipeline, ensemble, or dpAxppB" in _fails(
+        capsys, tmp_path, "--parallel", "zero3")
 
 
 def test_more_procs_than_cores_warns_and_goes_on():

@@ -1,0 +1,52 @@
+"""How the model is laid out over the ranks, and how its training state is saved from that layout.
+
+Model preparation runs in one order (DESIGN §3): build the model -> the plan lays it out (FSDP shards it,
+pipeline keeps this rank's stage) -> the optimizer over what this rank holds -> the techniques at fit
+start (activation checkpointing, precision, the DDP wrap, compilation).
+
+Checkpoints always hold the *whole* model under the model's own parameter names, whatever the layout,
+so a checkpoint or model file from a 2-stage or 2-shard run loads into a one-process model and back.
+The optimizer's state is saved in the layout's own form (resuming needs the same world anyway: the
+batch order and per-rank random states depend on it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from leantrain.data.dataset import Dataset
+from leantrain.parallel.dist import Dist
+
+
+class ParallelPlan:
+    """Every rank holds the whole model (one process, DDP, MPI, an ensemble member): nothing to lay out."""
+
+    def __init__(self, dist: Dist):
+        self.dist = dist
+        self.data_dist = dist  # the ranks that split each batch between them (and sum their metrics)
+
+    def prepare(self, model: nn.Module, dataset: Dataset) -> nn.Module:
+        """The module this rank trains (the optimizer is built over its parameters)."""
+        return model
+
+    def attach(self, state: Any) -> None:
+        """Set the loop's hooks on the TrainState (a pipeline runs forward and backward itself)."""
+
+    def model_state(self, module: nn.Module) -> dict[str, Any]:
+        """The whole model's state dict (every rank calls it; complete on the main rank)."""
+        return module.state_dict()
+
+    def load_model_state(self, module: nn.Module, saved: dict[str, Any]) -> None:
+        module.load_state_dict(saved)
+
+    def optimizer_state(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> Any:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, module: nn.Module, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+        optimizer.load_state_dict(saved)
+
+    def record(self) -> dict[str, Any]:
+        """What the run record says about the layout."""
+        return {}
