@@ -82,6 +82,8 @@ def train_epoch(
     # A mid-epoch checkpoint's epoch continues where it stopped: same sums, same next batch.
     resumed, state.progress = state.progress or EpochProgress(), None
     loss_sum = resumed.loss_sum if resumed.loss_sum is not None else torch.zeros((), device=device)  # no host sync per step
+    # Training accuracy from the forward passes the step makes anyway: an argmax and a count, no extra pass.
+    correct_sum = resumed.correct_sum if resumed.correct_sum is not None else torch.zeros((), device=device)
     units, samples, steps, tokens = resumed.units, resumed.samples, resumed.steps, resumed.tokens
     activation_bytes, step_losses, drawn = resumed.activation_bytes, resumed.step_losses, resumed.micro_batches
     step_units_list = resumed.step_units
@@ -101,22 +103,24 @@ def train_epoch(
         step_units = sum(task.units(y) for _, y in step_batches)
         loss_divisor = _loss_divisor(state, step_units)
         last = len(step_batches) - 1
-        sum_before = loss_sum.clone() if guards.skipping else None
+        sums_before = (loss_sum.clone(), correct_sum.clone()) if guards.skipping else None
         step_loss = loss_sum  # replaced by micro-batch 0's loss below
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
-                loss = _forward_backward(state, x, y, loss_divisor, meter)
+                loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
             if index == last:
                 state.sync_gradients()
             loss_sum += loss
+            if correct is not None:
+                correct_sum += correct
             step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
             state.optimizer.zero_grad(set_to_none=True)
-            assert sum_before is not None
-            loss_sum = sum_before
+            assert sums_before is not None
+            loss_sum, correct_sum = sums_before
             step_units = 0
         else:
             state.grad_scaler.step(state.optimizer)
@@ -142,7 +146,7 @@ def train_epoch(
         bar.update(len(step_batches), step_samples)
         if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
             state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses, step_units_list,
-                                           resumed.elapsed_s + now(device) - start, activation_bytes)
+                                           resumed.elapsed_s + now(device) - start, activation_bytes, correct_sum)
             guards.save(state)
             state.progress = None
     end = now(device)
@@ -160,7 +164,7 @@ def train_epoch(
         rate_time, rate_samples, rate_steps = end - start, session_samples, session_steps
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
     dist = state.dist
-    totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
+    totals = dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0, correct_sum.item()])
     loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
     tokens = int(totals[4]) if tokens is not None else None
     time_s, rate_time = dist.max([time_s, rate_time])
@@ -182,6 +186,8 @@ def train_epoch(
         "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
         **guards.epoch_end(state, step_losses, step_units_list),
     }
+    if task.train_metric:
+        record[task.train_metric] = totals[5] / units if units else math.nan
     if device.type == "cuda":
         record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
@@ -219,13 +225,18 @@ def _with_rank_memory(dist: Dist, record: dict[str, Any]) -> dict[str, Any]:
 
 def _forward_backward(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int, meter: SavedTensorMeter | None
-) -> torch.Tensor:
-    """One micro-batch; returns its summed loss (detached). The gradient is of the per-unit mean over the step."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One micro-batch; returns its summed loss (detached) and its correct units (None where the task counts
+    none). The gradient is of the per-unit mean over the step."""
     with meter.measure() if meter is not None else contextlib.nullcontext():
         with state.autocast():
-            loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
+            output = state.task.forward(state.forward, x, y)
+            loss = state.task.loss_sum(output, y)
+        with torch.no_grad():
+            correct = state.task.correct(output, y)
+        del output  # not held through backward: a language model's logits are the largest activation
         state.grad_scaler.scale(loss / loss_divisor).backward()
-    return loss.detach()
+    return loss.detach(), correct
 
 
 @torch.no_grad()

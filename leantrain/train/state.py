@@ -27,6 +27,7 @@ class EpochProgress:
     step_units: list[int] = field(default_factory=list)  # what each step's loss is divided by, at the epoch's end
     elapsed_s: float = 0.0  # training time before the interruption (epoch time_s adds it)
     activation_bytes: int = 0
+    correct_sum: torch.Tensor | None = None  # the epoch's running count of correct training units (train_metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class EpochProgress:
             "step_losses": torch.stack(self.step_losses).cpu() if self.step_losses else None,
             "step_units": list(self.step_units), "elapsed_s": self.elapsed_s,
             "activation_bytes": self.activation_bytes,
+            "correct_sum": None if self.correct_sum is None else self.correct_sum.detach().cpu(),
         }
 
     @classmethod
@@ -45,6 +47,7 @@ class EpochProgress:
             None if loss_sum is None else loss_sum.to(device),
             list(losses.to(device).unbind()) if losses is not None else [], list(saved["step_units"]),
             saved["elapsed_s"], saved["activation_bytes"],
+            None if saved.get("correct_sum") is None else saved["correct_sum"].to(device),
         )
 
 
