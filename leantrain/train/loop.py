@@ -21,6 +21,7 @@ from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.base import Event, Technique, fire
 from leantrain.train.guards import Guards
+from leantrain.train.loggers import NO_LOG, StepLog
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
 from leantrain.train.state import EpochProgress, TrainState
@@ -37,11 +38,13 @@ def train(
     progress: Progress,
     on_epoch_saved: Callable[[TrainState], None] = lambda state: None,
     checkpoint_every: tuple[int | None, float | None] = (None, None),
+    log: StepLog = NO_LOG,
 ) -> None:
     """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``.
 
     ``on_epoch_saved`` writes a checkpoint: after each epoch, and mid-epoch every ``checkpoint_every``
-    (steps, seconds) with ``state.progress`` holding the unfinished epoch."""
+    (steps, seconds) with ``state.progress`` holding the unfinished epoch. ``log`` receives every step and epoch
+    (``--log``; see loggers.py)."""
     fire(techniques, Event.ON_FIT_START, state)
     guards = Guards(state, checkpoint_every, on_epoch_saved)
     first_epoch_of_process = True
@@ -52,7 +55,7 @@ def train(
         model_key = (id(state.model), sum(p.numel() for p in state.model.parameters()))
         measure = model_key != measured
         record = train_epoch(state, batches, techniques, progress, exclude_warmup=first_epoch_of_process,
-                             measure_activations=measure, guards=guards)
+                             measure_activations=measure, guards=guards, log=log)
         if measure:
             measured, activation_bytes = model_key, record["activation_bytes"]
         else:
@@ -62,6 +65,7 @@ def train(
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
         record.update(_overall_rates(record))
         fire(techniques, Event.ON_EPOCH_END, state, record)
+        log.end_epoch(record)
         state.records.append(record)
         state.epoch += 1
         progress.epoch_done(record, state.task.metric)
@@ -72,7 +76,7 @@ def train(
 
 def train_epoch(
     state: TrainState, batches: BatchSource, techniques: list[Technique], progress: Progress, exclude_warmup: bool,
-    measure_activations: bool = True, guards: Guards | None = None,
+    measure_activations: bool = True, guards: Guards | None = None, log: StepLog = NO_LOG,
 ) -> dict[str, Any]:
     state.model.train()
     device, task = state.device, state.task
@@ -91,6 +95,7 @@ def train_epoch(
     foreign_cpu = ForeignCpuMeter()
     bar = progress.epoch_bar(state.epoch, state.total_epochs, len(batches))
     start = now(device)
+    log.start_epoch()
     after_first_step = start
     first_step_samples = 0
     while True:
@@ -116,6 +121,9 @@ def train_epoch(
             step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
+        step_samples = sum(len(y) for _, y in step_batches)
+        step_tokens = [task.tokens(y) for _, y in step_batches]
+        log.step(state, step_loss, step_units, step_samples, sum(t or 0 for t in step_tokens) or None, len(step_batches))
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
             state.optimizer.zero_grad(set_to_none=True)
@@ -131,8 +139,6 @@ def train_epoch(
         step_losses.append(step_loss)
         step_units_list.append(step_units)
 
-        step_samples = sum(len(y) for _, y in step_batches)
-        step_tokens = [task.tokens(y) for _, y in step_batches]
         if step_tokens[0] is not None:
             tokens = (tokens or 0) + sum(t or 0 for t in step_tokens)
         samples += step_samples
