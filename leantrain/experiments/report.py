@@ -14,6 +14,7 @@ from leantrain.experiments import plots
 from leantrain.experiments.machine_report import autotune_lines, machine_line
 from leantrain.experiments.quality import QUALITY_BAND, quality_delta
 from leantrain.experiments.results import load_runs
+from leantrain.experiments.tidy import train_metric_key
 from leantrain.fileio import write_atomic
 from leantrain.train.metrics import NOISY_FOREIGN_CORES as NOISY_CPU_CORES
 from leantrain.train.record import time_to_target
@@ -35,14 +36,7 @@ class Case:
     @property
     def train_metric(self) -> str | None:
         """The training accuracy the runs recorded (train_acc, train_token_acc, ...), if every run has it."""
-        return train_metric_of([r for runs in self.recipes.values() for r in runs])
-
-
-def train_metric_of(runs: list[dict[str, Any]]) -> str | None:
-    """The ``train_*acc`` key every epoch of every run holds (records older than it have none)."""
-    keys = [{k for k in e if k.startswith("train_") and k.endswith("acc")} for r in runs for e in r["epochs"]]
-    common = set.intersection(*keys) if keys else set()
-    return min(common) if common else None
+        return train_metric_key([e for runs in self.recipes.values() for r in runs for e in r["epochs"]])
 
 
 def write_report(folder: Path) -> Path:

@@ -57,5 +57,13 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def train_metric_key(epochs: list[dict[str, Any]]) -> str | None:
+    """The training accuracy (``train_acc``, ``train_token_acc``, ...) every one of these epochs holds, if any
+    (records older than it have none)."""
+    keys = [{k for k in e if k.startswith("train_") and k.endswith("acc")} for e in epochs]
+    common = set.intersection(*keys) if keys else set()
+    return min(common) if common else None
+
+
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (int, float, str, bool))
