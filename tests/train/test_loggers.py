@@ -98,3 +98,20 @@ def test_only_rank_zero_writes_logs(tmp_path):
     assert not (tmp_path / "out1").exists() or not any((tmp_path / "out1").iterdir())
     record = json.loads((tmp_path / "out0" / "r.json").read_text())
     assert len(_csv(tmp_path / "out0" / "r.steps.csv")) == record["epochs"][0]["train_steps"]
+
+
+def test_a_resumed_run_appends_to_its_logs_under_the_same_columns(tmp_path):
+    from tests.faults.helpers import StopAtStep, tiny_data, tiny_model
+
+    options = {"epochs": 2, "batch_size": 40, "seed": 0, "log": "csv,jsonl", "checkpoint_dir": tmp_path, "name": "r"}
+    with pytest.raises(KeyboardInterrupt):
+        lt.fit(tiny_model(), tiny_data(), techniques=[StopAtStep(12)], **options)  # 8 steps an epoch: mid-epoch 2
+    record = lt.fit(tiny_model(), tiny_data(), resume=True, **options)
+    header, *rows = (tmp_path / "r.steps.csv").read_text().splitlines()
+    assert header.split(",")[0] == "step" and header not in rows  # one header, the first session's
+    steps = [int(row.split(",")[0]) for row in rows]
+    # Epoch 1 and the cut epoch's first steps, then the resumed epoch 2 from its last epoch-end checkpoint.
+    assert steps[:12] == list(range(1, 13)) and steps[12:] == list(range(9, 17))
+    epochs = _csv(tmp_path / "r.epochs.csv")
+    assert [int(e["epoch"]) for e in epochs] == [1, 2]
+    assert float(epochs[1]["train_acc"]) == record["epochs"][1]["train_acc"]
