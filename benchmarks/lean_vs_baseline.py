@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from leantrain import data as data_sets
+from leantrain.experiments.quality import quality_delta
 from leantrain.experiments.report import median_spread
 from leantrain.experiments.runner import load_experiment
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
@@ -49,7 +50,7 @@ def main() -> None:
 
     print(f"\nmachine: {cpu_name()} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | repeats {args.repeats} | file {args.file}")
-    header = ["case", "recipe", "final acc", "Δ acc (pt)", "epoch time (s)", "time to target (s)",
+    header = ["case", "recipe", "final acc", "Δ vs baseline (abs, rel, band)", "epoch time (s)", "time to target (s)",
               "speedup to target", "speedup per epoch", "noisy repeats"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
@@ -76,7 +77,8 @@ def _compare(case: str, records: dict[str, list[dict]], baseline: str, tolerance
         rows.append([
             case, recipe,
             f"{statistics.median(map(final, runs)):.4f}",
-            f"{100 * (statistics.median(map(final, runs)) - statistics.median(map(final, records[baseline]))):+.2f}",
+            quality_delta(statistics.median(map(final, runs)), statistics.median(map(final, records[baseline])),
+                          runs[0]["run"].get("higher_is_better", True)).render(),
             median_spread([epoch_time(r) for r in runs], "{:.3f}"),
             median_spread(reached, "{:.3f}") if len(reached) == len(runs) else f"not reached in {len(runs) - len(reached)}",
             median_spread(speedups, "{:.1f}×"),

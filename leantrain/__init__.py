@@ -2,6 +2,7 @@
 from leantrain import data
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
+from leantrain.experiments.notebook import compare, epochs_frame, plot_epochs
 from leantrain.techniques import (
     ActivationCheckpointing,
     AdaptiveAccumulation,
@@ -16,6 +17,7 @@ from leantrain.train.fit import fit
 
 __version__ = "0.1.0"
 __all__ = [
-    "data", "fit", "RunConfig", "UsageError", "Technique", "MixedPrecision", "GradClip", "ActivationCheckpointing",
+    "data", "fit", "compare", "epochs_frame", "plot_epochs",
+    "RunConfig", "UsageError", "Technique", "MixedPrecision", "GradClip", "ActivationCheckpointing",
     "AdaptiveAccumulation", "WarmupCosine", "ComplexityMatching", "Compile", "__version__",
 ]

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
     report.add_argument("dir", type=Path)
+    report.add_argument("--csv", nargs="?", type=Path, const=True, default=None, metavar="FILE",
+                        help="also write one tidy table, a row per run x epoch (default FILE: DIR/epochs.csv)")
     report.set_defaults(handler=_report)
 
     from leantrain.inference.commands import add_commands
@@ -179,8 +181,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from leantrain.experiments.report import write_report
+    from leantrain.experiments.results import load_runs
+    from leantrain.experiments.tidy import write_csv
 
     print(f"wrote {write_report(args.dir)}")
+    if args.csv is not None:
+        path = args.dir / "epochs.csv" if args.csv is True else args.csv
+        print(f"wrote {write_csv(load_runs(args.dir), path)}")
     return 0
 
 

@@ -26,6 +26,7 @@ PARALLELS = ("none", "ddp", "mpi", "fsdp", "pipeline", "ensemble")  # and hybrid
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("auto", "gloo", "nccl")
 NONFINITE = ("stop", "skip")
+LOGGERS = ("tensorboard", "csv", "jsonl")  # leantrain/train/loggers.py
 MAX_SEED = 2**32 - 1  # the data generators and per-rank seeds (seed * 100_003 + rank) must fit torch's 64 bits
 
 
@@ -96,6 +97,8 @@ class RunConfig:
                                               "N seconds (\"300s\"); none: at epoch ends only")
     save_model: bool = _opt(False, "write <out>/<run>.model.pt at the end: weights, model and data specs, "
                                    "vocabulary (for leantrain evaluate / predict)")
+    log: str | None = _opt(None, "step and epoch logs beside the record, comma-separated: tensorboard (event files; "
+                                 "pip install 'leantrain[tensorboard]'), csv, jsonl; rank 0 only")
     # The registered techniques' keys -> values (precision, grad_clip, ...); read them as attributes.
     technique_options: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
@@ -132,6 +135,11 @@ class RunConfig:
         from leantrain.naming import derived_name
 
         return self.name or derived_name(self.data, self.model, self.seed, self.to_dict())
+
+    @property
+    def loggers(self) -> list[str]:
+        """The ``log`` names, in the order given; empty without ``log``."""
+        return [name.strip() for name in (self.log or "").split(",") if name.strip()]
 
     @property
     def checkpoint_interval(self) -> tuple[int | None, float | None]:
@@ -193,6 +201,7 @@ class RunConfig:
             check_name(self.name, f"{where}: run name")
         if self.checkpoint_every is not None:
             self._validate_checkpoint_every(where)
+        self._validate_log(where)
         if not self.dist_timeout > 0:
             raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         self._validate_techniques(where)
@@ -256,6 +265,19 @@ class RunConfig:
             raise UsageError(f"{where}: checkpoint_every in seconds is for one process (ranks must agree on when); "
                              "give a number of steps with --parallel")
         self.checkpoint_every = text
+
+    def _validate_log(self, where: str) -> None:
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        if unknown:
+            raise UsageError(f"{where}: log {unknown[0]!r} is not one of: {', '.join(LOGGERS)} (comma-separated)")
+        if self.log is not None and not self.loggers:
+            raise UsageError(f"{where}: log {self.log!r} names no logger; give some of: {', '.join(LOGGERS)}")
+        import importlib.util
+
+        if "tensorboard" in self.loggers and importlib.util.find_spec("tensorboard") is None:
+            raise UsageError(f"{where}: log tensorboard needs the tensorboard package: "
+                             "pip install 'leantrain[tensorboard]'")
+        self.log = ",".join(dict.fromkeys(self.loggers)) or None  # one spelling: the record and a resume agree
 
     def _validate_members(self, where: str) -> None:
         from leantrain.models.registry import MODELS

@@ -20,6 +20,9 @@ from leantrain.registry import Registry
 class Task(Protocol):
     metric: str  # name of the quality metric in results, e.g. "val_acc"
     higher_is_better: bool
+    # The training-split accuracy the loop records per epoch (correct units / units, counted on the training
+    # forward passes already made, so no extra pass); None where the task has no accuracy.
+    train_metric: str | None
 
     def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Any:
         """Run the model on a batch. Most tasks call ``model(x)``; seq2seq passes targets for teacher forcing,
@@ -38,6 +41,11 @@ class Task(Protocol):
 
     def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]: ...
 
+    def correct(self, output: Tensor, target: Tensor) -> Tensor | None:
+        """Correct units in a training batch's output (a device scalar: no host sync), for ``train_metric``;
+        None where the task has none."""
+        ...
+
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]: ...
 
 
@@ -48,6 +56,7 @@ TASKS: Registry = Registry("task")
 class Classification:
     metric = "val_acc"
     higher_is_better = True
+    train_metric = "train_acc"
     units_are_samples = True  # the loss unit is one sample: ranks with equal batches hold equal units
 
     def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
@@ -63,7 +72,10 @@ class Classification:
         return None
 
     def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        return {"correct": (output.argmax(dim=-1) == target).sum()}
+        return {"correct": self.correct(output, target)}
+
+    def correct(self, output: Tensor, target: Tensor) -> Tensor:
+        return (output.argmax(dim=-1) == target).sum()
 
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
         return {"val_acc": sums["correct"] / max(units, 1)}
@@ -77,6 +89,7 @@ class Reconstruction:
 
     metric = "val_psnr"
     higher_is_better = True
+    train_metric = None  # no accuracy: the training loss is the MSE itself
 
     def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
         return model(x)
@@ -93,6 +106,9 @@ class Reconstruction:
     def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
         return {"squared_error": self.loss_sum(output, target)}
 
+    def correct(self, output: Tensor, target: Tensor) -> Tensor | None:
+        return None
+
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
         mse = sums["squared_error"] / max(units, 1)
         return {"val_mse": mse, "val_psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf}
@@ -105,6 +121,7 @@ class LanguageModel:
 
     metric = "val_ppl"
     higher_is_better = False
+    train_metric = "train_token_acc"
 
     def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
         return model(x)
@@ -119,7 +136,10 @@ class LanguageModel:
         return target.numel()
 
     def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-        return {"nll": self.loss_sum(output, target), "correct": (output.argmax(dim=-1) == target).sum()}
+        return {"nll": self.loss_sum(output, target), "correct": self.correct(output, target)}
+
+    def correct(self, output: Tensor, target: Tensor) -> Tensor:
+        return (output.argmax(dim=-1) == target).sum()
 
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
         nll = sums["nll"] / max(units, 1)
@@ -137,6 +157,8 @@ class SequenceToSequence:
 
     metric = "val_exact_match"
     higher_is_better = True
+    # Teacher-forced (training runs no decode): compare with val_teacher_forced_acc, not the decode's token acc.
+    train_metric = "train_teacher_forced_acc"
     PAD = 0  # the data sets' convention: info["pad_index"] == 0
 
     def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Any:
@@ -166,6 +188,11 @@ class SequenceToSequence:
             "exact": (decoded == gold).all(dim=1).sum(),
             "sequences": torch.tensor(len(gold)),
         }
+
+    def correct(self, output: Any, target: Tensor) -> Tensor:
+        logits = output[0] if isinstance(output, tuple) else output
+        gold = target[:, 1:]
+        return ((logits.argmax(dim=-1) == gold) & (gold != self.PAD)).sum()
 
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
         return {

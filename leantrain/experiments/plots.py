@@ -18,12 +18,14 @@ from leantrain.fileio import atomic_path  # noqa: E402
 
 @dataclass
 class EpochCurves:
-    """One case: per recipe, per-epoch medians of ``time_s``, ``val_loss``, ``train_loss`` and the metric."""
+    """One case: per recipe, per-epoch medians of ``time_s``, ``val_loss``, ``train_loss``, the metric and, when
+    recorded, the training accuracy (drawn dashed beside the metric when the metric is an accuracy too)."""
 
     label: str
     metric: str
     target: float | None
     recipes: dict[str, dict[str, list[float]]]
+    train_metric: str | None = None
 
 
 @dataclass
@@ -46,17 +48,23 @@ def file_names(labels: list[str], with_bars: bool) -> list[str]:
 
 def draw(curves: list[EpochCurves], bars: SpeedupBars | None, folder: Path) -> None:
     for case in curves:
-        _save(_epoch_curves(case), folder / f"{_slug(case.label)}.png")
+        _save(epoch_figure(case), folder / f"{_slug(case.label)}.png")
     if bars is not None:
         _save(_speedup_bars(bars), folder / "speedup.png")
 
 
-def _epoch_curves(case: EpochCurves) -> Figure:
+def epoch_figure(case: EpochCurves) -> Figure:
+    """Time, quality and loss per epoch, one line per recipe (the report's chart; notebooks draw it too)."""
     fig, (ax_time, ax_metric, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
+    # Training accuracy shares the axis only with an accuracy (not with perplexity or PSNR).
+    train_metric = case.train_metric if case.train_metric and case.metric.endswith(("acc", "match")) else None
     for recipe, series in case.recipes.items():
         epochs = list(range(1, len(series["time_s"]) + 1))
         ax_time.plot(epochs, series["time_s"], marker="o", label=recipe)
-        ax_metric.plot(epochs, series[case.metric], marker="o", label=recipe)
+        (line,) = ax_metric.plot(epochs, series[case.metric], marker="o", label=f"{recipe} {case.metric}")
+        if train_metric and train_metric in series:
+            ax_metric.plot(epochs, series[train_metric], linestyle="--", color=line.get_color(),
+                           label=f"{recipe} {train_metric}")
         (line,) = ax_loss.plot(epochs, series["val_loss"], marker="o", label=f"{recipe} val")
         ax_loss.plot(epochs, series["train_loss"], linestyle="--", color=line.get_color(), label=f"{recipe} train")
     if case.target is not None:

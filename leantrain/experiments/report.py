@@ -12,7 +12,9 @@ from typing import Any
 
 from leantrain.experiments import plots
 from leantrain.experiments.machine_report import autotune_lines, machine_line
+from leantrain.experiments.quality import QUALITY_BAND, quality_delta
 from leantrain.experiments.results import load_runs
+from leantrain.experiments.tidy import train_metric_key
 from leantrain.fileio import write_atomic
 from leantrain.train.metrics import NOISY_FOREIGN_CORES as NOISY_CPU_CORES
 from leantrain.train.record import time_to_target
@@ -30,6 +32,11 @@ class Case:
 
     def time_to_target(self, run: dict[str, Any]) -> float | None:
         return time_to_target(run["epochs"], self.metric, self.target, self.higher_is_better)
+
+    @property
+    def train_metric(self) -> str | None:
+        """The training accuracy the runs recorded (train_acc, train_token_acc, ...), if every run has it."""
+        return train_metric_key([e for runs in self.recipes.values() for r in runs for e in r["epochs"]])
 
 
 def write_report(folder: Path) -> Path:
@@ -58,11 +65,12 @@ def group_cases(runs: list[dict[str, Any]]) -> list[Case]:
 def epoch_curves(case: Case) -> plots.EpochCurves:
     """Per recipe, the per-epoch medians over seeds that the epoch plot draws."""
     series = {}
+    train_metric = case.train_metric
+    keys = ("time_s", case.metric, "val_loss", "train_loss", *([train_metric] if train_metric else []))
     for recipe, runs in case.recipes.items():
         n = min(len(r["epochs"]) for r in runs)
-        series[recipe] = {key: [statistics.median(r["epochs"][i][key] for r in runs) for i in range(n)]
-                          for key in ("time_s", case.metric, "val_loss", "train_loss")}
-    return plots.EpochCurves(case.label, case.metric, case.target, series)
+        series[recipe] = {key: [statistics.median(r["epochs"][i][key] for r in runs) for i in range(n)] for key in keys}
+    return plots.EpochCurves(case.label, case.metric, case.target, series, train_metric)
 
 
 def speedup_bars(cases: list[Case]) -> plots.SpeedupBars | None:
@@ -101,7 +109,8 @@ def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
         f"python {env['python']}, commit {(env.get('git_commit') or 'unknown')[:10]}.",
         "Times are training seconds (validation excluded); throughput leaves out the first optimizer step of "
         "each process (warm-up). Several seeds: median [min–max]. Speedups are paired by seed against the "
-        "baseline recipe.",
+        f"baseline recipe. Δ vs baseline: the final metric's absolute and relative difference from the baseline's "
+        f"(medians), ▲ better / ▼ worse; ⚠ marks a worse result outside seed 001's ±{QUALITY_BAND:.1%} band.",
         _noise_note(runs),
         *filter(None, [machine_line(env), *autotune_lines(runs)]),
         "",
@@ -126,14 +135,13 @@ def _case_section(case: Case) -> list[str]:
     if has_tokens:
         header.insert(9, "tokens/s train / val / overall")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    band = next(iter(case.recipes.values()))[0]["run"].get("experiment", {}).get("target_tolerance", 0.005)
     for recipe, runs in case.recipes.items():
         final = lambda r: r["summary"].get(f"final_{metric}")  # noqa: E731
         row = [
             recipe, f"{_workers(runs[0])} × {runs[0]['env']['threads']}", str(len(runs)),
             _spread(runs, lambda r: r["summary"]["mean_epoch_time_s"], "{:.3f}"),
             _spread(runs, final, "{:.4f}"),
-            _quality_delta(case, runs, final, band),
+            _quality_delta(case, runs, final),
             _spread(runs, lambda r: r["summary"]["final_val_loss"], "{:.4f}"),
             _spread(runs, lambda r: r["summary"]["median_samples_per_s"], "{:,.0f}"),
             " / ".join(_spread(runs, _mean_of(k), "{:,.1f}") for k in
@@ -185,14 +193,22 @@ def _ensemble_table(recipe: str, run: dict[str, Any]) -> list[str]:
 
 
 def _epoch_table(case: Case) -> list[str]:
-    short = case.metric.removeprefix("val_")
-    lines = ["Per epoch (median over seeds):", "",
-             f"| recipe | epoch | time (s) | train loss | val loss | {short} |", "|---|---|---|---|---|---|"]
+    short, train_metric = case.metric.removeprefix("val_"), case.train_metric
+    every = [r for runs in case.recipes.values() for r in runs]
+    tokens = all(e.get("train_tokens_per_s") for r in every for e in r["epochs"])
+    header = ["recipe", "epoch", "time (s)", "train loss", "val loss", short]
+    header += [train_metric.replace("_", " ")] if train_metric else []
+    header += ["train tokens/s"] if tokens else []
+    lines = ["Per epoch (median over seeds; training accuracy is counted on the training steps' own forward passes, "
+             "as the weights moved through the epoch):", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for recipe, runs in case.recipes.items():
         for index in range(min(len(r["epochs"]) for r in runs)):
             at = lambda key, index=index, runs=runs: statistics.median(r["epochs"][index][key] for r in runs)  # noqa: E731
-            lines.append(f"| {recipe} | {index + 1} | {at('time_s'):.3f} | {at('train_loss'):.4f} | "
-                         f"{at('val_loss'):.4f} | {at(case.metric):.4f} |")
+            row = [recipe, str(index + 1), f"{at('time_s'):.3f}", f"{at('train_loss'):.4f}", f"{at('val_loss'):.4f}",
+                   f"{at(case.metric):.4f}"]
+            row += [f"{at(train_metric):.4f}"] if train_metric else []
+            row += [f"{at('train_tokens_per_s'):,.0f}"] if tokens else []
+            lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
@@ -240,17 +256,14 @@ def _speedup(case: Case, recipe: str, value: Callable[[dict[str, Any]], float | 
     return median_spread(ratios, "{:.2f}×") if ratios else "target not reached"
 
 
-def _quality_delta(case: Case, runs: list[dict[str, Any]], final: Callable, band: float) -> str:
+def _quality_delta(case: Case, runs: list[dict[str, Any]], final: Callable) -> str:
     if case.baseline is None:
         return "—"
     base = [v for v in map(final, case.recipes[case.baseline]) if v is not None]
     mine = [v for v in map(final, runs) if v is not None]
     if not base or not mine:
         return "—"
-    delta = statistics.median(mine) - statistics.median(base)
-    worse = -delta if case.higher_is_better else delta
-    flag = " ⚠ outside band" if worse > band else ""
-    return f"{delta:+.4f}{flag}"
+    return quality_delta(statistics.median(mine), statistics.median(base), case.higher_is_better).render()
 
 
 def _workers(run: dict[str, Any]) -> int:

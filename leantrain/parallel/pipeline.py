@@ -172,13 +172,24 @@ class PipelinePlan(ParallelPlan):
             state.sync_gradients = self.average_gradients
 
     # --- the loop's hooks ---
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int) -> torch.Tensor:
-        """One batch through the schedule; the batch's summed loss (detached) on every stage of the pipeline."""
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor,
+                         loss_divisor: float | int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One batch through the schedule; the batch's summed loss (detached) and correct units (None where the
+        task counts none), on every stage of the pipeline."""
         state = self._state
         schedule = self._schedule(len(y), training=True)
-        # Each micro-batch's loss is its share of the step's mean (fp16's loss scaler is refused: the stages
-        # would each decide to skip). The schedule reports exactly the losses it back-propagated.
-        self._loss_fn = lambda output, target: state.task.loss_sum(output, target) / loss_divisor
+        correct: list[torch.Tensor] = []
+
+        def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            # Each micro-batch's loss is its share of the step's mean (fp16's loss scaler is refused: the stages
+            # would each decide to skip).
+            with torch.no_grad():
+                counted = state.task.correct(output, target)
+            if counted is not None:
+                correct.append(counted)
+            return state.task.loss_sum(output, target) / loss_divisor
+
+        self._loss_fn = loss_fn
         losses: list[torch.Tensor] = []
         with state.autocast():
             if self.is_first:
@@ -187,10 +198,14 @@ class PipelinePlan(ParallelPlan):
                 schedule.step(target=y, losses=losses)
             else:
                 schedule.step()
-        total = (torch.stack(losses).sum().detach().float() * loss_divisor if losses
-                 else torch.zeros((), device=state.device))
-        torch_dist.broadcast(total, src=self.last_stage_rank, group=self.pp_group)
-        return total
+        # The schedule reports exactly the losses it back-propagated (shape inference may call loss_fn once more:
+        # the correct counts are taken from the last len(losses) calls).
+        totals = torch.zeros(2, device=state.device)
+        if losses:
+            totals[0] = torch.stack(losses).sum().detach().float() * loss_divisor
+            totals[1] = torch.stack(correct[-len(losses):]).sum().float() if correct else 0.0
+        torch_dist.broadcast(totals, src=self.last_stage_rank, group=self.pp_group)
+        return totals[0], (totals[1] if state.task.train_metric else None)
 
     @torch.no_grad()
     def eval_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.base import Event, Technique, fire
 from leantrain.train.guards import Guards
+from leantrain.train.loggers import NO_LOG, StepLog
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
 from leantrain.train.state import EpochProgress, TrainState
@@ -37,11 +38,13 @@ def train(
     progress: Progress,
     on_epoch_saved: Callable[[TrainState], None] = lambda state: None,
     checkpoint_every: tuple[int | None, float | None] = (None, None),
+    log: StepLog = NO_LOG,
 ) -> None:
     """Train from ``state.epoch`` to ``state.total_epochs``; each finished epoch appends to ``state.records``.
 
     ``on_epoch_saved`` writes a checkpoint: after each epoch, and mid-epoch every ``checkpoint_every``
-    (steps, seconds) with ``state.progress`` holding the unfinished epoch."""
+    (steps, seconds) with ``state.progress`` holding the unfinished epoch. ``log`` receives every step and epoch
+    (``--log``; see loggers.py)."""
     fire(techniques, Event.ON_FIT_START, state)
     guards = Guards(state, checkpoint_every, on_epoch_saved)
     first_epoch_of_process = True
@@ -52,7 +55,7 @@ def train(
         model_key = (id(state.model), sum(p.numel() for p in state.model.parameters()))
         measure = model_key != measured
         record = train_epoch(state, batches, techniques, progress, exclude_warmup=first_epoch_of_process,
-                             measure_activations=measure, guards=guards)
+                             measure_activations=measure, guards=guards, log=log)
         if measure:
             measured, activation_bytes = model_key, record["activation_bytes"]
         else:
@@ -62,6 +65,7 @@ def train(
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
         record.update(_overall_rates(record))
         fire(techniques, Event.ON_EPOCH_END, state, record)
+        log.end_epoch(record)
         state.records.append(record)
         state.epoch += 1
         progress.epoch_done(record, state.task.metric)
@@ -72,7 +76,7 @@ def train(
 
 def train_epoch(
     state: TrainState, batches: BatchSource, techniques: list[Technique], progress: Progress, exclude_warmup: bool,
-    measure_activations: bool = True, guards: Guards | None = None,
+    measure_activations: bool = True, guards: Guards | None = None, log: StepLog = NO_LOG,
 ) -> dict[str, Any]:
     state.model.train()
     device, task = state.device, state.task
@@ -82,6 +86,8 @@ def train_epoch(
     # A mid-epoch checkpoint's epoch continues where it stopped: same sums, same next batch.
     resumed, state.progress = state.progress or EpochProgress(), None
     loss_sum = resumed.loss_sum if resumed.loss_sum is not None else torch.zeros((), device=device)  # no host sync per step
+    # Training accuracy from the forward passes the step makes anyway: an argmax and a count, no extra pass.
+    correct_sum = resumed.correct_sum if resumed.correct_sum is not None else torch.zeros((), device=device)
     units, samples, steps, tokens = resumed.units, resumed.samples, resumed.steps, resumed.tokens
     activation_bytes, step_losses, drawn = resumed.activation_bytes, resumed.step_losses, resumed.micro_batches
     step_units_list = resumed.step_units
@@ -89,6 +95,7 @@ def train_epoch(
     foreign_cpu = ForeignCpuMeter()
     bar = progress.epoch_bar(state.epoch, state.total_epochs, len(batches))
     start = now(device)
+    log.start_epoch()
     after_first_step = start
     first_step_samples = 0
     while True:
@@ -101,22 +108,27 @@ def train_epoch(
         step_units = sum(task.units(y) for _, y in step_batches)
         loss_divisor = _loss_divisor(state, step_units)
         last = len(step_batches) - 1
-        sum_before = loss_sum.clone() if guards.skipping else None
+        sums_before = (loss_sum.clone(), correct_sum.clone()) if guards.skipping else None
         step_loss = loss_sum  # replaced by micro-batch 0's loss below
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
-                loss = _forward_backward(state, x, y, loss_divisor, meter)
+                loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
             if index == last:
                 state.sync_gradients()
             loss_sum += loss
+            if correct is not None:
+                correct_sum += correct
             step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         state.grad_scaler.unscale_(state.optimizer)
+        step_samples = sum(len(y) for _, y in step_batches)
+        step_tokens = [task.tokens(y) for _, y in step_batches]
+        log.step(state, step_loss, step_units, step_samples, sum(t or 0 for t in step_tokens) or None, len(step_batches))
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
             state.optimizer.zero_grad(set_to_none=True)
-            assert sum_before is not None
-            loss_sum = sum_before
+            assert sums_before is not None
+            loss_sum, correct_sum = sums_before
             step_units = 0
         else:
             state.grad_scaler.step(state.optimizer)
@@ -127,8 +139,6 @@ def train_epoch(
         step_losses.append(step_loss)
         step_units_list.append(step_units)
 
-        step_samples = sum(len(y) for _, y in step_batches)
-        step_tokens = [task.tokens(y) for _, y in step_batches]
         if step_tokens[0] is not None:
             tokens = (tokens or 0) + sum(t or 0 for t in step_tokens)
         samples += step_samples
@@ -142,7 +152,7 @@ def train_epoch(
         bar.update(len(step_batches), step_samples)
         if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
             state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses, step_units_list,
-                                           resumed.elapsed_s + now(device) - start, activation_bytes)
+                                           resumed.elapsed_s + now(device) - start, activation_bytes, correct_sum)
             guards.save(state)
             state.progress = None
     end = now(device)
@@ -161,7 +171,7 @@ def train_epoch(
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
     # A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole.
     dist = state.dist
-    totals = state.data_dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0])
+    totals = state.data_dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0, correct_sum.item()])
     loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
     tokens = int(totals[4]) if tokens is not None else None
     time_s, rate_time = dist.max([time_s, rate_time])
@@ -183,6 +193,8 @@ def train_epoch(
         "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
         **guards.epoch_end(state, step_losses, step_units_list),
     }
+    if task.train_metric:
+        record[task.train_metric] = totals[5] / units if units else math.nan
     if device.type == "cuda":
         record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
     else:
@@ -221,16 +233,21 @@ def _with_rank_memory(dist: Dist, record: dict[str, Any]) -> dict[str, Any]:
 
 def _forward_backward(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int, meter: SavedTensorMeter | None
-) -> torch.Tensor:
-    """One micro-batch; returns its summed loss (detached). The gradient is of the per-unit mean over the step."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One micro-batch; returns its summed loss (detached) and its correct units (None where the task counts
+    none). The gradient is of the per-unit mean over the step."""
     if state.forward_backward is not None:
         with meter.measure() if meter is not None else contextlib.nullcontext():
             return state.forward_backward(x, y, loss_divisor)
     with meter.measure() if meter is not None else contextlib.nullcontext():
         with state.autocast():
-            loss = state.task.loss_sum(state.task.forward(state.forward, x, y), y)
+            output = state.task.forward(state.forward, x, y)
+            loss = state.task.loss_sum(output, y)
+        with torch.no_grad():
+            correct = state.task.correct(output, y)
+        del output  # not held through backward: a language model's logits are the largest activation
         state.grad_scaler.scale(loss / loss_divisor).backward()
-    return loss.detach()
+    return loss.detach(), correct
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
 from leantrain.train.guards import NonFiniteLoss
+from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
 from leantrain.train.optim import make_optimizer
@@ -107,6 +108,9 @@ def _execute(
 ) -> dict[str, Any]:
     given = list(techniques or [])
     _check_given_once(config, given)
+    if config.loggers and out_dir is None:
+        raise UsageError(f"log {config.log}: the logs are written beside the run's record; give an output folder "
+                         "(--out, or checkpoint_dir= in lt.fit)")
     if isinstance(config.threads, int):
         torch.set_num_threads(config.threads)
     elif dist.world_size > 1:
@@ -206,16 +210,20 @@ def _train_and_record(
         if dist.is_main:  # under an ensemble, every member is main of its own loop
             checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
 
+    log = open_log(config.loggers, out_dir, config.run_name, is_main=ranks.is_main, world_size=dist.world_size,
+                   append=saved is not None)
     try:
         train(
             state, batches, dataset.x_val, dataset.y_val,
             techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
-            checkpoint_every=config.checkpoint_interval,
+            checkpoint_every=config.checkpoint_interval, log=log,
         )
     except NonFiniteLoss as e:
         kept = f"the last good checkpoint is kept: {ckpt_path}" if ckpt_path and ckpt_path.exists() else \
             "no checkpoint was written before it"
         raise NonFiniteLoss(f"{e}; {kept}") from None
+    finally:
+        log.close()
 
     extra = {**extra, **plan.record()}
     if tuned.record:

@@ -15,7 +15,8 @@ from leantrain.techniques.base import AutocastFactory, Forward, GradientSync
 
 
 class ForwardBackward(Protocol):
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @dataclass
@@ -32,6 +33,7 @@ class EpochProgress:
     step_units: list[int] = field(default_factory=list)  # what each step's loss is divided by, at the epoch's end
     elapsed_s: float = 0.0  # training time before the interruption (epoch time_s adds it)
     activation_bytes: int = 0
+    correct_sum: torch.Tensor | None = None  # the epoch's running count of correct training units (train_metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class EpochProgress:
             "step_losses": torch.stack(self.step_losses).cpu() if self.step_losses else None,
             "step_units": list(self.step_units), "elapsed_s": self.elapsed_s,
             "activation_bytes": self.activation_bytes,
+            "correct_sum": None if self.correct_sum is None else self.correct_sum.detach().cpu(),
         }
 
     @classmethod
@@ -50,6 +53,7 @@ class EpochProgress:
             None if loss_sum is None else loss_sum.to(device),
             list(losses.to(device).unbind()) if losses is not None else [], list(saved["step_units"]),
             saved["elapsed_s"], saved["activation_bytes"],
+            None if saved.get("correct_sum") is None else saved["correct_sum"].to(device),
         )
 
 
@@ -73,7 +77,7 @@ class TrainState:
     # whose stages see the same batches (its data-parallel replicas split them). None: ``dist``.
     data_dist: Dist = None  # type: ignore[assignment]
     # A parallel mode that runs forward and backward itself (pipeline schedules) sets this: (x, y, loss_divisor)
-    # -> the batch's summed loss, detached, as the loop's own forward/backward returns it.
+    # -> the batch's summed loss (detached) and correct units, as the loop's own forward/backward returns them.
     forward_backward: ForwardBackward | None = None
     # How the model is laid out over the ranks, and how its state is saved from that layout.
     plan: ParallelPlan = None  # type: ignore[assignment]  # None: the whole model on every rank

@@ -127,3 +127,34 @@ def test_a_recipe_can_be_limited_to_some_cases_and_unknown_case_names_are_errors
     raw = tomllib.loads(EXPERIMENT.replace('[recipes.fast]', '[recipes.fast]\ncases = ["smal"]'))
     with pytest.raises(UsageError, match="unknown case\\(s\\) smal"):
         parse_experiment(raw, "tiny.toml")
+
+
+def test_report_csv_is_one_tidy_row_per_run_and_epoch(finished, tmp_path):
+    import csv
+
+    results = finished / "results"
+    assert main(["report", str(results), "--csv", str(tmp_path / "t.csv")]) == 0
+    with (tmp_path / "t.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    records = load_runs(results)
+    assert len(rows) == sum(len(r["epochs"]) for r in records) == 8 * 2
+    by_key = {(row["run"], int(row["epoch"])): row for row in rows}
+    for record in records:
+        for epoch in record["epochs"]:
+            row = by_key[(record["run"]["name"], epoch["epoch"])]
+            assert float(row["val_acc"]) == epoch["val_acc"] and float(row["train_acc"]) == epoch["train_acc"]
+            assert row["recipe"] == record["run"]["recipe"] and int(row["seed"]) == record["run"]["seed"]
+            assert row["cpu_capability"] == record["env"]["cpu_capability"]
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(tmp_path / "t.csv")
+    assert frame.shape[0] == 16 and frame.groupby(["case", "recipe", "epoch"]).val_acc.median().shape[0] == 8
+
+
+def test_every_speedup_row_names_the_quality_delta_both_ways_with_its_direction(finished):
+    summary = (finished / "results" / "summary.md").read_text()
+    fast_rows = [line for line in summary.splitlines() if line.startswith("| fast | 1 × ")]  # the speedup tables
+    assert len(fast_rows) == 2
+    for row in fast_rows:
+        delta = row.split(" | ")[5]  # the "Δ vs baseline" column
+        assert "%" in delta and any(word in delta for word in ("better", "worse", "same")) and "±0.5%" in delta
+    assert "train acc" in summary
