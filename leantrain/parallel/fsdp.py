@@ -31,6 +31,8 @@ _LOAD = StateDictOptions(full_state_dict=True)
 
 
 class FsdpPlan(ParallelPlan):
+    holds_whole_model = False
+
     def prepare(self, model: nn.Module, dataset: Dataset) -> nn.Module:
         mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
         self._params = sum(p.numel() for p in model.parameters())

@@ -127,6 +127,8 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 class PipelinePlan(ParallelPlan):
     """``dp`` replicas of a ``pp``-stage pipeline over ``dp * pp`` ranks (dp = 1: a plain pipeline)."""
 
+    holds_whole_model = False
+
     def __init__(self, dist: Dist, dp: int, pp: int, microbatches: int, schedule: str):
         super().__init__(dist)
         if dist.world_size != dp * pp:

@@ -23,6 +23,9 @@ from leantrain.parallel.dist import Dist
 class ParallelPlan:
     """Every rank holds the whole model (one process, DDP, MPI, an ensemble member): nothing to lay out."""
 
+    # Whether a rank's parameters (and gradients) are the whole model's, or a shard or stage of it.
+    holds_whole_model = True
+
     def __init__(self, dist: Dist):
         self.dist = dist
         self.data_dist = dist  # the ranks that split each batch between them (and sum their metrics)

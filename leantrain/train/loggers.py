@@ -43,7 +43,9 @@ class StepLog:
 
     def step(self, state: TrainState, loss_sum: torch.Tensor, units: int, samples: int, tokens: int | None,
              accum_steps: int) -> None:
-        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        # A shard's or a stage's gradients are part of the model's: their norm would be a wrong number (and the
+        # whole norm needs every rank, while only rank 0 logs), so FSDP and pipelines log none.
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None] if state.plan.holds_whole_model else []
         now = time.perf_counter()
         seconds, self._last_time = now - self._last_time, now
         scaler = state.grad_scaler

@@ -71,7 +71,7 @@ def _assert_same_training(single: dict, main: dict, rtol: float = 1e-5, atol: fl
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=f"step {step + 1}: {name}")
     for got, want in zip(main["record"]["epochs"], single["record"]["epochs"]):
-        for key in ("train_loss", "val_loss", "val_acc"):
+        for key in ("train_loss", "val_loss", "val_acc", "train_acc"):
             assert got[key] == pytest.approx(want[key], rel=1e-5), key
         assert got["train_samples"] == want["train_samples"]
 
