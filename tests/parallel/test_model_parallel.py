@@ -94,6 +94,15 @@ def test_two_pipeline_stages_equal_one_process(tmp_path, single, schedule):
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("parallel, batch", [("pipeline", 64), ("fsdp", 32)])
+def test_activation_checkpointing_composes_with_stages_and_shards(tmp_path, single, parallel, batch):
+    # A stage keeps the model's `blocks` convention, FSDP shards each block: both recompute exactly.
+    ranks = run_workers(2, tmp_path, {**BASE, "parallel": parallel, "batch_size": batch, "checkpointing": "sqrt"})
+    _assert_same_training(single, ranks[0], atol=1e-5)
+    assert "ckpt-sqrt" in ranks[0]["record"]["run"]["techniques"]
+
+
+@pytest.mark.timeout(90)
 def test_fsdp_on_two_ranks_equals_one_process_with_the_doubled_batch(tmp_path, single):
     ranks = run_workers(2, tmp_path, {**BASE, "parallel": "fsdp", "batch_size": 32})
     # FSDP's reduce-scatter divides each rank's gradient before adding them (DDP adds, then divides): a few ulps,
@@ -151,3 +160,33 @@ def test_a_model_that_cannot_be_staged_fails_on_every_rank_before_any_file(tmp_p
 def test_bad_parallel_settings_are_one_line_errors(config, message):
     with pytest.raises(UsageError, match=message):
         RunConfig.from_dict({**BASE, **config})
+
+
+class FailOnRank(Technique):
+    """Raises on one rank at one step: a stage that dies mid-schedule."""
+
+    name = "fail-on-rank"
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def before_step(self, state: Any) -> None:
+        if state.dist.rank == self.rank and state.step == self.step:
+            raise RuntimeError("stage failure injected by the test")
+
+
+def _failing_worker(rank: int, world_size: int, folder: Path, config: dict[str, Any]) -> None:
+    os.environ.update(world_env(rank, world_size, folder / "rendezvous"))
+    torch.set_num_threads(1)
+    execute(RunConfig.from_dict(config), techniques=[FailOnRank(rank=1, step=3)], quiet=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_stage_makes_every_rank_exit_nonzero_within_the_timeout(tmp_path):
+    config = {**BASE, "parallel": "pipeline", "dist_timeout": 5}
+    context = mp.start_processes(_failing_worker, args=(2, tmp_path, config), nprocs=2, start_method="fork",
+                                 join=False)
+    for process in context.processes:  # the survivor's receive times out: nobody is killed from outside
+        process.join(timeout=40)
+    assert [p.exitcode for p in context.processes] != [None, None]
+    assert all(p.exitcode not in (None, 0) for p in context.processes), [p.exitcode for p in context.processes]
