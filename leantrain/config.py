@@ -74,6 +74,11 @@ class RunConfig:
         "model's blocks split into one stage per worker; dpAxppB (e.g. dp2xpp2): A data-parallel replicas of a "
         "B-stage pipeline; batch_size is per worker (per pipeline replica under pipeline and dpAxppB)",
     )
+    ddp_bucket_mb: float = _opt(25.0, "ddp: megabytes of gradients per all-reduce bucket (DDP's bucket_cap_mb)")
+    ddp_static_graph: bool = _opt(False, "ddp: declare the graph static (DDP's static_graph: the same parameters "
+                                         "get gradients every step)")
+    ddp_grad_as_bucket_view: bool = _opt(True, "ddp: gradients as views into the all-reduce buckets (one copy "
+                                               "less per step)")
     microbatches: int = _opt(4, "pipeline, dpAxppB: micro-batches each batch is cut into (batch_size must be a "
                                 "multiple)")
     schedule_pp: str = _opt("1f1b", "pipeline, dpAxppB: the pipeline schedule (torch.distributed.pipelining)",
@@ -230,6 +235,8 @@ class RunConfig:
         if mode not in PARALLELS + ("hybrid",):
             raise UsageError(f"{where}: parallel {self.parallel!r} is not one of: {', '.join(PARALLELS)}, "
                              "or dpAxppB (A data-parallel replicas x B pipeline stages, e.g. dp2xpp2)")
+        if not self.ddp_bucket_mb > 0:
+            raise UsageError(f"{where}: ddp_bucket_mb must be > 0 megabytes, got {self.ddp_bucket_mb}")
         if self.microbatches <= 0:
             raise UsageError(f"{where}: microbatches must be a positive integer, got {self.microbatches}")
         if mode in ("pipeline", "hybrid"):

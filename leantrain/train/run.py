@@ -45,8 +45,6 @@ from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.run_identity import differing_keys
 from leantrain.train.state import EpochProgress, TrainState
 
-# The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
-PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
 
 def execute(
     config: RunConfig,
@@ -135,8 +133,11 @@ def _execute(
                   own_model=ensemble)
     techniques = from_config(tuned.config) + given
     check_parallel_mode(techniques, parallel_mode(config.parallel))
-    if config.parallel in PARALLEL_WRAPS:
-        techniques.append(PARALLEL_WRAPS[config.parallel]())
+    if config.parallel == "ddp":
+        techniques.append(DataParallel(bucket_cap_mb=config.ddp_bucket_mb, static_graph=config.ddp_static_graph,
+                                       gradient_as_bucket_view=config.ddp_grad_as_bucket_view))
+    elif config.parallel == "mpi":
+        techniques.append(MpiDataParallel())
     if ensemble:
         techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
                                          config.eval_batch_size, config.seed))
