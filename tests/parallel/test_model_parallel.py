@@ -190,3 +190,51 @@ def test_a_failing_stage_makes_every_rank_exit_nonzero_within_the_timeout(tmp_pa
         process.join(timeout=40)
     assert [p.exitcode for p in context.processes] != [None, None]
     assert all(p.exitcode not in (None, 0) for p in context.processes), [p.exitcode for p in context.processes]
+
+
+class StopAtStep(Technique):
+    name = "stop-at-step"
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def before_step(self, state: Any) -> None:
+        if state.step == self.step:
+            raise KeyboardInterrupt  # every rank alike, as a Ctrl-C reaching the whole job
+
+
+def _resumable_worker(rank: int, world_size: int, folder: Path, config: dict[str, Any], out_dir: Path,
+                      stop_at: int | None) -> None:
+    os.environ.update(world_env(rank, world_size, folder / "rendezvous"))
+    torch.set_num_threads(1)
+    trace = WholeModelTrace()
+    extra: list[Technique] = [StopAtStep(stop_at)] if stop_at else []
+    try:
+        record = execute(RunConfig.from_dict(config), techniques=[trace, *extra], quiet=True, out_dir=out_dir,
+                         resume=stop_at is None)
+    except KeyboardInterrupt:
+        record = None
+    torch.save({"steps": trace.steps, "record": record}, folder / f"rank{rank}.pt")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("parallel, batch", [("pipeline", 64), ("fsdp", 32), ("ddp", 32)])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, single, parallel, batch):
+    config = {**BASE, "parallel": parallel, "batch_size": batch, "checkpoint_every": "3"}
+
+    def workers(folder: Path, stop_at: int | None) -> list[dict]:
+        folder.mkdir(parents=True)
+        mp.start_processes(_resumable_worker, args=(2, folder, config, tmp_path / "out", stop_at), nprocs=2,
+                           start_method="fork", join=True)
+        return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    total = len(single["steps"])  # 16: 8 steps an epoch
+    cut = workers(tmp_path / "cut", stop_at=11)  # mid epoch 2, after the step-9 checkpoint (every 3 steps)
+    assert cut[0]["record"] is None and len(cut[0]["steps"]) == 11
+    resumed = workers(tmp_path / "resumed", stop_at=None)[0]
+    assert len(resumed["steps"]) == total - 9  # from the checkpoint on
+    final, want = resumed["steps"][-1], single["steps"][-1]
+    for name in want:
+        torch.testing.assert_close(final[name], want[name], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(resumed["record"]["epochs"], single["record"]["epochs"]):
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
