@@ -1,0 +1,80 @@
+"""What ``leantrain.fit`` returns: the run's record, the trained model, and a way to use it.
+
+``FitResult`` is a thin view of the run's record (the JSON document ``leantrain train`` writes), so every number
+it shows is one the record holds. It also reads like that record (``result["summary"]``), as ``fit`` returned
+the plain dict before.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FitResult(Mapping[str, Any]):
+    """One finished ``fit``.
+
+    - ``record``: the run's record (``schema``, ``run``, ``env``, ``epochs``, ``summary``); ``result[key]`` reads it.
+    - ``epochs``: one dict per epoch (``train_loss``, ``val_loss``, the task's metrics, time, throughput, ...).
+    - ``model``: the trained ``nn.Module`` (the object passed to ``fit``, unless a technique rebuilt it).
+    - ``best_checkpoint``: the file a ``KeepBest`` callback wrote, or None.
+    - ``predict(x)``: the model's outputs on ``x`` in eval mode, batched, without gradients.
+    """
+
+    def __init__(self, record: dict[str, Any], model: nn.Module, best_checkpoint: Path | None = None,
+                 output: Any = None):
+        self.record, self.model, self.best_checkpoint = record, model, best_checkpoint
+        self._output = output  # picks the tensor from a dict/tuple output (fit's output_key)
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return self.record["epochs"]
+
+    @property
+    def metric(self) -> str:
+        """The task's headline metric, e.g. ``val_acc`` or ``val_mse``."""
+        return self.record["run"]["metric"]
+
+    @torch.no_grad()
+    def predict(self, x: Any, batch_size: int = 1024) -> torch.Tensor:
+        """Outputs for ``x`` (a tensor or numpy array of inputs), on the model's device, in eval mode."""
+        from leantrain.data.user import as_tensor
+
+        inputs = as_tensor(x, "predict: x")
+        device = next((p.device for p in self.model.parameters()), inputs.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outputs = []
+            for start in range(0, len(inputs), batch_size):
+                out = self.model(inputs[start : start + batch_size].to(device))
+                outputs.append(self._output(out) if self._output else out)
+            return torch.cat(outputs) if outputs else torch.empty(0)
+        finally:
+            self.model.train(was_training)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    def __repr__(self) -> str:
+        run, summary = self.record["run"], self.record["summary"]
+        metric = self.metric
+        final = summary.get(f"final_{metric}")
+        shown = f"{final:.4g}" if isinstance(final, (int, float)) else final
+        last_loss = self.epochs[-1]["val_loss"] if self.epochs else None
+        parts = [f"model={run['model']}", f"params={run['params']:,}", f"data={run['data']}", f"task={run['task']}",
+                 f"epochs={len(self.epochs)}", f"{metric}={shown}",
+                 f"val_loss={last_loss:.4g}" if isinstance(last_loss, float) else "val_loss=None",
+                 f"train_time_s={summary.get('train_time_s', 0.0):.2f}"]
+        if self.best_checkpoint:
+            parts.append(f"best_checkpoint={str(self.best_checkpoint)!r}")
+        return f"FitResult({', '.join(parts)})"
