@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from leantrain.data.dataset import Dataset
-from leantrain.data.user import loader_dataset, tensors_dataset
 from leantrain.data.registry import DATASETS
+from leantrain.data.user import loader_dataset, tensors_dataset
 from leantrain.registry import call_with_overrides, import_submodules, parse_spec
 
 import_submodules(__name__)  # each reader's file registers its data sets; a new file needs no listing

@@ -28,11 +28,11 @@ from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
 from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
-from leantrain.train.adapters import task_for
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
+from leantrain.train.adapters import task_for
 from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loop import train
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
