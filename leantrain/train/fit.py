@@ -21,7 +21,7 @@ from torch import nn
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
-from leantrain.naming import derived_name
+from leantrain.naming import safe_part, settings_hash
 from leantrain.techniques.base import Technique
 from leantrain.train.adapters import TaskAdapter, check_adapter, select_output
 from leantrain.train.callbacks import Callback, KeepBest, SchedulerStep
@@ -57,7 +57,8 @@ def fit(
 
     - ``options``: RunConfig fields (batch_size, lr, device, seed, target, precision, schedule, ...).
     - ``techniques``: objects run in addition to those the options switch on, never the same one twice. Each
-      fit works on copies, so one list can be reused across fits (a technique's state belongs to one run).
+      fit starts them as constructed, so one list can be reused across fits (a technique's state belongs to one
+      run; afterwards the objects hold the last run's state).
     - ``callbacks``: ``leantrain.Callback`` objects (``EarlyStopping``, ``KeepBest``, your own), called as given.
     - ``loss_fn``: a regression loss name ("mse", "l1", "huber") or a callable returning the batch mean;
       ``metrics``: ``{name: callable or torchmetrics Metric}``; ``output_key``: picks the tensor from a model
@@ -69,14 +70,15 @@ def fit(
     - The lr rule: a technique that sets the lr (``WarmupCosine``, ``AdaptiveAccumulation``'s lr scaling) sets
       group 0's lr and scales the other groups by their initial ratio to it; a ``scheduler`` owns the lr, so it
       is refused together with those techniques.
-    - ``checkpoint_dir``: a checkpoint each epoch and the record at the end, named after the model, the data and
-      a hash of the settings (``name=`` to choose); ``resume=True`` continues an interrupted run; a finished
-      run of the same name is never trained over unless ``force=True``.
+    - ``checkpoint_dir``: a checkpoint each epoch and the record at the end, named after the model class, the
+      data and a hash of the model's and data's shapes and types (``name=`` to choose), so fits of different
+      models or data keep separate files; ``resume=True`` continues an interrupted run (with the same settings);
+      a finished run of the same name is never trained over unless ``force=True``.
 
     Bad arguments raise ``leantrain.UsageError`` in one line, before any folder is made.
     """
     _check_model_and_data(model, data)
-    given = [copy.deepcopy(t) for t in _checked_techniques(techniques, "techniques")]
+    given = [_fresh(t) for t in _checked_techniques(techniques, "techniques")]
     hooks = _checked_techniques(callbacks, "callbacks")
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, Path)):
         raise UsageError(f"fit: checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
@@ -95,6 +97,7 @@ def fit(
         "model": type(model).__name__, "model_class": model_class, "data": data.name, "data_spec": None,
         "task": data.task, "loss": _label(loss_fn) or "default", "metrics": sorted(adapter.metrics),
         "optimizer": optimizer_label,
+        "data_shape": list(data.x_train.shape[1:]),
         "data_shapes": {k: list(getattr(data, k).shape) for k in ("x_train", "y_train", "x_val", "y_val")},
         "data_dtypes": {"x": _dtype(data.x_train), "y": _dtype(data.y_train)},
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -102,8 +105,11 @@ def fit(
     placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
     config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
     if not options.get("name"):
-        identity = {**config.to_dict(), **facts, "techniques": [t.describe() for t in given + hooks]}
-        config = config.replace(name=derived_name(data.name, type(model).__name__.lower(), config.seed, identity))
+        # Named by what is trained, not how: another model or data set gets its own files; the same one with
+        # other settings meets its own record or checkpoint and is refused (resume checks the settings).
+        identity = {k: facts[k] for k in ("model_class", "trainable_params", "data", "task", "data_shapes", "data_dtypes")}
+        config = config.replace(name=f"{safe_part(type(model).__name__.lower())}-{safe_part(data.name)}-"
+                                     f"{settings_hash(identity)}")
     out_dir = Path(checkpoint_dir) if checkpoint_dir else None
     best = _place_best_checkpoints(hooks, out_dir, config.run_name)
     if out_dir is not None:
@@ -121,6 +127,19 @@ def fit(
         raise
     return FitResult(record, model, best if best and best.exists() else None,
                      output=(lambda out: select_output(out, output_key)) if output_key is not None else None)
+
+
+def _fresh(technique: Technique) -> Technique:
+    """The technique as constructed: its state belongs to one run, so a later fit starts it afresh. The object
+    keeps the last run's state afterwards, for the user to read."""
+    pristine = technique.__dict__.get("_state_as_constructed")
+    if pristine is None:
+        technique.__dict__["_state_as_constructed"] = copy.deepcopy(technique.__dict__)
+    else:
+        technique.__dict__.clear()
+        technique.__dict__.update(copy.deepcopy(pristine))
+        technique.__dict__["_state_as_constructed"] = pristine
+    return technique
 
 
 def _check_model_and_data(model: Any, data: Any) -> None:
@@ -150,7 +169,7 @@ def _checked_techniques(items: Any, what: str) -> list[Technique]:
         if isinstance(item, type) and issubclass(item, Technique):
             raise UsageError(f"fit: {what} holds the class {item.__name__}; pass an instance, e.g. {item.__name__}(...)")
         if not isinstance(item, Technique):
-            raise UsageError(f"fit: {what} must hold leantrain techniques/callbacks, got {type(item).__name__}")
+            raise UsageError(f"fit: {what} must be a list of leantrain {what}, got a {type(item).__name__} in it")
     return list(items)
 
 

@@ -39,7 +39,6 @@ def test_reused_technique_objects_start_every_fit_afresh():
         result = lt.fit(nn.Linear(4, 2), data, epochs=3, batch_size=32, lr=0.02, techniques=schedule)
         lrs.append([e["lr"] for e in result["epochs"]])
     assert lrs[0] == lrs[1]
-    assert schedule[0].micro_batches_done == 0  # the user's object is untouched
 
 
 def test_the_record_names_the_users_model_and_data_and_no_placeholder():
@@ -53,13 +52,17 @@ def test_the_record_names_the_users_model_and_data_and_no_placeholder():
     assert run["data_dtypes"] == {"x": "float32", "y": "int64"} and run["task"] == "classification"
 
 
-def test_two_fits_into_one_checkpoint_dir_keep_both_records(tmp_path):
+def test_two_fits_into_one_checkpoint_dir_keep_both_records_or_refuse(tmp_path):
     x, y = _xy()
     data = lt.data.from_tensors(x, (y > 0).long())
-    for lr in (1e-3, 1e-2):
+    for width in (8, 16):  # two models, one folder, resume=True as a script rerun would pass
         torch.manual_seed(0)
-        lt.fit(nn.Linear(4, 2), data, epochs=1, lr=lr, checkpoint_dir=tmp_path, resume=True)
+        model = nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))
+        lt.fit(model, data, epochs=1, checkpoint_dir=tmp_path, resume=True)
     records = sorted(tmp_path.glob("*.json"))
     assert len(records) == 2, records
-    with pytest.raises(lt.UsageError, match="force=True"):  # the same fit again does not silently retrain over it
-        lt.fit(nn.Linear(4, 2), data, epochs=1, lr=1e-2, checkpoint_dir=tmp_path, resume=True)
+    before = [r.read_text() for r in records]
+    with pytest.raises(lt.UsageError, match="force=True"):  # the same model again does not silently retrain over it
+        lt.fit(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), data, epochs=1, lr=1e-2,
+               checkpoint_dir=tmp_path, resume=True)
+    assert [r.read_text() for r in records] == before
