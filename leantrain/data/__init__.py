@@ -25,17 +25,19 @@ def from_tensors(
     name: str = "tensors", task: str = "classification",
 ) -> Dataset:
     """Wrap a user's own tensors or numpy arrays; a seeded split holds out ``val_fraction`` for validation
-    unless ``val=(x_val, y_val)`` is given. ``task``: "classification" (integer labels 0..C-1, shape (N,)) or
+    unless ``val=(x_val, y_val)`` is given. ``x`` may be a tuple or dict of tensors: a model with several
+    inputs, called as ``model(*x)`` or ``model(**x)``. ``task``: "classification" (integer labels 0..C-1, shape (N,)) or
     "regression" (float targets, the model's output shape per sample)."""
     return tensors_dataset(x, y, val=val, val_fraction=val_fraction, seed=seed, name=name, task=task)
 
 
 def from_loader(
     train: Any, val: Any = None, *, val_fraction: float = 0.2, seed: int = 0, name: str = "loader",
-    task: str = "classification",
+    task: str = "classification", stream: bool = False,
 ) -> Dataset:
     """A torch ``DataLoader`` or map-style/iterable ``Dataset`` of (x, y) pairs (``val``: another one, else a
-    seeded split). The samples are read once, in order, into memory; training then batches them as
-    leantrain does (``batch_size=``, shuffled by the run's seed, sharded per rank under data parallelism).
-    Streaming data larger than memory is not supported yet."""
-    return loader_dataset(train, val, val_fraction=val_fraction, seed=seed, name=name, task=task)
+    seeded split of a map-style one). leantrain batches them its own way (``batch_size=``, shuffled by the run's
+    seed, sharded per rank under data parallelism), taking a DataLoader's data set, collate_fn and num_workers.
+    By default the samples are read once into memory (the fast path); ``stream=True`` reads batches as
+    training goes, for data larger than memory (an iterable data set streams in its own order)."""
+    return loader_dataset(train, val, val_fraction=val_fraction, seed=seed, name=name, task=task, stream=stream)

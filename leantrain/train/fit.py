@@ -97,11 +97,21 @@ def fit(
         "model": type(model).__name__, "model_class": model_class, "data": data.name, "data_spec": None,
         "task": data.task, "loss": _label(loss_fn) or "default", "metrics": sorted(adapter.metrics),
         "optimizer": optimizer_label,
-        "data_shape": list(data.x_train.shape[1:]),
-        "data_shapes": {k: list(getattr(data, k).shape) for k in ("x_train", "y_train", "x_val", "y_val")},
+        "data_shape": _shape(data.x_train)[1:] if isinstance(data.x_train, torch.Tensor) else _shape(data.x_train),
+        "data_shapes": {k: _shape(getattr(data, k)) for k in ("x_train", "y_train", "x_val", "y_val")},
         "data_dtypes": {"x": _dtype(data.x_train), "y": _dtype(data.y_train)},
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+    if data.streams is not None:  # the tensors hold a first batch; the record counts every sample
+        facts.update(streamed=True, train_samples=len(data.streams[0]), val_samples=len(data.streams[1]))
+        facts["data_shapes"] = {"x_batch": _shape(data.x_train), "y_batch": _shape(data.y_train)}
+        for key, allowed in (("precision", "fp32/bf16/fp16"), ("optimizer", "adam/foreach-adam/fused-adam"),
+                             ("procs", "a number")):
+            if options.get(key) == "auto":
+                raise UsageError(f"fit: {key}='auto' measures on in-memory tensors; with streamed data choose "
+                                 f"{allowed}")
+        if options.get("parallel") == "ensemble" or options.get("optimizer") == "auto-adam":
+            raise UsageError("fit: streamed data trains with parallel none or ddp and a named optimizer")
     placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
     config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
     if not options.get("name"):
@@ -265,5 +275,18 @@ def _label(value: Any) -> str | None:
     return type(value).__name__
 
 
-def _dtype(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
+def _dtype(value: Any) -> Any:
+    """A tensor's dtype name; for several inputs, one per input."""
+    if isinstance(value, Mapping):
+        return {k: _dtype(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_dtype(v) for v in value]
+    return str(value.dtype).removeprefix("torch.")
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_shape(v) for v in value]
+    return list(value.shape)

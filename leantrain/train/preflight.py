@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
 from leantrain.fileio import clean_stale_temporaries, prepare_output_dir
 from leantrain.train import checkpoint
@@ -29,9 +30,9 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any) -> None:
     if not custom_loss:
         check_targets(dataset)
     check_dtypes(model, dataset.x_train)
-    x, y = dataset.x_train[:DRY_SAMPLES], dataset.y_train[:DRY_SAMPLES]
-    device = next((p.device for p in model.parameters()), x.device)
-    x, y = x.to(device), y.to(device)
+    x, y = head(dataset.x_train, DRY_SAMPLES), dataset.y_train[:DRY_SAMPLES]
+    device = next((p.device for p in model.parameters()), y.device)
+    x, y = to_device(x, device), y.to(device)
     rng, was_training = torch.get_rng_state(), model.training
     had_grad = [p.grad is not None for p in model.parameters()]
     model.eval()  # no dropout draws, no batch-norm statistics updated

@@ -40,17 +40,24 @@ class FitResult(Mapping[str, Any]):
 
     @torch.no_grad()
     def predict(self, x: Any, batch_size: int = 1024) -> torch.Tensor:
-        """Outputs for ``x`` (a tensor or numpy array of inputs), on the model's device, in eval mode."""
+        """Outputs for ``x`` (a tensor or numpy array of inputs; or a tuple/dict of them for a model with several
+        inputs, then in one batch), on the model's device, in eval mode."""
+        from leantrain.data.streaming import to_device
         from leantrain.data.user import as_tensor
+        from leantrain.train.adapters import call_model
 
-        inputs = as_tensor(x, "predict: x")
-        device = next((p.device for p in self.model.parameters()), inputs.device)
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         was_training = self.model.training
         self.model.eval()
         try:
+            if isinstance(x, (tuple, list, Mapping)):
+                chunks: list[Any] = [to_device(x, device)]
+            else:
+                inputs = as_tensor(x, "predict: x")
+                chunks = [inputs[start : start + batch_size].to(device) for start in range(0, len(inputs), batch_size)]
             outputs = []
-            for start in range(0, len(inputs), batch_size):
-                out = self.model(inputs[start : start + batch_size].to(device))
+            for chunk in chunks:
+                out = call_model(self.model, chunk)
                 outputs.append(self._output(out) if self._output else out)
             return torch.cat(outputs) if outputs else torch.empty(0)
         finally:

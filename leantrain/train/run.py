@@ -17,6 +17,7 @@ from leantrain import models, tuning
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
+from leantrain.data.streaming import StreamBatches, StreamVal
 from leantrain.errors import UsageError
 from leantrain.fileio import write_json
 from leantrain.inference.model_file import SUFFIX as MODEL_SUFFIX
@@ -186,7 +187,7 @@ def _train_and_record(
 
     try:
         train(
-            state, batches, dataset.x_val, dataset.y_val,
+            state, batches, StreamVal(dataset.streams[1], device) if dataset.streams else dataset.x_val, dataset.y_val,
             techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
             checkpoint_every=config.checkpoint_interval,
         )
@@ -272,6 +273,9 @@ def _threads_per_worker(world: World) -> int:
 
 def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
     """Every rank shuffles alike and takes its slice of each global batch (see data/batches.py)."""
+    if dataset.streams is not None:  # read batch by batch (larger than memory, or several inputs)
+        return StreamBatches(dataset.streams[0], config.batch_size, dist.device, seed=config.seed, rank=dist.rank,
+                             world_size=dist.world_size)
     source = TensorBatches if config.loader == "tensor" else DataLoaderBatches
     return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed,
                   rank=dist.rank, world_size=dist.world_size)
