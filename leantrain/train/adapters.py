@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from leantrain.errors import UsageError
-from leantrain.tasks import LOSSES, Task, get_task
+from leantrain.tasks import LOSSES, SequenceToSequence, Task, get_task
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,18 @@ class AdaptedTask:
         self.base, self.adapter = base, adapter
         self.metric, self.higher_is_better = base.metric, base.higher_is_better
         self.custom_loss = callable(adapter.loss_fn)
+        self.strict = not isinstance(base, SequenceToSequence)  # the others' losses take one tensor
         # A custom loss is a per-sample mean: its unit is the sample, equal on ranks with equal batches.
         self.units_are_samples = self.custom_loss or getattr(base, "units_are_samples", False)
 
     def forward(self, model: Callable[..., Any], x: Any, y: Tensor) -> Any:
-        return select_output(self.base.forward(lambda inputs: call_model(model, inputs), x, y), self.adapter.output_key)
+        def forward(*args: Any, **kwargs: Any) -> Any:  # the task's call (seq2seq passes targets too)
+            return call_model(model, args[0]) if len(args) == 1 and not kwargs else model(*args, **kwargs)
+
+        output = self.base.forward(forward, x, y)
+        if self.adapter.output_key is None and not self.strict:
+            return output  # seq2seq's own (logits, decoded) pair in evaluation
+        return select_output(output, self.adapter.output_key)
 
     def loss_sum(self, output: Any, target: Tensor) -> Tensor:
         if self.custom_loss:

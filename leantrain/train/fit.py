@@ -125,6 +125,8 @@ def fit(
     if out_dir is not None:
         _check_not_finished(out_dir, config.run_name, resume=resume, force=force)
     recorded_config = {**config.to_dict(), "model": model_class, "data": data.name, "optimizer": optimizer_label}
+    if data.streams is not None:
+        recorded_config["loader"] = "stream"  # batches read as training goes, whatever loader= says
     existed = out_dir is not None and out_dir.exists()
     try:
         record = execute(
