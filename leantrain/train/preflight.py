@@ -102,8 +102,8 @@ def check_output(output: Any, y: torch.Tensor, dataset: Any) -> None:
         if output.shape[1] < labels:
             raise UsageError(f"the model outputs {output.shape[1]} class scores but the labels go up to {labels - 1}: "
                              f"give the model's last layer {labels} outputs")
-    elif dataset.task == "regression" and output.shape != y.shape:
-        raise UsageError(f"regression outputs of shape {tuple(output.shape)} against targets of shape "
+    elif dataset.task in ("regression", "reconstruction") and output.shape != y.shape:
+        raise UsageError(f"{dataset.task} outputs of shape {tuple(output.shape)} against targets of shape "
                          f"{tuple(y.shape)} would broadcast: make them equal (y.view(-1, 1), or squeeze the output)")
 
 

@@ -29,6 +29,14 @@ def test_a_flat_target_against_a_column_output_is_refused_not_broadcast():
     assert "\n" not in str(e.value)
 
 
+def test_a_flat_target_is_refused_under_reconstruction_too():
+    x, y = _xy()
+    data = lt.data.from_tensors(x, y, task="regression")
+    data.task = "reconstruction"  # the only squared-error task before regression existed
+    with pytest.raises(lt.UsageError, match="broadcast"):
+        lt.fit(nn.Linear(4, 1), data, epochs=1)
+
+
 def test_reused_technique_objects_start_every_fit_afresh():
     x, y = _xy()
     data = lt.data.from_tensors(x, (y > 0).long())
