@@ -1,12 +1,12 @@
 """What ``leantrain.fit`` returns: the run's record, the trained model, and a way to use it.
 
-``FitResult`` is a thin view of the run's record (the JSON document ``leantrain train`` writes), so every number
-it shows is one the record holds. It also reads like that record (``result["summary"]``), as ``fit`` returned
-the plain dict before.
+``FitResult`` is the run's record (the JSON document ``leantrain train`` writes) with the trained model beside it,
+so every number it shows is one the record holds. It is a ``dict`` (``result["summary"]``, ``json.dump(result)``),
+as ``fit`` returned the plain record before.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 
-class FitResult(Mapping[str, Any]):
-    """One finished ``fit``.
+class FitResult(dict[str, Any]):
+    """One finished ``fit``: the run's record as a dict (``schema``, ``run``, ``env``, ``epochs``, ``summary``), and
 
-    - ``record``: the run's record (``schema``, ``run``, ``env``, ``epochs``, ``summary``); ``result[key]`` reads it.
+    - ``record``: that record, as a plain dict.
     - ``epochs``: one dict per epoch (``train_loss``, ``val_loss``, the task's metrics, time, throughput, ...).
     - ``model``: the trained ``nn.Module`` (the object passed to ``fit``, unless a technique rebuilt it).
     - ``best_checkpoint``: the file a ``KeepBest`` callback wrote, or None.
@@ -26,17 +26,22 @@ class FitResult(Mapping[str, Any]):
 
     def __init__(self, record: dict[str, Any], model: nn.Module, best_checkpoint: Path | None = None,
                  output: Any = None):
-        self.record, self.model, self.best_checkpoint = record, model, best_checkpoint
+        super().__init__(record)
+        self.model, self.best_checkpoint = model, best_checkpoint
         self._output = output  # picks the tensor from a dict/tuple output (fit's output_key)
 
     @property
+    def record(self) -> dict[str, Any]:
+        return dict(self)
+
+    @property
     def epochs(self) -> list[dict[str, Any]]:
-        return self.record["epochs"]
+        return self["epochs"]
 
     @property
     def metric(self) -> str:
         """The task's headline metric, e.g. ``val_acc`` or ``val_mse``."""
-        return self.record["run"]["metric"]
+        return self["run"]["metric"]
 
     @torch.no_grad()
     def predict(self, x: Any, batch_size: int = 1024) -> torch.Tensor:
@@ -63,17 +68,8 @@ class FitResult(Mapping[str, Any]):
         finally:
             self.model.train(was_training)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.record[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.record)
-
-    def __len__(self) -> int:
-        return len(self.record)
-
     def __repr__(self) -> str:
-        run, summary = self.record["run"], self.record["summary"]
+        run, summary = self["run"], self["summary"]
         metric = self.metric
         final = summary.get(f"final_{metric}")
         shown = f"{final:.4g}" if isinstance(final, (int, float)) else final

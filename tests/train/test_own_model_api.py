@@ -141,3 +141,13 @@ def test_the_same_recipe_via_a_dataloader_a_dataset_and_tensors_gives_the_same_l
         runs.append([(e["train_loss"], e["val_loss"]) for e in
                      lt.fit(nn.Linear(4, 3), data, epochs=3, batch_size=16, lr=0.05).epochs])
     assert runs[0] == runs[1] == runs[2]
+
+
+def test_the_result_is_the_record_as_a_dict_with_the_model_beside_it():
+    import json
+
+    model = nn.Linear(4, 3)
+    result = lt.fit(model, lt.data.from_tensors(*_classes()), epochs=1)
+    assert isinstance(result, dict) and result.model is model and result.best_checkpoint is None
+    assert json.loads(json.dumps(result))["summary"] == result.record["summary"]
+    assert result.epochs is result["epochs"] and result.metric == "val_acc"
