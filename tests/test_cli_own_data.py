@@ -135,3 +135,18 @@ def test_fractional_targets_under_classification_name_task_regression(tmp_path, 
     np.savetxt(tmp_path / "d.csv", np.c_[x, y], delimiter=",", header="a,b,c,y", comments="")
     assert main(["train", "--data", f"csv:path={tmp_path / 'd.csv'},target=y", "--quiet", "--out", str(tmp_path)]) == 2
     assert "add task=regression" in capsys.readouterr().err
+
+
+def test_a_model_module_in_the_current_folder_is_found_as_the_console_script_runs(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_models_here.py").write_text(
+        "from torch import nn\n\nclass Tiny(nn.Module):\n    def __init__(self, width=4):\n        super().__init__()\n"
+        "        self.f = nn.Linear(3, width)\n\n    def forward(self, x):\n        return self.f(x)\n")
+    x, y = _problem(n=60)
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    np.save(tmp_path / "y.npy", (y > 0).astype(np.int64))
+    monkeypatch.chdir(tmp_path)
+    # The installed `leantrain` script's sys.path holds its bin folder, not the current folder.
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    assert main(["train", "--model", "my_models_here:Tiny:width=2", "--data", "npy:x=x.npy,y=y.npy", "--epochs", "1",
+                 "--quiet", "--out", "out"]) == 0, capsys.readouterr().err
+    assert _record(tmp_path / "out")["run"]["params"] == 3 * 2 + 2

@@ -112,6 +112,9 @@ def fit(
                                  f"{allowed}")
         if options.get("parallel") == "ensemble" or options.get("optimizer") == "auto-adam":
             raise UsageError("fit: streamed data trains with parallel none or ddp and a named optimizer")
+        if options.get("save_model") and not isinstance(data.x_train, torch.Tensor):
+            raise UsageError("fit: save_model writes a model file for one input tensor; save a model with several "
+                             "inputs yourself (torch.save(result.model.state_dict(), path))")
     placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
     config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
     if not options.get("name"):
