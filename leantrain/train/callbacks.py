@@ -56,7 +56,11 @@ class Monitor(Callback):
             raise UsageError(f"{type(self).__name__}: monitor {key!r} is not in the epoch record; "
                              f"choose one of: {', '.join(sorted(k for k in record if k.startswith(('val_', 'train_'))))}")
         value = float(record[key])
-        sign = 1.0 if _mode(key, self.mode_given) == "max" else -1.0
+        if self.monitor is None and self.mode_given is None:  # the task's metric: the task says which way is up
+            higher = state.task.higher_is_better  # type: ignore[attr-defined]
+        else:
+            higher = _mode(key, self.mode_given) == "max"
+        sign = 1.0 if higher else -1.0
         better = not math.isnan(value) and (self.best is None or sign * (value - self.best) > self.min_delta)
         if better:
             self.best = value
@@ -140,7 +144,7 @@ class SchedulerStep(Callback):
         self.saved: dict[str, Any] | None = None
 
     def describe(self) -> str:
-        return f"{type(self.scheduler or self.given).__name__}/{self.interval}"
+        return f"lr_scheduler/{self.interval}"  # the same before and after building: checkpoints compare it
 
     def on_fit_start(self, state: StepState) -> None:
         if isinstance(self.given, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -152,6 +156,9 @@ class SchedulerStep(Callback):
             self.scheduler = self.given(state.optimizer)
         if self.saved:
             self.scheduler.load_state_dict(self.saved)
+            # Building the scheduler reset the groups' lr (its first step); put back the lr it had reached.
+            for group, lr in zip(state.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
 
     def after_optimizer_step(self, state: StepState) -> None:
         if self.interval == "step":

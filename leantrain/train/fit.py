@@ -96,7 +96,7 @@ def fit(
     facts = {
         "model": type(model).__name__, "model_class": model_class, "data": data.name, "data_spec": None,
         "task": data.task, "loss": _label(loss_fn) or "default", "metrics": sorted(adapter.metrics),
-        "optimizer": optimizer_label,
+        "optimizer": optimizer_label, "scheduler": _label(scheduler),
         "data_shape": _shape(data.x_train)[1:] if isinstance(data.x_train, torch.Tensor) else _shape(data.x_train),
         "data_shapes": {k: _shape(getattr(data, k)) for k in ("x_train", "y_train", "x_val", "y_val")},
         "data_dtypes": {"x": _dtype(data.x_train), "y": _dtype(data.y_train)},

@@ -151,3 +151,29 @@ def test_the_result_is_the_record_as_a_dict_with_the_model_beside_it():
     assert isinstance(result, dict) and result.model is model and result.best_checkpoint is None
     assert json.loads(json.dumps(result))["summary"] == result.record["summary"]
     assert result.epochs is result["epochs"] and result.metric == "val_acc"
+
+
+class Crash(lt.Callback):
+    def __init__(self, at_epoch):
+        self.at_epoch = at_epoch
+
+    def before_step(self, state):
+        if state.epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_fit_continues_the_users_scheduler_where_it_stopped(tmp_path):
+    def run(folder, crash=None, resume=False):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        return lt.fit(model, lt.data.from_tensors(*_classes()), epochs=4, checkpoint_dir=folder, resume=resume,
+                      optimizer=functools.partial(torch.optim.SGD, lr=0.2, momentum=0.9),
+                      scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5**epoch),
+                      callbacks=[crash] if crash else [])
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "part", Crash(2))
+    resumed = run(tmp_path / "part", resume=True)
+    assert [e["lr"] for e in resumed.epochs] == [e["lr"] for e in whole.epochs] == pytest.approx([0.2, 0.1, 0.05, 0.025])
+    assert [e["train_loss"] for e in resumed.epochs] == [e["train_loss"] for e in whole.epochs]
