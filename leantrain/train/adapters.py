@@ -126,6 +126,8 @@ class AdaptedTask:
         sums["adapter_samples"] = torch.tensor(len(target))
         for name, metric in self.adapter.metrics.items():
             if is_stateful_metric(metric):
+                if callable(getattr(metric, "to", None)) and isinstance(output, Tensor):
+                    metric.to(output.device)  # a torchmetrics Metric keeps its state where the outputs are
                 metric.update(output, target)
             else:
                 sums[f"adapter_metric_{name}"] = torch.as_tensor(metric(output, target)).detach().double() * len(target)
