@@ -52,8 +52,10 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 
 @dataclass(init=False)
 class RunConfig:
-    model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]")
-    data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]")
+    model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]; or your own class: "
+                             "my_pkg.models:Net[:key=value,...]")
+    data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]; your files: "
+                                     "csv:path=F,target=COL / npy:x=X.npy,y=Y.npy / pt:path=F")
     epochs: int = _opt(5, "passes over the training split")
     batch_size: int = _opt(64, "samples per optimizer step (per worker)")
     eval_batch_size: int = _opt(1024, "samples per validation batch")
@@ -176,6 +178,7 @@ class RunConfig:
         """Check every value; raise UsageError naming the first bad one. Returns self for chaining."""
         from leantrain.data.registry import DATASETS  # late: the registries import leantrain modules
         from leantrain.models.registry import MODELS
+        from leantrain.models.user import is_import_spec, load_class
         from leantrain.registry import check_spec
 
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -226,7 +229,10 @@ class RunConfig:
             raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
                              "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
-        check_spec(MODELS, self.model, "data")
+        if is_import_spec(self.model):
+            load_class(self.model)  # importable, and its options are the constructor's
+        else:
+            check_spec(MODELS, self.model, "data")
         self._validate_members(where)
         return self
 
