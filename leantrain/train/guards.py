@@ -140,7 +140,7 @@ class Guards:
         self, state: Any, checkpoint_every: tuple[int | None, float | None] = (None, None),
         save: Any = lambda state: None,
     ):
-        scaler_checks_grads = state.grad_scaler.is_enabled()
+        scaler_checks_grads = state.precision.scaler_checks_grads
         self.nonfinite = NonFiniteGuard(state.on_nonfinite, state.device, state.dist.world_size, scaler_checks_grads)
         self.spikes = SpikeDetector()
         saved = state.guard_state or {}

@@ -386,7 +386,7 @@ def make_record(
     written: bool = True,
 ) -> dict[str, Any]:
     flops = models.flops_per_sample(state.model)
-    peak = peak_matmul_flops(state.device, state.compute_dtype) if flops else None
+    peak = peak_matmul_flops(state.device, state.precision.compute_dtype) if flops else None
     # Rates are global over the ranks, so the capacity is every rank's peak (each measured at its thread count).
     capacity = peak * state.dist.world_size if peak else None
     for epoch in state.records:
