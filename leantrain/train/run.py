@@ -42,8 +42,8 @@ from leantrain.train.optim import make_optimizer
 from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
-from leantrain.train.run_identity import differing_keys
-from leantrain.train.state import EpochProgress, TrainState
+from leantrain.train.state import TrainState
+from leantrain.train.training_state import TrainingCheckpoint
 
 # The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
 PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
@@ -125,10 +125,9 @@ def _execute(
     model = model if model is not None else models.build(member, dataset)
     # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
     ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
-    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
-    saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
-    if saved:  # before anything is measured or built from it
-        check_resumable(saved, config, 1 if ensemble else dist.world_size)
+    ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
+                              1 if ensemble else dist.world_size)
+    saved = ckpt.read() if resume else None  # checked before anything is measured or built from it
     progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
     # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
     tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message,
@@ -151,7 +150,7 @@ def _execute(
     plan = make_plan(config, dist)
     model = plan.prepare(model.to(device), dataset)
     with run_files(out_dir if ranks.is_main else None, config.run_name, resume=resume, force=force):
-        return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt_path, saved,
+        return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt, saved,
                                  tuned, progress, member if ensemble else None, extra, plan)
 
 
@@ -173,7 +172,7 @@ def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
 
 def _train_and_record(
     config: RunConfig, dist: Dist, ranks: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
-    techniques: list[Technique], out_dir: Path | None, ckpt_path: Path | None, saved: dict[str, Any] | None,
+    techniques: list[Technique], out_dir: Path | None, ckpt: TrainingCheckpoint, saved: dict[str, Any] | None,
     tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any], plan: ParallelPlan,
 ) -> dict[str, Any]:
     ensemble = member is not None
@@ -201,14 +200,10 @@ def _train_and_record(
     )
     plan.attach(state)
     if saved:
-        restore(state, techniques, saved, config)
+        ckpt.restore(state, techniques, saved)
 
     def save(state: TrainState) -> None:
-        if ckpt_path is None:
-            return
-        payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
-        if dist.is_main:  # under an ensemble, every member is main of its own loop
-            checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
+        ckpt.save(state, techniques, {"autotune": tuned.record})
 
     log = open_log(config.loggers, out_dir, config.run_name, is_main=ranks.is_main, world_size=dist.world_size,
                    append=saved is not None)
@@ -219,7 +214,7 @@ def _train_and_record(
             checkpoint_every=config.checkpoint_interval, log=log,
         )
     except NonFiniteLoss as e:
-        kept = f"the last good checkpoint is kept: {ckpt_path}" if ckpt_path and ckpt_path.exists() else \
+        kept = f"the last good checkpoint is kept: {ckpt.path}" if ckpt.exists() else \
             "no checkpoint was written before it"
         raise NonFiniteLoss(f"{e}; {kept}") from None
     finally:
@@ -233,18 +228,17 @@ def _train_and_record(
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
-    if out_dir and ckpt_path and config.save_model:
+    if out_dir and ckpt.path and config.save_model:
         weights = plan.model_state(state.model)  # every rank takes part: stages and shards are gathered
         if dist.is_main:  # each ensemble member saves its own model
             record["run"]["model_file"] = save_model(
-                out_dir / (ckpt_path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
+                out_dir / (ckpt.path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
                 model_spec=member or config.model, data_spec=config.data, data=dataset,
                 record=f"{config.run_name}.json").name
     if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
     ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
-    if ckpt_path and dist.is_main:
-        ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
+    ckpt.remove(state)
     return record
 
 
@@ -313,72 +307,6 @@ def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSourc
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
-
-
-def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) -> dict[str, Any]:
-    """Everything needed to continue bit-for-bit: weights, optimizer, technique states, RNGs, counters."""
-    return {
-        "config": config.to_dict(),
-        "epoch": state.epoch,
-        "step": state.step,
-        "samples_seen": state.samples_seen,
-        "accum_steps": state.accum_steps,
-        "records": state.records,
-        "step_losses": state.step_losses,
-        "progress": state.progress.to_dict() if state.progress is not None else None,
-        "guards": state.guard_state,
-        "model": state.plan.model_state(state.model),  # the whole model, whatever the layout
-        "optimizer": state.plan.optimizer_state(state.model, state.optimizer),
-        "techniques": {t.name: t.state_dict() for t in techniques},
-        "technique_labels": _stateful_labels(techniques),
-        "rng": checkpoint.rng_states(),
-        "world_size": state.dist.world_size,
-        "rng_per_rank": state.dist.gather(checkpoint.rng_states()) if state.dist.world_size > 1 else None,
-    }
-
-
-def check_resumable(saved: dict[str, Any], config: RunConfig, world_size: int) -> None:
-    """The checkpoint was written by this many workers with these settings; else one line saying what differs."""
-    saved_world = saved.get("world_size", 1)
-    if saved_world != world_size:
-        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
-                         f"not {world_size} (the batch order and per-rank random states depend on it)")
-    changed = differing_keys(saved["config"], config.to_dict())
-    if changed:
-        raise UsageError(
-            f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
-            "resume with the original configuration"
-        )
-
-
-def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
-    check_resumable(saved, config, state.dist.world_size)
-    labels = _stateful_labels(techniques)
-    if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
-        raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
-                         "resume with the original techniques")
-    for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
-        technique.load_state_dict(saved["techniques"].get(technique.name, {}), state)
-    try:
-        state.plan.load_model_state(state.model, saved["model"])
-    except RuntimeError as e:  # another model's weights: say so in one line, not a page of shapes
-        first = str(e).strip().splitlines()[0][:120]
-        raise UsageError(f"the checkpoint holds weights of another model than {type(state.model).__name__} "
-                         f"({first}); resume with the model it was written with") from None
-    state.plan.load_optimizer_state(state.model, state.optimizer, saved["optimizer"])
-    state.epoch, state.step = saved["epoch"], saved["step"]
-    state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
-    state.records = list(saved["records"])
-    state.step_losses = list(saved["step_losses"])
-    state.guard_state = dict(saved["guards"])
-    state.progress = EpochProgress.from_dict(saved["progress"], state.device) if saved["progress"] else None
-    dist = state.dist
-    checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
-
-
-def _stateful_labels(techniques: list[Technique]) -> list[str]:
-    """Techniques whose state a checkpoint carries; a stateless callback may come and go between sessions."""
-    return [t.describe() for t in techniques if type(t).state_dict is not Technique.state_dict]
 
 
 def make_record(
