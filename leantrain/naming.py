@@ -15,7 +15,7 @@ from leantrain.errors import UsageError
 
 # Settings that never change what a run computes: they stay out of its identity.
 NOT_IDENTITY = frozenset({"name", "target", "dist_timeout", "checkpoint_every", "procs", "backend", "threads",
-                          "save_model", "log"})
+                          "save_model", "log", "memory_check"})
 MAX_NAME = 120  # well under the usual 255-byte file-name limit, leaving room for suffixes
 SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 

@@ -37,6 +37,7 @@ from leantrain.train import checkpoint
 from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
+from leantrain.train.memory import check_memory
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
 from leantrain.train.optim import make_optimizer
 from leantrain.train.preflight import dry_forward, run_files
@@ -145,6 +146,8 @@ def _execute(
         ranks = dist
     techniques = in_hook_order(techniques)
     dry_forward(model, dataset, config)  # a model that does not fit the data fails before any file is written
+    if config.memory_check:  # nor one that does not fit in memory: ranks on one CPU share its memory
+        check_memory(model, dataset, tuned.config, device, ranks.world.local_world_size if device.type == "cpu" else 1)
     # The layout over the ranks (FSDP shards, pipeline stages), before the optimizer sees the parameters;
     # a model that cannot be laid out so fails here too, before any file is written.
     plan = make_plan(config, dist)
