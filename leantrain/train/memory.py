@@ -72,7 +72,8 @@ def optimizer_state_layout(config: Any) -> tuple[float, int]:
     """The optimizer's state as (bytes per byte of trainable parameter, fixed bytes per parameter tensor): Adam
     keeps two moments and a step count, SGD with momentum one buffer. Read off the run's own optimizer after
     one step on a probe layer, rather than assumed per kind."""
-    probe = nn.Linear(8, 8, bias=False)
+    with torch.random.fork_rng(devices=[]):  # the probe's initialisation must not shift the run's random stream
+        probe = nn.Linear(8, 8, bias=False)
     optimizer_name = "adam" if config.optimizer == "auto-adam" else config.optimizer  # any Adam kernel keeps the same
     optimizer = make_optimizer(config.replace(optimizer=optimizer_name), probe)
     probe.weight.grad = torch.zeros_like(probe.weight)

@@ -1,9 +1,9 @@
 """The experiment runner holds one data set at a time in preflight, and during the runs only those later runs need."""
 import gc
-import tomllib
 import weakref
 
 import pytest
+import tomllib
 
 import leantrain.data
 import leantrain.experiments.report
