@@ -53,8 +53,9 @@ def test_dry_steps_leave_no_trace_and_do_not_run_a_training_forward():
             self.calls += self.training
             return self.inner(x)
 
+    model, data = _model(), _data()
     rng = torch.get_rng_state()
-    memory.estimate(_model(), _data(), RunConfig(batch_size=32), CPU)  # the optimizer probe included
+    memory.estimate(model, data, RunConfig(batch_size=32), CPU)  # the optimizer probe included
     assert torch.equal(torch.get_rng_state(), rng)  # the run's initialisation and batches are as without the check
 
     counting = CountsTrainingCalls()
