@@ -1,5 +1,6 @@
 """Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side,
-and what ``--procs auto`` picks.
+and what ``--procs auto`` picks; with ``--ddp-knobs``, DDP's bucket size, static graph and gradient-as-bucket-view
+on the compute-bound case instead.
 
 Each case trains the same model in every layout, interleaved and repeated; multi-process layouts are
 launched exactly as a user launches them (``leantrain train --parallel ddp --procs 2``). Throughput is
@@ -10,6 +11,7 @@ at batch 2B and 2 processes x 1 thread at batch B (its probe is cached after the
 fresh cache folder per benchmark run). Also measures what the Dist context costs a single process.
 
     python benchmarks/parallel.py [--repeats 3] [--epochs 2]
+    python benchmarks/parallel.py --ddp-knobs [--repeats 3] [--epochs 2]
 """
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ LAYOUTS: dict[str, tuple[int | str, int | None, int]] = {
            "1 proc x 2 threads, batch 2B": (1, 2, 2), "procs auto": ("auto", None, 1)}
 
 
+# name -> DDP settings (config keys), each on 2 processes x 1 thread, against 1 process x 1 thread.
+DDP_KNOBS: dict[str, dict[str, Any]] = {
+    "defaults (25 MB buckets, grad views)": {},
+    "5 MB buckets": {"ddp_bucket_mb": 5},
+    "100 MB buckets": {"ddp_bucket_mb": 100},
+    "static graph": {"ddp_static_graph": True},
+    "no grad views": {"ddp_grad_as_bucket_view": False},
+}
+KNOBS_CASE = "MLP 512-2048-2048-20, batch 512"
+
+
 def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, env: dict) -> dict:
     values = {**case, "epochs": epochs, "device": "cpu", **({"threads": threads} if threads else {})}
     if procs == 1:
@@ -76,8 +89,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="which cases (default: all)")
+    parser.add_argument("--ddp-knobs", action="store_true", help="measure DDP's knobs on the compute-bound case")
     args = parser.parse_args()
     env = {**os.environ, "LEANTRAIN_CACHE_DIR": tempfile.mkdtemp(prefix="leantrain-bench-")}
+    if args.ddp_knobs:
+        ddp_knobs(args.repeats, args.epochs, env)
+        return
     rows = []
     for name in args.cases:
         rates: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
@@ -107,6 +124,30 @@ def main() -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def ddp_knobs(repeats: int, epochs: int, env: dict) -> None:
+    case = CASES[KNOBS_CASE]
+    one: list[float] = []
+    rates: dict[str, list[float]] = {name: [] for name in DDP_KNOBS}
+    noisy = 0
+    load_before = os.getloadavg()[0]
+    for repeat in range(repeats):
+        record = run_layout(case, 1, 1, epochs, env)
+        one.append(record["summary"]["median_samples_per_s"])
+        for name, knobs in DDP_KNOBS.items():
+            record = run_layout({**case, **knobs}, 2, 1, epochs, env)
+            rates[name].append(record["summary"]["median_samples_per_s"])
+            noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in record["epochs"])
+        print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
+    print(f"\nmachine: {cpu_name()} | capability {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
+          f"{KNOBS_CASE} | repeats {repeats} | epochs {epochs} | load average before {load_before:.2f}, after "
+          f"{os.getloadavg()[0]:.2f} | noisy runs {noisy}/{repeats * len(DDP_KNOBS)} | 1 proc x 1 thread: "
+          f"{median_spread(one, '{:,.0f}')} samples/s")
+    print("| DDP settings (2 procs x 1 thread) | samples/s | scaling efficiency |\n|---|---|---|")
+    for name in DDP_KNOBS:
+        efficiency = [r / (2 * o) for r, o in zip(rates[name], one)]
+        print(f"| {name} | {median_spread(rates[name], '{:,.0f}')} | {median_spread(efficiency, '{:.2f}')} |")
 
 
 if __name__ == "__main__":

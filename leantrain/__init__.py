@@ -13,11 +13,14 @@ from leantrain.techniques import (
     Technique,
     WarmupCosine,
 )
+from leantrain.train.callbacks import Callback, EarlyStopping, KeepBest
 from leantrain.train.fit import fit
+from leantrain.train.result import FitResult
 
 __version__ = "0.1.0"
 __all__ = [
     "data", "fit", "compare", "epochs_frame", "plot_epochs",
     "RunConfig", "UsageError", "Technique", "MixedPrecision", "GradClip", "ActivationCheckpointing",
-    "AdaptiveAccumulation", "WarmupCosine", "ComplexityMatching", "Compile", "__version__",
+    "AdaptiveAccumulation", "WarmupCosine", "ComplexityMatching", "Compile", "Callback", "EarlyStopping", "KeepBest",
+    "FitResult", "__version__",
 ]

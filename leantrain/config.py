@@ -52,8 +52,10 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 
 @dataclass(init=False)
 class RunConfig:
-    model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]")
-    data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]")
+    model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]; or your own class: "
+                             "my_pkg.models:Net[:key=value,...]")
+    data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]; your files: "
+                                     "csv:path=F,target=COL / npy:x=X.npy,y=Y.npy / pt:path=F")
     epochs: int = _opt(5, "passes over the training split")
     batch_size: int = _opt(64, "samples per optimizer step (per worker)")
     eval_batch_size: int = _opt(1024, "samples per validation batch")
@@ -74,6 +76,11 @@ class RunConfig:
         "model's blocks split into one stage per worker; dpAxppB (e.g. dp2xpp2): A data-parallel replicas of a "
         "B-stage pipeline; batch_size is per worker (per pipeline replica under pipeline and dpAxppB)",
     )
+    ddp_bucket_mb: float = _opt(25.0, "ddp: megabytes of gradients per all-reduce bucket (DDP's bucket_cap_mb)")
+    ddp_static_graph: bool = _opt(False, "ddp: declare the graph static (DDP's static_graph: the same parameters "
+                                         "get gradients every step)")
+    ddp_grad_as_bucket_view: bool = _opt(True, "ddp: gradients as views into the all-reduce buckets (one copy "
+                                               "less per step)")
     microbatches: int = _opt(4, "pipeline, dpAxppB: micro-batches each batch is cut into (batch_size must be a "
                                 "multiple)")
     schedule_pp: str = _opt("1f1b", "pipeline, dpAxppB: the pipeline schedule (torch.distributed.pipelining)",
@@ -174,6 +181,7 @@ class RunConfig:
         """Check every value; raise UsageError naming the first bad one. Returns self for chaining."""
         from leantrain.data.registry import DATASETS  # late: the registries import leantrain modules
         from leantrain.models.registry import MODELS
+        from leantrain.models.user import is_import_spec, load_class
         from leantrain.registry import check_spec
 
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -224,7 +232,10 @@ class RunConfig:
             raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
                              "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
-        check_spec(MODELS, self.model, "data")
+        if is_import_spec(self.model):
+            load_class(self.model)  # importable, and its options are the constructor's
+        else:
+            check_spec(MODELS, self.model, "data")
         self._validate_members(where)
         return self
 
@@ -233,6 +244,8 @@ class RunConfig:
         if mode not in PARALLELS + ("hybrid",):
             raise UsageError(f"{where}: parallel {self.parallel!r} is not one of: {', '.join(PARALLELS)}, "
                              "or dpAxppB (A data-parallel replicas x B pipeline stages, e.g. dp2xpp2)")
+        if not self.ddp_bucket_mb > 0:
+            raise UsageError(f"{where}: ddp_bucket_mb must be > 0 megabytes, got {self.ddp_bucket_mb}")
         if self.microbatches <= 0:
             raise UsageError(f"{where}: microbatches must be a positive integer, got {self.microbatches}")
         if mode in ("pipeline", "hybrid"):

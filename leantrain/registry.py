@@ -80,7 +80,7 @@ def resolve_options(kind: str, name: str, builder: Callable[..., Any], overrides
     for key, value in overrides.items():
         if key not in allowed:
             raise UsageError(f"{kind} {name!r} has no option {key!r}; options: {', '.join(allowed) or 'none'}")
-        kwargs[key] = _coerce(kind, name, key, value, params[key].default)
+        kwargs[key] = coerce_option(kind, name, key, value, params[key].default)
     return kwargs
 
 
@@ -100,7 +100,7 @@ def check_spec(registry: Registry, spec: str, *fixed_names: str) -> None:
     resolve_options(registry.kind, name, registry.get(name).builder, overrides, dict.fromkeys(fixed_names))
 
 
-def _coerce(kind: str, name: str, key: str, value: Any, default: Any) -> Any:
+def coerce_option(kind: str, name: str, key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str) or isinstance(default, str) or default is None:
         return value
     try:

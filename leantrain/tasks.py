@@ -114,6 +114,59 @@ class Reconstruction:
         return {"val_mse": mse, "val_psnr": 10.0 * math.log10(1.0 / mse) if mse > 0 else math.inf}
 
 
+LOSSES: dict[str, Callable[..., Tensor]] = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
+
+
+@TASKS.register("regression", "real-valued targets: MSE (or L1, Huber) loss per element; MSE, MAE, R^2")
+class Regression:
+    """y: float, the model's output shape per sample (a (N,) target needs an (N,) output, not (N, 1): no
+    broadcasting). Unit: one target ELEMENT, so the per-unit mean loss is ``nn.MSELoss()``'s. R^2 is
+    1 - SSE/SST with SST about each target column's own mean, averaged over columns weighted by their
+    variance (torchmetrics' ``multioutput="variance_weighted"``; the plain R^2 for one column). Sums are
+    kept in float64: SST = sum(y^2) - (sum y)^2 / n cancels badly in float32."""
+
+    metric = "val_mse"
+    higher_is_better = False
+    units_are_samples = True  # elements per sample are fixed: ranks with equal batches hold equal units
+    train_metric = None  # no accuracy: the training loss is the error itself
+
+    def __init__(self, loss: str = "mse"):
+        if loss not in LOSSES:
+            raise ValueError(f"regression loss {loss!r} is not one of: {', '.join(LOSSES)}")
+        self.loss = loss
+
+    def forward(self, model: Callable[..., Any], x: Tensor, y: Tensor) -> Tensor:
+        return model(x)
+
+    def correct(self, output: Tensor, target: Tensor) -> Tensor | None:
+        return None
+
+    def loss_sum(self, output: Tensor, target: Tensor) -> Tensor:
+        return LOSSES[self.loss](output.float(), target.float(), reduction="sum")
+
+    def units(self, target: Tensor) -> int:
+        return target.numel()
+
+    def tokens(self, target: Tensor) -> int | None:
+        return None
+
+    def metric_sums(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+        y, error = target.double().reshape(len(target), -1), (output.double() - target.double()).reshape(len(target), -1)
+        sums = {"squared_error": error.square().sum(), "absolute_error": error.abs().sum()}
+        for column in range(y.shape[1]):  # per column: R^2 is about each column's own mean
+            sums[f"y{column}"], sums[f"y{column}_sq"] = y[:, column].sum(), y[:, column].square().sum()
+            sums[f"y{column}_se"] = error[:, column].square().sum()
+        return sums
+
+    def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        columns = sum(1 for k in sums if k.endswith("_sq"))
+        n = units / max(columns, 1)  # samples
+        total = sum(sums[f"y{j}_sq"] - sums[f"y{j}"] ** 2 / max(n, 1) for j in range(columns))
+        r2 = 1.0 - sum(sums[f"y{j}_se"] for j in range(columns)) / total if total > 0 else math.nan
+        return {"val_mse": sums["squared_error"] / max(units, 1), "val_mae": sums["absolute_error"] / max(units, 1),
+                "val_r2": r2}
+
+
 @TASKS.register("language-model", "next-token cross-entropy per token, perplexity")
 class LanguageModel:
     """x: (N, L) token ids, y: (N, L) the next tokens; no padding (fixed-length chunks of a corpus), so
@@ -202,6 +255,6 @@ class SequenceToSequence:
         }
 
 
-def get_task(name: str) -> Task:
-    return TASKS.get(name).builder()
+def get_task(name: str, **options: Any) -> Task:
+    return TASKS.get(name).builder(**options)
 

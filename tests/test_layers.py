@@ -10,6 +10,8 @@ RANKS = {  # a module may import modules of its own rank or lower
     "leantrain": 7, "leantrain.__main__": 7, "leantrain.cli": 6, "leantrain.experiments": 5, "leantrain.train": 4,
     "leantrain.tuning": 4,  # run.py resolves auto settings with it; it times steps with train's meters and optimizer
     "leantrain.inference": 4,  # a trained model in use (saved files, evaluate, predict): beside train
+    # Leaves of the experiments package (data in; a table, a figure or a DataFrame out): FitResult uses them.
+    "leantrain.experiments.views": 1, "leantrain.experiments.tidy": 1, "leantrain.experiments.plots": 1,
     "leantrain.config": 3, "leantrain.techniques": 2, "leantrain.models": 2, "leantrain.data": 2, "leantrain.parallel": 2,
     "leantrain.tasks": 1, "leantrain.options": 1, "leantrain.registry": 1, "leantrain.errors": 0, "leantrain.fileio": 0,
     "leantrain.naming": 0,

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from leantrain.data.dataset import Dataset, split_train_val
+from leantrain.data.dataset import Dataset
 from leantrain.data.registry import DATASETS
+from leantrain.data.user import loader_dataset, tensors_dataset
 from leantrain.registry import call_with_overrides, import_submodules, parse_spec
 
 import_submodules(__name__)  # each reader's file registers its data sets; a new file needs no listing
 
-__all__ = ["DATASETS", "Dataset", "load", "from_tensors"]
+__all__ = ["DATASETS", "Dataset", "load", "from_tensors", "from_loader"]
 
 
 def load(spec: str, seed: int = 0, **overrides: Any) -> Dataset:
@@ -22,9 +21,23 @@ def load(spec: str, seed: int = 0, **overrides: Any) -> Dataset:
 
 
 def from_tensors(
-    x: torch.Tensor, y: torch.Tensor, *, val_fraction: float = 0.2, seed: int = 0, name: str = "tensors",
-    task: str = "classification",
+    x: Any, y: Any, *, val: tuple[Any, Any] | None = None, val_fraction: float = 0.2, seed: int = 0,
+    name: str = "tensors", task: str = "classification",
 ) -> Dataset:
-    """Wrap a user's own tensors; a seeded split holds out ``val_fraction`` for validation."""
-    num_classes = int(y.max()) + 1 if task == "classification" else None
-    return Dataset(name, *split_train_val(x, y, val_fraction, seed), task=task, num_classes=num_classes)
+    """Wrap a user's own tensors or numpy arrays; a seeded split holds out ``val_fraction`` for validation
+    unless ``val=(x_val, y_val)`` is given. ``x`` may be a tuple or dict of tensors: a model with several
+    inputs, called as ``model(*x)`` or ``model(**x)``. ``task``: "classification" (integer labels 0..C-1, shape (N,)) or
+    "regression" (float targets, the model's output shape per sample)."""
+    return tensors_dataset(x, y, val=val, val_fraction=val_fraction, seed=seed, name=name, task=task)
+
+
+def from_loader(
+    train: Any, val: Any = None, *, val_fraction: float = 0.2, seed: int = 0, name: str = "loader",
+    task: str = "classification", stream: bool = False,
+) -> Dataset:
+    """A torch ``DataLoader`` or map-style/iterable ``Dataset`` of (x, y) pairs (``val``: another one, else a
+    seeded split of a map-style one). leantrain batches them its own way (``batch_size=``, shuffled by the run's
+    seed, sharded per rank under data parallelism), taking a DataLoader's data set, collate_fn and num_workers.
+    By default the samples are read once into memory (the fast path); ``stream=True`` reads batches as
+    training goes, for data larger than memory (an iterable data set streams in its own order)."""
+    return loader_dataset(train, val, val_fraction=val_fraction, seed=seed, name=name, task=task, stream=stream)

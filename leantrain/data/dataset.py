@@ -21,6 +21,11 @@ class Dataset:
     task: str = "classification"  # a key of leantrain.tasks.TASKS
     num_classes: int | None = None
     info: dict[str, Any] = field(default_factory=dict)  # task-specific facts: vocab size, pad index, ...
+    # The user's loss, metrics and output convention (leantrain.train.adapters.TaskAdapter); None: the task's own.
+    adapter: Any = field(default=None, compare=False, repr=False)
+    # (train, val) leantrain.data.streaming.Stream read batch by batch; the tensors above then hold a first
+    # batch of each (for the preflight, the probes and the record's shapes). None: the tensors are the data.
+    streams: Any = field(default=None, compare=False, repr=False)
 
     def __iter__(self) -> Iterator[Tensor]:
         """Unpacks as ``x_train, y_train, x_val, y_val``."""
@@ -31,8 +36,11 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device | str) -> Dataset:
-        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val")}
-        return Dataset(self.name, **moved, task=self.task, num_classes=self.num_classes, info=dict(self.info))
+        from leantrain.data.streaming import to_device
+
+        moved = {k: to_device(getattr(self, k), torch.device(device)) for k in ("x_train", "y_train", "x_val", "y_val")}
+        return Dataset(self.name, **moved, task=self.task, num_classes=self.num_classes, info=dict(self.info),
+                       adapter=self.adapter, streams=self.streams)
 
 
 def split_train_val(x: Tensor, y: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -30,6 +30,8 @@ def _shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=512, help="lines per batched decode (default 512)")
     parser.add_argument("--decode-cache", choices=("on", "off"), default="on",
                         help="on: cached decoding; off: recompute the prefix each step (same output, slower)")
+    parser.add_argument("--beam", type=int, default=1,
+                        help="1: greedy (default); K > 1: beam search keeping the K most likely expansions (slower)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
 
@@ -46,7 +48,7 @@ def _decoder(args: argparse.Namespace) -> Any:
             raise UsageError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     saved = load_model(args.model, resolve_device(args.device, "--device"))
-    return LineDecoder(saved, cache=args.decode_cache == "on", batch_size=args.batch_size)
+    return LineDecoder(saved, cache=args.decode_cache == "on", batch_size=args.batch_size, beam=args.beam)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -58,7 +60,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     model_file: Path = decoder.saved.path
     mistakes = args.mistakes or model_file.with_name(model_file.name.removesuffix(".model.pt") + ".mistakes.txt")
     write_mistakes(mistakes, ev)
-    print(render(ev, f"{model_file.name} on {args.data} (decode cache {args.decode_cache})"))
+    how = f"beam {args.beam}" if args.beam > 1 else f"greedy, decode cache {args.decode_cache}"
+    print(render(ev, f"{model_file.name} on {args.data} ({how})"))
     print(f"mistakes ({len(ev.mistakes):,}): {mistakes}")
     return 0
 

@@ -3,7 +3,7 @@
 A line's characters must be in the model's vocabulary and no longer than the length it was trained at; each
 failure is one UsageError naming where. ``LineDecoder.predict`` encodes a batch of sources at the model's fixed
 source length (the LSTM encoder's backward pass reads the padding, so the padding must be as in training),
-decodes greedily (cached or not) and stops once every line of the batch has ended.
+decodes greedily (cached or not) or by beam search, and stops once every line of the batch has ended.
 """
 from __future__ import annotations
 
@@ -25,22 +25,24 @@ class GreedyModel(Protocol):
     tgt_len: int
 
     def generate(self, src: torch.Tensor, bos_index: int = 1, steps: int | None = None, *, cache: bool | None = None,
-                 early_exit: bool = False) -> torch.Tensor: ...
+                 early_exit: bool = False, beam: int = 1) -> torch.Tensor: ...
 
 
 class LineDecoder:
-    def __init__(self, saved: SavedModel, *, cache: bool = True, batch_size: int = 512):
+    def __init__(self, saved: SavedModel, *, cache: bool = True, batch_size: int = 512, beam: int = 1):
         if saved.task != "seq2seq" or not saved.vocab or not hasattr(saved.model, "generate"):
             raise UsageError(f"{saved.path}: model {saved.model_spec!r} (task {saved.task!r}) does not turn text lines "
                              "into text lines; evaluate and predict need a seq2seq model trained on text")
         if batch_size <= 0:
             raise UsageError(f"batch size must be a positive integer, got {batch_size}")
+        if beam <= 0:
+            raise UsageError(f"beam must be a positive integer (1: greedy), got {beam}")
         self.saved, self.model = saved, cast(GreedyModel, saved.model)
         self.tokenizer = CharTokenizer(saved.vocab)
         self.allowed = set(self.tokenizer.alphabet)
         self.max_source = self.model.src_len
         self.max_target = self.model.tgt_len - 2  # BOS, text, EOS
-        self.cache, self.batch_size = cache, batch_size
+        self.cache, self.batch_size, self.beam = cache, batch_size, beam
         self.bos = int(saved.info.get("bos_index", 1))
         self.device = next(saved.model.parameters()).device
 
@@ -63,7 +65,7 @@ class LineDecoder:
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             src = self.tokenizer.encode([sources[i] for i in rows], self.max_source).to(self.device)
-            tokens = self.model.generate(src, self.bos, cache=self.cache, early_exit=True)
+            tokens = self.model.generate(src, self.bos, cache=self.cache, early_exit=True, beam=self.beam)
             for i, ids in zip(rows, tokens.cpu(), strict=True):
                 out[i] = self.tokenizer.decode(ids)
         return out

@@ -46,7 +46,11 @@ class DataParallel(Technique):
         self._wrapped: tuple[int, ...] = ()
 
     def describe(self) -> str:
-        return "ddp"
+        """'ddp', with the knobs that differ from wrap_ddp's defaults: 'ddp(bucket_cap_mb=100,static_graph)'."""
+        defaults = {"bucket_cap_mb": 25.0, "gradient_as_bucket_view": True, "static_graph": False}
+        changed = [k if v is True else f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in self.ddp_options.items() if defaults.get(k) != v]
+        return f"ddp({','.join(changed)})" if changed else "ddp"
 
     def on_fit_start(self, state: StepState) -> None:
         self._wrap(state)

@@ -32,7 +32,7 @@ from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import wrap_ddp
 from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.launch import cores_available, run_local_workers
-from leantrain.tasks import get_task
+from leantrain.train.adapters import task_for
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cache_dir, cpu_name
 from leantrain.train.optim import make_optimizer
 
@@ -59,7 +59,7 @@ def time_steps(config: RunConfig, dist: Dist) -> float:
     model = models.build(config.model, dataset)
     forward = wrap_ddp(model, device_type="cpu") if dist.active else model
     optimizer = make_optimizer(config, model)
-    task = get_task(dataset.task)
+    task = task_for(dataset)
     batches = TensorBatches(dataset.x_train, dataset.y_train, config.batch_size, rank=dist.rank,
                             world_size=dist.world_size)
     times = []

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from leantrain.data.batches import BatchSource, sequential_batches
+from leantrain.data.streaming import StreamVal
 from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.base import Event, Technique, fire
@@ -30,7 +31,7 @@ from leantrain.train.state import EpochProgress, TrainState
 def train(
     state: TrainState,
     batches: BatchSource,
-    val_x: torch.Tensor,
+    val_x: torch.Tensor | StreamVal,
     val_y: torch.Tensor,
     *,
     techniques: list[Technique],
@@ -250,7 +251,7 @@ def _forward_backward(
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
+def evaluate(state: TrainState, x: torch.Tensor | StreamVal, y: torch.Tensor, batch_size: int) -> dict[str, Any]:
     """Validation loss and metric over the whole split, with the run's precision.
 
     On several ranks each evaluates its contiguous share and the sums are added up, so the loss and the
@@ -258,15 +259,19 @@ def evaluate(state: TrainState, x: torch.Tensor, y: torch.Tensor, batch_size: in
     state.model.eval()
     device, task, dist = state.device, state.task, state.data_dist
     forward = state.eval_forward or state.forward
-    if dist.world_size > 1:
-        share = math.ceil(len(x) / dist.world_size)
-        x, y = x[dist.rank * share : (dist.rank + 1) * share], y[dist.rank * share : (dist.rank + 1) * share]
+    if isinstance(x, StreamVal):  # read batch by batch, this rank's share
+        batches = x.batches(batch_size, dist.rank, dist.world_size)
+    else:
+        if dist.world_size > 1:
+            share = math.ceil(len(x) / dist.world_size)
+            x, y = x[dist.rank * share : (dist.rank + 1) * share], y[dist.rank * share : (dist.rank + 1) * share]
+        batches = sequential_batches(x, y, batch_size)
     loss_sum = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {}
     units = steps = samples = 0
     tokens: int | None = None
     start = now(device)
-    for xb, yb in sequential_batches(x, y, batch_size):
+    for xb, yb in batches:
         with state.precision.autocast():
             output = task.forward(forward, xb, yb)
             loss_sum += task.loss_sum(output, yb)

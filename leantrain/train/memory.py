@@ -11,6 +11,7 @@ share (FSDP and pipelines are estimated as if every rank held the whole model).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
-from leantrain.tasks import get_task
 from leantrain.techniques.amp import autocast_for
+from leantrain.train.adapters import task_for
 from leantrain.train.metrics import SavedTensorMeter
 from leantrain.train.optim import make_optimizer
 
@@ -53,29 +55,36 @@ class MemoryEstimate:
         return f"{_gib(self.total)} (" + ", ".join(f"{k} {_gib(v)}" for k, v in parts.items()) + ")"
 
 
-def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device) -> MemoryEstimate:
-    """One process's memory for ``config`` (batch size, optimizer, precision) training ``model`` on ``dataset``."""
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
+             optimizer: OptimizerFactory | None = None) -> MemoryEstimate:
+    """One process's memory for ``config`` (batch size, optimizer, precision) training ``model`` on ``dataset``;
+    ``optimizer``: a user's optimizer factory instead of the config's named optimizer."""
     params = list(model.parameters())
     param_bytes = sum(_bytes(p) for p in params)
     trainable = sum(_bytes(p) for p in params if p.requires_grad)
-    data = sum(_bytes(t) for t in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
-    on_device = all(p.device.type == device.type for p in params) and dataset.x_train.device.type == device.type
+    data_tensors = _tensors([dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val])  # inputs may be nested
+    data = sum(_bytes(t) for t in data_tensors)
+    on_device = all(t.device.type == device.type for t in [*params, *data_tensors])
     return MemoryEstimate(
         parameters=param_bytes, gradients=trainable,
-        optimizer=_optimizer_bytes([p for p in params if p.requires_grad], config),
+        optimizer=_optimizer_bytes([p for p in params if p.requires_grad], config, optimizer and optimizer(model)),
         activations=activation_bytes(model, dataset, config.batch_size, config.precision),
         data=data, resident=param_bytes + data if on_device else 0,
     )
 
 
-def optimizer_state_layout(config: Any) -> tuple[float, int]:
+def optimizer_state_layout(config: Any, like: torch.optim.Optimizer | None = None) -> tuple[float, int]:
     """The optimizer's state as (bytes per byte of trainable parameter, fixed bytes per parameter tensor): Adam
     keeps two moments and a step count, SGD with momentum one buffer. Read off the run's own optimizer after
-    one step on a probe layer, rather than assumed per kind."""
+    one step on a probe layer, rather than assumed per kind. ``like``: a user's optimizer, whose class and
+    settings the probe's copies (the optimizer itself is never stepped)."""
     with torch.random.fork_rng(devices=[]):  # the probe's initialisation must not shift the run's random stream
         probe = nn.Linear(8, 8, bias=False)
     optimizer_name = "adam" if config.optimizer == "auto-adam" else config.optimizer  # any Adam kernel keeps the same
-    optimizer = make_optimizer(config.replace(optimizer=optimizer_name), probe)
+    optimizer = _like(like, probe) or make_optimizer(config.replace(optimizer=optimizer_name), probe)
     probe.weight.grad = torch.zeros_like(probe.weight)
     optimizer.step()
     state = [v for v in optimizer.state[probe.weight].values() if torch.is_tensor(v)]
@@ -83,8 +92,18 @@ def optimizer_state_layout(config: Any) -> tuple[float, int]:
     return shaped / _bytes(probe.weight), sum(_bytes(v) for v in state if v.shape != probe.weight.shape)
 
 
-def _optimizer_bytes(trainable: list[torch.Tensor], config: Any) -> int:
-    per_byte, per_tensor = optimizer_state_layout(config)
+def _like(optimizer: torch.optim.Optimizer | None, probe: nn.Module) -> torch.optim.Optimizer | None:
+    """A fresh optimizer of ``optimizer``'s class and settings over ``probe``; None if it cannot be rebuilt so."""
+    if optimizer is None:
+        return None
+    try:
+        return type(optimizer)(probe.parameters(), **optimizer.defaults)
+    except (TypeError, ValueError):  # a class whose defaults are not its constructor's keywords
+        return None
+
+
+def _optimizer_bytes(trainable: list[torch.Tensor], config: Any, like: torch.optim.Optimizer | None) -> int:
+    per_byte, per_tensor = optimizer_state_layout(config, like)
     return math.ceil(sum(_bytes(p) for p in trainable) * per_byte) + per_tensor * len(trainable)
 
 
@@ -94,9 +113,9 @@ def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision:
     The dry steps run in eval mode, as ``dry_forward`` does: a model's training forward (its dropout draws, its
     batch-norm statistics, a user's own per-call logic) sees only real steps. That leaves out dropout's masks
     (a byte per element), a small undercount. Gradients, buffers and the random state are put back."""
-    task = get_task(dataset.task)
-    sizes = sorted({min(b, len(dataset.x_train)) for b in DRY_BATCHES})
-    device = next((p.device for p in model.parameters()), dataset.x_train.device)
+    task = task_for(dataset)  # the user's own loss where one is given
+    sizes = sorted({min(b, len(dataset.y_train)) for b in DRY_BATCHES})
+    device = next((p.device for p in model.parameters()), dataset.y_train.device)
     rng, was_training = torch.get_rng_state(), model.training
     model.eval()
     buffers = [b.detach().clone() for b in model.buffers()]
@@ -104,7 +123,8 @@ def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision:
     try:
         for size in sizes:
             # Copies, as the loop's batches are: a slice's storage is the whole data set's, which the meter would count.
-            x, y = dataset.x_train[:size].to(device).clone(), dataset.y_train[:size].to(device).clone()
+            x = _copy(to_device(head(dataset.x_train, size), device))
+            y = dataset.y_train[:size].to(device).clone()
             meter = SavedTensorMeter(list(model.parameters()))
             with meter.measure(), autocast_for(device, precision):
                 task.loss_sum(task.forward(model, x, y), y).backward()
@@ -138,12 +158,13 @@ def available_bytes(device: torch.device) -> int | None:
     return min(free, limit)
 
 
-def check_memory(model: nn.Module, dataset: Any, config: Any, device: torch.device, processes: int = 1) -> None:
+def check_memory(model: nn.Module, dataset: Any, config: Any, device: torch.device, processes: int = 1,
+                 optimizer: OptimizerFactory | None = None) -> None:
     """Refuse, in one line, a run whose estimate exceeds the free memory. ``processes``: ranks sharing it."""
     free = available_bytes(device)
     if free is None:
         return
-    need = estimate(model, dataset, config, device)
+    need = estimate(model, dataset, config, device, optimizer)
     if need.still_needed * processes <= free:
         return
     per = f" per process x {processes} processes" if processes > 1 else ""
@@ -173,6 +194,27 @@ def _cgroup_free() -> int | None:
         return max(0, int(limit) - int((CGROUP / "memory.current").read_text()))
     except (OSError, ValueError):
         return None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a tensor or a (nested) tuple/list/dict of them (a model with several inputs)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    return value
 
 
 def _bytes(tensor: torch.Tensor) -> int:

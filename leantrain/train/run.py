@@ -17,6 +17,7 @@ from leantrain import models, tuning
 from leantrain.config import RunConfig, hybrid_shape, parallel_mode, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
 from leantrain.data.dataset import Dataset
+from leantrain.data.streaming import StreamBatches, StreamVal
 from leantrain.errors import UsageError
 from leantrain.fileio import write_json
 from leantrain.inference.model_file import SUFFIX as MODEL_SUFFIX
@@ -29,11 +30,11 @@ from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
 from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
 from leantrain.parallel.plan import ParallelPlan
-from leantrain.tasks import get_task
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
+from leantrain.train.adapters import task_for
 from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
@@ -46,8 +47,6 @@ from leantrain.train.record import SCHEMA, environment, summarize
 from leantrain.train.state import TrainState
 from leantrain.train.training_state import TrainingCheckpoint
 
-# The parallel-wrap step of model preparation, per mode (see leantrain/parallel/).
-PARALLEL_WRAPS: dict[str, type[Technique]] = {"ddp": DataParallel, "mpi": MpiDataParallel}
 
 def execute(
     config: RunConfig,
@@ -60,6 +59,7 @@ def execute(
     quiet: bool = False,
     extra_run_fields: dict[str, Any] | None = None,
     force: bool = False,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
     """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
@@ -69,7 +69,8 @@ def execute(
     With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
     With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
     it exists (else start afresh). A finished result or an interrupted run's checkpoint already there is
-    never replaced unless ``force`` (see ``run_identity``).
+    never replaced unless ``force`` (see ``run_identity``). ``optimizer`` builds the optimizer over the model
+    (a user's, from ``fit``) instead of the config's named one.
     """
     world = parallel_env.detect()
     check_world(config, world)
@@ -84,7 +85,7 @@ def execute(
     try:
         with group as dist:
             return _execute(config, dist, device, model, dataset, techniques, out_dir,
-                            resume or world.restart_count > 0, quiet, extra_run_fields or {}, force)
+                            resume or world.restart_count > 0, quiet, extra_run_fields or {}, force, optimizer)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -105,7 +106,7 @@ def check_world(config: RunConfig, world: World) -> None:
 def _execute(
     config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
     techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
-    force: bool = False,
+    force: bool = False, optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
     given = list(techniques or [])
     _check_given_once(config, given)
@@ -124,6 +125,7 @@ def _execute(
     if ensemble and dataset.task != "classification":
         raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
     model = model if model is not None else models.build(member, dataset)
+    dry_forward(model, dataset, config)  # a model that does not fit the data fails before any work or file
     # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
     ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
     ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
@@ -135,8 +137,11 @@ def _execute(
                   own_model=ensemble)
     techniques = from_config(tuned.config) + given
     check_parallel_mode(techniques, parallel_mode(config.parallel))
-    if config.parallel in PARALLEL_WRAPS:
-        techniques.append(PARALLEL_WRAPS[config.parallel]())
+    if config.parallel == "ddp":
+        techniques.append(DataParallel(bucket_cap_mb=config.ddp_bucket_mb, static_graph=config.ddp_static_graph,
+                                       gradient_as_bucket_view=config.ddp_grad_as_bucket_view))
+    elif config.parallel == "mpi":
+        techniques.append(MpiDataParallel())
     if ensemble:
         techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
                                          config.eval_batch_size, config.seed))
@@ -145,16 +150,16 @@ def _execute(
     else:
         ranks = dist
     techniques = in_hook_order(techniques)
-    dry_forward(model, dataset, config)  # a model that does not fit the data fails before any file is written
-    if config.memory_check:  # nor one that does not fit in memory: ranks on one CPU share its memory
-        check_memory(model, dataset, tuned.config, device, ranks.world.local_world_size if device.type == "cpu" else 1)
+    if config.memory_check:  # a run that does not fit in memory fails before any file too (CPU ranks share it)
+        check_memory(model, dataset, tuned.config, device, ranks.world.local_world_size if device.type == "cpu" else 1,
+                     optimizer)
     # The layout over the ranks (FSDP shards, pipeline stages), before the optimizer sees the parameters;
     # a model that cannot be laid out so fails here too, before any file is written.
     plan = make_plan(config, dist)
     model = plan.prepare(model.to(device), dataset)
     with run_files(out_dir if ranks.is_main else None, config.run_name, resume=resume, force=force):
         return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt, saved,
-                                 tuned, progress, member if ensemble else None, extra, plan)
+                                 tuned, progress, member if ensemble else None, extra, plan, optimizer)
 
 
 def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
@@ -177,6 +182,7 @@ def _train_and_record(
     config: RunConfig, dist: Dist, ranks: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
     techniques: list[Technique], out_dir: Path | None, ckpt: TrainingCheckpoint, saved: dict[str, Any] | None,
     tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any], plan: ParallelPlan,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
     ensemble = member is not None
     dataset = dataset.to(device)
@@ -185,12 +191,12 @@ def _train_and_record(
         # Per-rank randomness (dropout) after the shared initialisation; rank 0 keeps the one-process stream.
         torch.manual_seed(config.seed * 100_003 + dist.rank)
 
-    task = get_task(dataset.task)
+    task = task_for(dataset)
     batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset,
                             plan.data_dist)
     state = TrainState(
         model=model,
-        optimizer=make_optimizer(tuned.config, model),
+        optimizer=optimizer(model) if optimizer else make_optimizer(tuned.config, model),
         task=task,
         device=device,
         base_lr=config.lr,
@@ -212,7 +218,7 @@ def _train_and_record(
                    append=saved is not None)
     try:
         train(
-            state, batches, dataset.x_val, dataset.y_val,
+            state, batches, StreamVal(dataset.streams[1], device) if dataset.streams else dataset.x_val, dataset.y_val,
             techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
             checkpoint_every=config.checkpoint_interval, log=log,
         )
@@ -302,6 +308,9 @@ def _threads_per_worker(world: World) -> int:
 
 def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
     """Every rank shuffles alike and takes its slice of each global batch (see data/batches.py)."""
+    if dataset.streams is not None:  # read batch by batch (larger than memory, or several inputs)
+        return StreamBatches(dataset.streams[0], config.batch_size, dist.device, seed=config.seed, rank=dist.rank,
+                             world_size=dist.world_size)
     source = TensorBatches if config.loader == "tensor" else DataLoaderBatches
     return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed,
                   rank=dist.rank, world_size=dist.world_size)

@@ -119,5 +119,6 @@ class TrainState:
         return self.steps_per_epoch * self.total_epochs
 
     def set_lr(self, lr: float) -> None:
+        # A user's optimizer may give groups their own lrs: a technique's lr scales each by its ratio to group 0's.
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_ratio", 1.0)

@@ -13,6 +13,7 @@ from typing import Any
 
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
+from leantrain.parallel.dist import Dist
 from leantrain.techniques import Technique
 from leantrain.train import checkpoint
 from leantrain.train.run_identity import differing_keys
@@ -78,7 +79,8 @@ class TrainingCheckpoint:
         state.records = list(saved["records"])
         state.step_losses = list(saved["step_losses"])
         state.guard_state = dict(saved["guards"])
-        state.progress = EpochProgress.from_dict(saved["progress"], state.device) if saved["progress"] else None
+        progress = saved["progress"][state.dist.rank] if isinstance(saved["progress"], list) else saved["progress"]
+        state.progress = EpochProgress.from_dict(progress, state.device) if progress else None
         dist = state.dist
         checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
 
@@ -98,7 +100,8 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "accum_steps": state.accum_steps,
         "records": state.records,
         "step_losses": state.step_losses,
-        "progress": state.progress.to_dict() if state.progress is not None else None,
+        # The unfinished epoch's sums are each rank's own (its share of the samples): every rank's is kept.
+        "progress": _gathered(state.dist, state.progress.to_dict() if state.progress is not None else None),
         "guards": state.guard_state,
         "model": state.plan.model_state(state.model),  # the whole model, whatever the layout
         "optimizer": state.plan.optimizer_state(state.model, state.optimizer),
@@ -108,6 +111,11 @@ def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) 
         "world_size": state.dist.world_size,
         "rng_per_rank": state.dist.gather(checkpoint.rng_states()) if state.dist.world_size > 1 else None,
     }
+
+
+def _gathered(dist: Dist, value: Any) -> Any:
+    """Every rank's ``value`` in rank order when there are several ranks; on one, the value itself."""
+    return dist.gather(value) if dist.world_size > 1 else value
 
 
 def _stateful_labels(techniques: list[Technique]) -> list[str]:

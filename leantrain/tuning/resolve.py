@@ -22,7 +22,7 @@ from torch import nn
 
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
-from leantrain.tasks import get_task
+from leantrain.train.adapters import task_for
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.optim import ADAM_KERNELS, make_optimizer
 from leantrain.tuning import cache, machine, probe
@@ -112,7 +112,7 @@ def _optimizer(config: RunConfig, model: nn.Module, device: torch.device, measur
 
 
 def _precision(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure) -> dict[str, Any]:
-    task = get_task(dataset.task)
+    task = task_for(dataset)
     x = dataset.x_train[: config.batch_size].to(device)
     y = dataset.y_train[: config.batch_size].to(device)
     units = task.units(y)

@@ -78,3 +78,12 @@ def test_predict_cli_reads_a_file_and_fails_in_one_line(model_file, tmp_path, ca
     assert len(captured.out.splitlines()) == 1
     expected = f"{good} line 2: the factored side is 40 characters, longer than the model's maximum of 29"
     assert captured.err.strip() == f"leantrain: error: {expected}"
+
+
+def test_evaluate_takes_a_beam(model_file, tmp_path, capsys):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("(o-2)*(3*o+31)=3*o**2+25*o-62\n")
+    assert main(["evaluate", str(model_file), "--data", f"polynomial-file:path={lines}", "--beam", "3"]) == 0
+    assert "beam 3" in capsys.readouterr().out
+    assert main(["evaluate", str(model_file), "--data", f"polynomial-file:path={lines}", "--beam", "0"]) == 2
+    assert "beam must be a positive integer" in capsys.readouterr().err

@@ -93,3 +93,13 @@ def test_complexity_matching_rewraps_ddp_and_still_equals_one_process(tmp_path):
     widths = [e["hidden_width"] for e in ranks[0]["record"]["epochs"]]
     assert widths == [e["hidden_width"] for e in single["record"]["epochs"]] and widths[-1] > widths[0]
     _compare(single, ranks, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.timeout(60)
+def test_ddp_knobs_change_speed_not_results(tmp_path):
+    # Small buckets (several all-reduces per step), a static graph and copied gradients: the same weights.
+    single = run_single({**BASE, "batch_size": 64})
+    knobs = {"ddp_bucket_mb": 0.01, "ddp_static_graph": True, "ddp_grad_as_bucket_view": False}
+    ranks = run_workers(2, tmp_path, {**BASE, "batch_size": 32, "parallel": "ddp", **knobs})
+    _compare(single, ranks, rtol=1e-5, atol=1e-7)
+    assert "ddp(bucket_cap_mb=0.01,static_graph,gradient_as_bucket_view=False)" in ranks[0]["record"]["run"]["techniques"]

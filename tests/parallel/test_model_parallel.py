@@ -94,6 +94,15 @@ def test_two_pipeline_stages_equal_one_process(tmp_path, single, schedule):
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("parallel, batch", [("pipeline", 64), ("fsdp", 32)])
+def test_activation_checkpointing_composes_with_stages_and_shards(tmp_path, single, parallel, batch):
+    # A stage keeps the model's `blocks` convention, FSDP shards each block: both recompute exactly.
+    ranks = run_workers(2, tmp_path, {**BASE, "parallel": parallel, "batch_size": batch, "checkpointing": "sqrt"})
+    _assert_same_training(single, ranks[0], atol=1e-5)
+    assert "ckpt-sqrt" in ranks[0]["record"]["run"]["techniques"]
+
+
+@pytest.mark.timeout(90)
 def test_fsdp_on_two_ranks_equals_one_process_with_the_doubled_batch(tmp_path, single):
     ranks = run_workers(2, tmp_path, {**BASE, "parallel": "fsdp", "batch_size": 32})
     # FSDP's reduce-scatter divides each rank's gradient before adding them (DDP adds, then divides): a few ulps,
@@ -151,3 +160,81 @@ def test_a_model_that_cannot_be_staged_fails_on_every_rank_before_any_file(tmp_p
 def test_bad_parallel_settings_are_one_line_errors(config, message):
     with pytest.raises(UsageError, match=message):
         RunConfig.from_dict({**BASE, **config})
+
+
+class FailOnRank(Technique):
+    """Raises on one rank at one step: a stage that dies mid-schedule."""
+
+    name = "fail-on-rank"
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def before_step(self, state: Any) -> None:
+        if state.dist.rank == self.rank and state.step == self.step:
+            raise RuntimeError("stage failure injected by the test")
+
+
+def _failing_worker(rank: int, world_size: int, folder: Path, config: dict[str, Any]) -> None:
+    os.environ.update(world_env(rank, world_size, folder / "rendezvous"))
+    torch.set_num_threads(1)
+    execute(RunConfig.from_dict(config), techniques=[FailOnRank(rank=1, step=3)], quiet=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_stage_makes_every_rank_exit_nonzero_within_the_timeout(tmp_path):
+    config = {**BASE, "parallel": "pipeline", "dist_timeout": 5}
+    context = mp.start_processes(_failing_worker, args=(2, tmp_path, config), nprocs=2, start_method="fork",
+                                 join=False)
+    for process in context.processes:  # the survivor's receive times out: nobody is killed from outside
+        process.join(timeout=40)
+    assert [p.exitcode for p in context.processes] != [None, None]
+    assert all(p.exitcode not in (None, 0) for p in context.processes), [p.exitcode for p in context.processes]
+
+
+class StopAtStep(Technique):
+    name = "stop-at-step"
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def before_step(self, state: Any) -> None:
+        if state.step == self.step:
+            raise KeyboardInterrupt  # every rank alike, as a Ctrl-C reaching the whole job
+
+
+def _resumable_worker(rank: int, world_size: int, folder: Path, config: dict[str, Any], out_dir: Path,
+                      stop_at: int | None) -> None:
+    os.environ.update(world_env(rank, world_size, folder / "rendezvous"))
+    torch.set_num_threads(1)
+    trace = WholeModelTrace()
+    extra: list[Technique] = [StopAtStep(stop_at)] if stop_at else []
+    try:
+        record = execute(RunConfig.from_dict(config), techniques=[trace, *extra], quiet=True, out_dir=out_dir,
+                         resume=stop_at is None)
+    except KeyboardInterrupt:
+        record = None
+    torch.save({"steps": trace.steps, "record": record}, folder / f"rank{rank}.pt")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("parallel, batch", [("pipeline", 64), ("fsdp", 32), ("ddp", 32)])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, single, parallel, batch):
+    config = {**BASE, "parallel": parallel, "batch_size": batch, "checkpoint_every": "3"}
+
+    def workers(folder: Path, stop_at: int | None) -> list[dict]:
+        folder.mkdir(parents=True)
+        mp.start_processes(_resumable_worker, args=(2, folder, config, tmp_path / "out", stop_at), nprocs=2,
+                           start_method="fork", join=True)
+        return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    total = len(single["steps"])  # 16: 8 steps an epoch
+    cut = workers(tmp_path / "cut", stop_at=11)  # mid epoch 2, after the step-9 checkpoint (every 3 steps)
+    assert cut[0]["record"] is None and len(cut[0]["steps"]) == 11
+    resumed = workers(tmp_path / "resumed", stop_at=None)[0]
+    assert len(resumed["steps"]) == total - 9  # from the checkpoint on
+    final, want = resumed["steps"][-1], single["steps"][-1]
+    for name in want:
+        torch.testing.assert_close(final[name], want[name], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(resumed["record"]["epochs"], single["record"]["epochs"]):
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)

@@ -97,3 +97,10 @@ def test_free_cpu_memory_is_memavailable_capped_by_the_cgroup_limit(tmp_path, mo
     assert memory.available_bytes(CPU) == 2000 * 1024
     monkeypatch.setattr(memory, "MEMINFO", tmp_path / "missing")
     assert memory.available_bytes(CPU) is None  # unknown: nothing is checked
+
+
+def test_a_users_optimizer_is_estimated_by_its_own_class_and_left_untouched():
+    model = _model()
+    users = torch.optim.SGD(model.parameters(), lr=0.1)  # no momentum: no state at all
+    estimate = memory.estimate(model, _data(), RunConfig(batch_size=32, optimizer="adam"), CPU, lambda m: users)
+    assert estimate.optimizer == 0 and not users.state  # its state, not the config's Adam; never stepped
