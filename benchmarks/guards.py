@@ -3,12 +3,16 @@ process, variants interleaved and repeated, median and spread, other processes' 
 
 Variants, each against "none" (guard switched off by patching, no checkpoints):
   nonfinite      the non-finite loss/gradient check (the default, --on-nonfinite stop)
+  nonfinite/deferred  the same check the way CUDA and several ranks run it (a device flag, read every 32
+                 steps), forced here: on a CPU it saves no sync, only shows what the kernels cost
   ckpt/epoch     checkpoint at each epoch end: checksummed, fsynced (file and folder)
   ckpt/epoch raw the same without the checksum and fsync (to isolate their share)
   ckpt/200       mid-epoch checkpoints every 200 steps (--checkpoint-every 200) on top
-Per-step time = training time_s / train_steps, median over epochs after the first.
+Per-step time = training time_s / train_steps, median over epochs after the first. On a loaded machine
+whole steps vary by more than the guards cost, so the guard's own time is also taken around each call of
+``Guards.before_optimizer_step`` (median over the run's steps; "check us"), which the load disturbs far less.
 
-    python benchmarks/guards.py [--repeats 3] [--epochs 3] [--device cpu|cuda]
+    python benchmarks/guards.py [--repeats 3] [--epochs 3] [--device cpu|cuda] [--threads N] [--cases healthcare]
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import argparse
 import hashlib
 import statistics
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +32,7 @@ from leantrain import fileio
 from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
 from leantrain.train import checkpoint
-from leantrain.train.guards import Guards
+from leantrain.train.guards import Guards, NonFiniteGuard
 from leantrain.train.metrics import cpu_name
 from leantrain.train.run import execute
 
@@ -43,6 +48,14 @@ def variant(name: str) -> Iterator[None]:
     patches = []
     if name == "none":
         patches.append(mock.patch.object(Guards, "before_optimizer_step", lambda self, state, loss: False))
+    if name == "nonfinite/deferred":
+        init = NonFiniteGuard.__init__
+
+        def deferred(self: NonFiniteGuard, *args: object, **kwargs: object) -> None:
+            init(self, *args, **kwargs)
+            self.eager, self.check_every = False, 32
+
+        patches.append(mock.patch.object(NonFiniteGuard, "__init__", deferred))
     if name == "ckpt/epoch raw":
         patches += [mock.patch.object(fileio, "_fsync_file", lambda path: None),
                     mock.patch.object(fileio, "fsync_dir", lambda folder: None),
@@ -56,16 +69,27 @@ def variant(name: str) -> Iterator[None]:
             p.stop()
 
 
-def per_step_s(case: dict, name: str, epochs: int, device: str) -> float:
-    values = {"model": "mlp", **case, "epochs": epochs, "device": device}
+def per_step_s(case: dict, name: str, epochs: int, device: str) -> tuple[float, float | None]:
+    """(seconds per step, the guard call's median seconds or None when it is switched off)."""
+    values = {"model": "mlp", **case, "epochs": epochs, "device": device, "threads": torch.get_num_threads()}
     if name == "ckpt/200":
         values["checkpoint_every"] = "200"
     config = RunConfig.from_dict(values)
+    spent: list[float] = []
     with tempfile.TemporaryDirectory() as folder, variant(name):
-        out = Path(folder) if name.startswith("ckpt") else None
-        record = execute(config, out_dir=out, quiet=True, force=True)
+        call = Guards.before_optimizer_step
+
+        def timed(self: Guards, state: object, loss: torch.Tensor) -> bool:
+            start = time.perf_counter()
+            skip = call(self, state, loss)
+            spent.append(time.perf_counter() - start)
+            return skip
+
+        with mock.patch.object(Guards, "before_optimizer_step", timed):
+            out = Path(folder) if name.startswith("ckpt") else None
+            record = execute(config, out_dir=out, quiet=True, force=True)
     times = [e["time_s"] / e["train_steps"] for e in record["epochs"][1:]]
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(spent) if spent and name != "none" else None
 
 
 def main() -> None:
@@ -73,21 +97,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
+    parser.add_argument("--cases", default="", help="only the cases whose label contains this text")
     args = parser.parse_args()
-    variants = ["none", "nonfinite", "ckpt/epoch raw", "ckpt/epoch", "ckpt/200"]
-    print(f"# {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = ["none", "nonfinite", "nonfinite/deferred", "ckpt/epoch raw", "ckpt/epoch", "ckpt/200"]
+    print(f"# {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {args.device}")
     rows = []
     for label, case in CASES.items():
+        if args.cases not in label:
+            continue
         samples: dict[str, list[float]] = {v: [] for v in variants}
+        guard_s: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.repeats):  # interleaved: machine drift hits every variant alike
             for v in variants:
-                samples[v].append(per_step_s(case, v, args.epochs, args.device))
+                step_s, call_s = per_step_s(case, v, args.epochs, args.device)
+                samples[v].append(step_s)
+                if call_s is not None:
+                    guard_s[v].append(call_s)
         base = statistics.median(samples["none"])
         for v in variants:
             overheads = [100 * (s / base - 1) for s in samples[v]]
+            check = (f"{1e6 * statistics.median(guard_s[v]):.1f} ({100 * statistics.median(guard_s[v]) / min(samples['none']):.1f}%)"
+                     if guard_s[v] else "-")
             rows.append(f"| {label} | {v} | {1e3 * statistics.median(samples[v]):.3f} | "
-                        f"{median_spread(overheads, '{:+.1f}')} |")
-    print("| case | variant | ms/step | overhead vs none, % |\n|---|---|---|---|")
+                        f"{median_spread(overheads, '{:+.1f}')} | {check} |")
+    print("| case | variant | ms/step | overhead vs none, % | check us (of the fastest none step) |\n"
+          "|---|---|---|---|---|")
     print("\n".join(rows))
 
 

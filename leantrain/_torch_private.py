@@ -47,6 +47,17 @@ def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimiz
         return None
 
 
+def non_finite_check_(tensors: list[torch.Tensor], found: torch.Tensor, one: torch.Tensor) -> None:
+    """Set ``found`` (a float scalar on the tensors' device) to 1 if any of ``tensors`` (one device and dtype,
+    dense) holds inf/NaN, in one fused pass: GradScaler's own unscale kernel with an inverse scale of 1 (``one``),
+    which leaves every value as it is (x * 1.0 == x, NaN stays NaN).
+
+    The non-finite guard runs it before every optimizer step of a CPU process; the public equivalents (a norm
+    per tensor, or ``isfinite().all()`` per tensor) take several kernels each, ~2-3x the time on a small model.
+    """
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
+
+
 def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
     """The loss scale as the scaler's device tensor (None before the first scaled step or when disabled).
 

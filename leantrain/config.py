@@ -104,6 +104,9 @@ class RunConfig:
                                               "N seconds (\"300s\"); none: at epoch ends only")
     save_model: bool = _opt(False, "write <out>/<run>.model.pt at the end: weights, model and data specs, "
                                    "vocabulary (for leantrain evaluate / predict)")
+    memory_check: bool = _opt(True, "before training, estimate the run's memory (parameters, gradients, optimizer "
+                                    "state, activations from a dry step, data) and refuse if it exceeds what is free; "
+                                    "false: skip the check")
     log: str | None = _opt(None, "step and epoch logs beside the record, comma-separated: tensorboard (event files; "
                                  "pip install 'leantrain[tensorboard]'), csv, jsonl; rank 0 only")
     # The registered techniques' keys -> values (precision, grad_clip, ...); read them as attributes.

@@ -15,7 +15,8 @@ from leantrain.errors import UsageError
 
 # Settings that never change what a run computes: they stay out of its identity.
 NOT_IDENTITY = frozenset({"name", "target", "dist_timeout", "checkpoint_every", "procs", "backend", "threads",
-                          "save_model", "log", "ddp_bucket_mb", "ddp_static_graph", "ddp_grad_as_bucket_view"})
+                          "save_model", "log", "ddp_bucket_mb", "ddp_static_graph", "ddp_grad_as_bucket_view",
+                          "memory_check"})
 MAX_NAME = 120  # well under the usual 255-byte file-name limit, leaving room for suffixes
 SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 

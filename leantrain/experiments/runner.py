@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -192,57 +193,110 @@ def run_experiment(
     from leantrain.train.run_identity import check_existing, check_record_settings, inside
     from leantrain.train.worker import launch, needs_launch
 
-    datasets = preflight(experiment)
+    preflight(experiment)
     for planned in experiment.runs:  # before any run trains: never stop halfway on a result already there
         check_existing(inside(out_dir, f"{planned.config.run_name}.json"), None, resume=resume, force=force)
     prepare_output_dir(out_dir)
     written = []
+    datasets = DataSets(experiment.runs)
     for number, planned in enumerate(experiment.runs, 1):
         config = planned.config
         result_path = inside(out_dir, f"{config.run_name}.json")
         if resume and result_path.exists() and not force:
             check_record_settings(result_path, config.to_dict())
+            datasets.skip(planned)
             written.append(result_path)
             continue
         if not quiet:
             print(f"[{number}/{len(experiment.runs)}] {config.run_name}", file=sys.stderr, flush=True)
         fields = {"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe}
         if needs_launch(config, launched=False):
+            datasets.skip(planned)  # the workers load their own
             status = launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields, force=force)
             if status != 0:
                 raise UsageError(f"{config.run_name}: its {config.procs} workers failed (exit status {status}); "
                                  "the runs before it are kept, and run --resume continues from here")
         else:
-            execute(config, dataset=datasets[(config.data, config.seed)], out_dir=out_dir, resume=resume, quiet=quiet,
+            execute(config, dataset=datasets.take(planned), out_dir=out_dir, resume=resume, quiet=quiet,
                     extra_run_fields=fields, force=force)
         written.append(result_path)
     write_report(out_dir)
     return written
 
 
-def preflight(experiment: Experiment) -> dict[tuple[str, int], Any]:
-    """Build every data set and every model once before anything is written, so that a value only a
-    builder can judge (a model that does not fit its data, a missing file) fails before the first run.
-    Returns the data sets, which the runs then share."""
+class DataSets:
+    """Each run's data set, loaded when a run first needs it and let go after the last run that uses it, so an
+    experiment holds one case's data sets (its seeds) at a time, never every case's."""
+
+    def __init__(self, runs: list[PlannedRun]):
+        self._uses = Counter(_data_key(planned) for planned in runs)
+        self._held: dict[tuple[str, int], Any] = {}
+
+    def take(self, planned: PlannedRun) -> Any:
+        from leantrain import data as data_sets
+
+        key = _data_key(planned)
+        dataset = self._held.get(key)
+        if dataset is None:
+            dataset = data_sets.load(key[0], seed=key[1])
+        self._held[key] = dataset
+        self.skip(planned)
+        return dataset
+
+    def skip(self, planned: PlannedRun) -> None:
+        """A run that needs no data set from here (finished, or launched as workers): one use fewer."""
+        key = _data_key(planned)
+        self._uses[key] -= 1
+        if self._uses[key] <= 0:
+            self._held.pop(key, None)
+
+
+def _data_key(planned: PlannedRun) -> tuple[str, int]:
+    return planned.config.data, planned.config.seed
+
+
+def preflight(experiment: Experiment) -> None:
+    """Build every data set and every model before anything is written, so that a value only a builder can
+    judge (a model that does not fit its data, a missing file, a run that cannot fit in memory) fails before
+    the first run. One data set is held at a time (with its first seed: seeds change values, not shapes)."""
     from leantrain import data as data_sets
     from leantrain import models
+    from leantrain.config import resolve_device
+    from leantrain.train.memory import check_memory
     from leantrain.train.preflight import dry_forward
 
-    datasets: dict[tuple[str, int], Any] = {}
-    checked: set[tuple[str, str]] = set()
     for planned in experiment.runs:
         config = planned.config
         if config.parallel != "none" and config.procs is None:
             raise UsageError(f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r}): parallel "
                              f"{config.parallel} needs procs = N, the number of local workers to launch")
-        key = (config.data, config.seed)
-        if key not in datasets:
-            datasets[key] = data_sets.load(config.data, seed=config.seed)
-        if (config.model, config.data) not in checked:
-            where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
+    for data_spec in dict.fromkeys(planned.config.data for planned in experiment.runs):
+        runs = [planned for planned in experiment.runs if planned.config.data == data_spec]
+        dataset = data_sets.load(data_spec, seed=runs[0].config.seed)
+        for model_spec in dict.fromkeys(planned.config.model for planned in runs):
+            same_model = [planned for planned in runs if planned.config.model == model_spec]
+            where = f"{experiment.source} (case {same_model[0].case!r}, recipe {same_model[0].recipe!r})"
             try:
-                dry_forward(models.build(config.model, datasets[key]), datasets[key], config)
+                model = models.build(model_spec, dataset)
+                dry_forward(model, dataset, same_model[0].config)
+                for planned in _memory_cases(same_model):
+                    config = planned.config
+                    where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
+                    device = resolve_device(config.device)
+                    processes = config.procs if isinstance(config.procs, int) and device.type == "cpu" else 1
+                    check_memory(model, dataset, config, device, processes)
             except UsageError as e:
                 raise UsageError(f"{where}: {e}") from None
-            checked.add((config.model, config.data))
-    return datasets
+            del model
+        del dataset  # before the next data set is loaded
+
+
+def _memory_cases(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """One run per distinct setting that changes the memory estimate, among runs that check it."""
+    distinct: dict[tuple[Any, ...], PlannedRun] = {}
+    for planned in runs:
+        if planned.config.memory_check:
+            config = planned.config
+            distinct.setdefault((config.batch_size, config.optimizer, config.precision, config.device, config.procs),
+                                planned)
+    return list(distinct.values())

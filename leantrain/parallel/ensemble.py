@@ -90,7 +90,7 @@ class EnsembleMember(Technique):
         forward = state.eval_forward or state.forward
         out = []
         for start in range(0, len(self.x_val), self.eval_batch_size):
-            with state.autocast():
+            with state.precision.autocast():
                 logits = forward(self.x_val[start : start + self.eval_batch_size])
             out.append(F.log_softmax(logits.float(), dim=1).cpu())
         return torch.cat(out)

@@ -193,7 +193,7 @@ class PipelinePlan(ParallelPlan):
 
         self._loss_fn = loss_fn
         losses: list[torch.Tensor] = []
-        with state.autocast():
+        with state.precision.autocast():
             if self.is_first:
                 schedule.step(x)
             elif self.is_last:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from leantrain._torch_private import foreach_copy_, foreach_norm, foreach_sub, scale_tensor
+from leantrain._torch_private import foreach_copy_, foreach_norm, foreach_sub
 from leantrain.options import Option
 from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
 from leantrain.techniques.registry import register
@@ -159,7 +159,7 @@ class AdaptiveAccumulation(Technique):
             return
         assert self._delta_sq is not None, "after_micro_backward set it"
         # Gradients are unscaled now; the micro-batch deltas were taken under the loss scale.
-        scale = scale_tensor(state.grad_scaler)
+        scale = state.precision.scale_tensor()
         scale_sq = scale.double() ** 2 if scale is not None else 1.0
         # Micro-batch i's mean gradient is n·Δ_i. On several ranks, each rank's first n-1 micro-batches are
         # its own (DDP's no_sync), and B is every micro-batch of every rank: b = 1, B = n·world.

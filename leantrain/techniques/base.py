@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from leantrain.options import Option
+from leantrain.techniques.amp import Precision
 
 # Every way of running across workers (DESIGN §3); a technique declares those it composes with.
 PARALLEL_MODES = ("none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble")
@@ -89,9 +90,7 @@ class StepState(Protocol):
     @property
     def dist(self) -> Collectives: ...
 
-    autocast: AutocastFactory
-    compute_dtype: torch.dtype
-    grad_scaler: torch.amp.GradScaler
+    precision: Precision  # autocast, dtypes and the loss scaler (amp.py)
     accum_steps: int
     step: int
     stop_training: bool

@@ -6,9 +6,10 @@ loss is multiplied by a scale before backward and the gradients divided by it be
 step; a step whose gradients hold inf/NaN is skipped and the scale backed off (torch.amp.GradScaler:
 growth x2 every ``growth_interval`` clean steps, back-off x0.5). bf16 has fp32's range: no scaling.
 
-Skipped steps are counted on the device: the scaler's own found-inf flag (set by ``unscale_``, which
-the loop calls before ``before_optimizer_step``) is added to a device tensor, so no step waits for the
-device; the count is read once per epoch.
+The technique only configures the run's ``state.precision`` (``amp.Precision``: autocast, scaler, dtypes),
+which the loop and the non-finite guard use. Skipped steps are counted on the device: the scaler's own
+found-inf flag (set by ``unscale_``, which the loop calls before ``before_optimizer_step``) is added to a
+device tensor, so no step waits for the device; the count is read once per epoch.
 
 Not every CPU can run every op in a low-precision type: on one without bf16 hardware (AVX2 only),
 oneDNN cannot build its fused LSTM/GRU primitive for bf16 and raises mid-run. So before training, each
@@ -25,32 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantrain._torch_private import found_inf_flags
 from leantrain.options import Option
+from leantrain.techniques.amp import DTYPES, Precision
 from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
 from leantrain.techniques.registry import register
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_for(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context for a precision; disabled (a no-op) for fp32."""
-    return torch.autocast(device.type, dtype=DTYPES.get(precision, torch.bfloat16), enabled=precision in DTYPES)
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    return DTYPES.get(precision, torch.float32)
-
-
-def found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-    """The scaler's on-device 0/1 flag "this step's gradients held inf/NaN", after ``unscale_``; None if unknown.
-
-    GradScaler keeps it per optimizer (a private API: see ``leantrain._torch_private``); reading it avoids
-    a second pass over the gradients and any host sync.
-    """
-    flags = found_inf_flags(scaler, optimizer)
-    return torch.stack(list(flags.values())).sum() if flags else None
-
 
 # Layers that CPU autocast runs as one fused oneDNN primitive, which some CPUs cannot build in low precision.
 RECURRENT_LAYERS: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU, nn.RNN)
@@ -135,7 +114,7 @@ class MixedPrecision(Technique):
         self.precision, self.init_scale, self.growth_interval = precision, init_scale, growth_interval
         self._skipped: torch.Tensor | int = 0  # a device tensor once counting starts
         self._saved_scaler: dict[str, Any] | None = None  # from a checkpoint, applied in on_fit_start
-        self._scaler: torch.amp.GradScaler | None = None
+        self._precision: Precision | None = None  # the run's, once fp16 has configured it
         self.kept_fp32: list[str] = []  # layers this machine cannot run in the low-precision type
 
     def describe(self) -> str:
@@ -147,22 +126,20 @@ class MixedPrecision(Technique):
         return int(self._skipped)
 
     def on_fit_start(self, state: StepState) -> None:
-        device, precision = state.device, self.precision
-        state.autocast = lambda: autocast_for(device, precision)
-        state.compute_dtype = DTYPES[precision]
-        self.kept_fp32 = keep_unsupported_in_fp32(state.model, device, DTYPES[precision])
-        if precision == "fp16":
-            state.grad_scaler = torch.amp.GradScaler(
-                device.type, init_scale=self.init_scale, growth_interval=self.growth_interval
-            )
+        precision = state.precision
+        precision.check_master_weights(state.model)
+        precision.use(DTYPES[self.precision], loss_scaling=self.precision == "fp16", init_scale=self.init_scale,
+                      growth_interval=self.growth_interval)
+        self.kept_fp32 = keep_unsupported_in_fp32(state.model, state.device, DTYPES[self.precision])
+        if self.precision == "fp16":
             if self._saved_scaler:
-                state.grad_scaler.load_state_dict(self._saved_scaler)
-            self._scaler = state.grad_scaler
-            self._skipped = torch.as_tensor(self._skipped, dtype=torch.int64, device=device)
+                precision.scaler.load_state_dict(self._saved_scaler)
+            self._precision = precision
+            self._skipped = torch.as_tensor(self._skipped, dtype=torch.int64, device=state.device)
 
     def before_optimizer_step(self, state: StepState) -> None:
         if self.precision == "fp16":
-            flag = found_inf(state.grad_scaler, state.optimizer)
+            flag = state.precision.found_inf(state.optimizer)
             if flag is not None:
                 self._skipped += flag.to(torch.int64)  # in place, on device: no sync
 
@@ -170,11 +147,12 @@ class MixedPrecision(Technique):
         if self.kept_fp32:
             record["kept_fp32"] = self.kept_fp32
         if self.precision == "fp16":
-            record["loss_scale"] = state.grad_scaler.get_scale()
+            record["loss_scale"] = state.precision.loss_scale()
             record["skipped_steps"] = self.skipped_steps
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped_steps": self.skipped_steps, "grad_scaler": self._scaler.state_dict() if self._scaler else None}
+        scaler = self._precision.scaler.state_dict() if self._precision else None
+        return {"skipped_steps": self.skipped_steps, "grad_scaler": scaler}
 
     def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self._skipped = saved["skipped_steps"]
@@ -185,7 +163,7 @@ class MixedPrecision(Technique):
 class GradClip(Technique):
     """Clip the global gradient norm to ``max_norm`` before each optimizer step.
 
-    Runs in ``before_optimizer_step``, after the loop's ``grad_scaler.unscale_``: the norm is of the true
+    Runs in ``before_optimizer_step``, after the loop's ``precision.unscale_``: the norm is of the true
     gradients, never of fp16-scaled ones. A step with inf/NaN gradients is skipped by the scaler anyway.
     """
 

@@ -48,14 +48,13 @@ class StepLog:
         grads = [p.grad for p in state.model.parameters() if p.grad is not None] if state.plan.holds_whole_model else []
         now = time.perf_counter()
         seconds, self._last_time = now - self._last_time, now
-        scaler = state.grad_scaler
         self._pending.append({
             "step": state.step + 1,
             "epoch": state.epoch + 1,
             "loss": loss_sum.detach() / max(units, 1),
             "lr": state.optimizer.param_groups[0]["lr"],
             "grad_norm": torch.linalg.vector_norm(torch.stack(foreach_norm(grads))) if grads else None,
-            "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
+            "loss_scale": state.precision.loss_scale(),
             "accum_steps": accum_steps,
             "samples_per_s": samples * self.world_size / seconds if seconds > 0 else None,
             "tokens_per_s": tokens * self.world_size / seconds if tokens and seconds > 0 else None,

@@ -3,7 +3,7 @@
 Events fire in this order, here and nowhere else: ON_FIT_START; per epoch, per optimizer step: BEFORE_STEP,
 AFTER_MICRO_BACKWARD per micro-batch, BEFORE_OPTIMIZER_STEP, AFTER_OPTIMIZER_STEP; ON_EPOCH_END after
 validation; ON_FIT_END. One optimizer step: draw ``state.accum_steps`` micro-batches -> forward under
-``state.autocast`` -> loss summed over units / units in the whole step -> backward through the loss scaler ->
+``state.precision.autocast()`` -> loss summed over units / units in the whole step -> backward through the precision's loss scaler ->
 unscale -> BEFORE_OPTIMIZER_STEP (gradients final) -> optimizer step through the scaler -> counters.
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def train_epoch(
                 correct_sum += correct
             step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
-        state.grad_scaler.unscale_(state.optimizer)
+        state.precision.unscale_(state.optimizer)
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
         log.step(state, step_loss, step_units, step_samples, sum(t or 0 for t in step_tokens) or None, len(step_batches))
@@ -132,8 +132,7 @@ def train_epoch(
             loss_sum, correct_sum = sums_before
             step_units = 0
         else:
-            state.grad_scaler.step(state.optimizer)
-            state.grad_scaler.update()
+            state.precision.step(state.optimizer)
             state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
@@ -241,13 +240,13 @@ def _forward_backward(
         with meter.measure() if meter is not None else contextlib.nullcontext():
             return state.forward_backward(x, y, loss_divisor)
     with meter.measure() if meter is not None else contextlib.nullcontext():
-        with state.autocast():
+        with state.precision.autocast():
             output = state.task.forward(state.forward, x, y)
             loss = state.task.loss_sum(output, y)
         with torch.no_grad():
             correct = state.task.correct(output, y)
         del output  # not held through backward: a language model's logits are the largest activation
-        state.grad_scaler.scale(loss / loss_divisor).backward()
+        state.precision.scale(loss / loss_divisor).backward()
     return loss.detach(), correct
 
 
@@ -273,7 +272,7 @@ def evaluate(state: TrainState, x: torch.Tensor | StreamVal, y: torch.Tensor, ba
     tokens: int | None = None
     start = now(device)
     for xb, yb in batches:
-        with state.autocast():
+        with state.precision.autocast():
             output = task.forward(forward, xb, yb)
             loss_sum += task.loss_sum(output, yb)
         for key, value in task.metric_sums(output, yb).items():

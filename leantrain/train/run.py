@@ -38,13 +38,14 @@ from leantrain.train.adapters import task_for
 from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
+from leantrain.train.memory import check_memory
 from leantrain.train.metrics import peak_matmul_flops, training_utilisation
 from leantrain.train.optim import make_optimizer
 from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
 from leantrain.train.record import SCHEMA, environment, summarize
-from leantrain.train.run_identity import differing_keys
-from leantrain.train.state import EpochProgress, TrainState
+from leantrain.train.state import TrainState
+from leantrain.train.training_state import TrainingCheckpoint
 
 
 def execute(
@@ -127,10 +128,9 @@ def _execute(
     dry_forward(model, dataset, config)  # a model that does not fit the data fails before any work or file
     # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
     ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
-    ckpt_path = out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None
-    saved = checkpoint.load(ckpt_path) if resume and ckpt_path and ckpt_path.exists() else None
-    if saved:  # before anything is measured or built from it
-        check_resumable(saved, config, 1 if ensemble else dist.world_size)
+    ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
+                              1 if ensemble else dist.world_size)
+    saved = ckpt.read() if resume else None  # checked before anything is measured or built from it
     progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
     # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
     tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message,
@@ -150,12 +150,15 @@ def _execute(
     else:
         ranks = dist
     techniques = in_hook_order(techniques)
+    if config.memory_check:  # a run that does not fit in memory fails before any file too (CPU ranks share it)
+        check_memory(model, dataset, tuned.config, device, ranks.world.local_world_size if device.type == "cpu" else 1,
+                     optimizer)
     # The layout over the ranks (FSDP shards, pipeline stages), before the optimizer sees the parameters;
     # a model that cannot be laid out so fails here too, before any file is written.
     plan = make_plan(config, dist)
     model = plan.prepare(model.to(device), dataset)
     with run_files(out_dir if ranks.is_main else None, config.run_name, resume=resume, force=force):
-        return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt_path, saved,
+        return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt, saved,
                                  tuned, progress, member if ensemble else None, extra, plan, optimizer)
 
 
@@ -177,7 +180,7 @@ def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
 
 def _train_and_record(
     config: RunConfig, dist: Dist, ranks: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
-    techniques: list[Technique], out_dir: Path | None, ckpt_path: Path | None, saved: dict[str, Any] | None,
+    techniques: list[Technique], out_dir: Path | None, ckpt: TrainingCheckpoint, saved: dict[str, Any] | None,
     tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any], plan: ParallelPlan,
     optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
@@ -206,14 +209,10 @@ def _train_and_record(
     )
     plan.attach(state)
     if saved:
-        restore(state, techniques, saved, config)
+        ckpt.restore(state, techniques, saved)
 
     def save(state: TrainState) -> None:
-        if ckpt_path is None:
-            return
-        payload = snapshot(state, techniques, config)  # every rank: each contributes its RNG states
-        if dist.is_main:  # under an ensemble, every member is main of its own loop
-            checkpoint.save(ckpt_path, {**payload, "autotune": tuned.record})
+        ckpt.save(state, techniques, {"autotune": tuned.record})
 
     log = open_log(config.loggers, out_dir, config.run_name, is_main=ranks.is_main, world_size=dist.world_size,
                    append=saved is not None)
@@ -224,7 +223,7 @@ def _train_and_record(
             checkpoint_every=config.checkpoint_interval, log=log,
         )
     except NonFiniteLoss as e:
-        kept = f"the last good checkpoint is kept: {ckpt_path}" if ckpt_path and ckpt_path.exists() else \
+        kept = f"the last good checkpoint is kept: {ckpt.path}" if ckpt.exists() else \
             "no checkpoint was written before it"
         raise NonFiniteLoss(f"{e}; {kept}") from None
     finally:
@@ -238,18 +237,17 @@ def _train_and_record(
                  "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
                  "launcher": ranks.world.launcher}
     record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
-    if out_dir and ckpt_path and config.save_model:
+    if out_dir and ckpt.path and config.save_model:
         weights = plan.model_state(state.model)  # every rank takes part: stages and shards are gathered
         if dist.is_main:  # each ensemble member saves its own model
             record["run"]["model_file"] = save_model(
-                out_dir / (ckpt_path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
+                out_dir / (ckpt.path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
                 model_spec=member or config.model, data_spec=config.data, data=dataset,
                 record=f"{config.run_name}.json").name
     if out_dir and ranks.is_main:
         write_json(out_dir / f"{config.run_name}.json", record)
     ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
-    if ckpt_path and dist.is_main:
-        ckpt_path.unlink(missing_ok=True)  # the run finished; its weights are not results
+    ckpt.remove(state)
     return record
 
 
@@ -323,85 +321,12 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def snapshot(state: TrainState, techniques: list[Technique], config: RunConfig) -> dict[str, Any]:
-    """Everything needed to continue bit-for-bit: weights, optimizer, technique states, RNGs, counters."""
-    return {
-        "config": config.to_dict(),
-        "epoch": state.epoch,
-        "step": state.step,
-        "samples_seen": state.samples_seen,
-        "accum_steps": state.accum_steps,
-        "records": state.records,
-        "step_losses": state.step_losses,
-        # The unfinished epoch's sums are each rank's own (its share of the samples): every rank's is kept.
-        "progress": _gathered(state.dist, state.progress.to_dict() if state.progress is not None else None),
-        "guards": state.guard_state,
-        "model": state.plan.model_state(state.model),  # the whole model, whatever the layout
-        "optimizer": state.plan.optimizer_state(state.model, state.optimizer),
-        "techniques": {t.name: t.state_dict() for t in techniques},
-        "technique_labels": _stateful_labels(techniques),
-        "rng": checkpoint.rng_states(),
-        "world_size": state.dist.world_size,
-        "rng_per_rank": state.dist.gather(checkpoint.rng_states()) if state.dist.world_size > 1 else None,
-    }
-
-
-def _gathered(dist: Dist, value: Any) -> Any:
-    """Every rank's ``value`` in rank order when there are several ranks; on one, the value itself."""
-    return dist.gather(value) if dist.world_size > 1 else value
-
-
-def check_resumable(saved: dict[str, Any], config: RunConfig, world_size: int) -> None:
-    """The checkpoint was written by this many workers with these settings; else one line saying what differs."""
-    saved_world = saved.get("world_size", 1)
-    if saved_world != world_size:
-        raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
-                         f"not {world_size} (the batch order and per-rank random states depend on it)")
-    changed = differing_keys(saved["config"], config.to_dict())
-    if changed:
-        raise UsageError(
-            f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
-            "resume with the original configuration"
-        )
-
-
-def restore(state: TrainState, techniques: list[Technique], saved: dict[str, Any], config: RunConfig) -> None:
-    check_resumable(saved, config, state.dist.world_size)
-    labels = _stateful_labels(techniques)
-    if sorted(saved.get("technique_labels", labels)) != sorted(labels):  # hook order is not part of the identity
-        raise UsageError(f"the checkpoint was written with techniques {saved['technique_labels']}, not {labels}; "
-                         "resume with the original techniques")
-    for technique in techniques:  # first: a technique may rebuild the model (e.g. a wider layer)
-        technique.load_state_dict(saved["techniques"].get(technique.name, {}), state)
-    try:
-        state.plan.load_model_state(state.model, saved["model"])
-    except RuntimeError as e:  # another model's weights: say so in one line, not a page of shapes
-        first = str(e).strip().splitlines()[0][:120]
-        raise UsageError(f"the checkpoint holds weights of another model than {type(state.model).__name__} "
-                         f"({first}); resume with the model it was written with") from None
-    state.plan.load_optimizer_state(state.model, state.optimizer, saved["optimizer"])
-    state.epoch, state.step = saved["epoch"], saved["step"]
-    state.samples_seen, state.accum_steps = saved["samples_seen"], saved["accum_steps"]
-    state.records = list(saved["records"])
-    state.step_losses = list(saved["step_losses"])
-    state.guard_state = dict(saved["guards"])
-    progress = saved["progress"][state.dist.rank] if isinstance(saved["progress"], list) else saved["progress"]
-    state.progress = EpochProgress.from_dict(progress, state.device) if progress else None
-    dist = state.dist
-    checkpoint.restore_rng_states(saved["rng_per_rank"][dist.rank] if dist.world_size > 1 else saved["rng"])
-
-
-def _stateful_labels(techniques: list[Technique]) -> list[str]:
-    """Techniques whose state a checkpoint carries; a stateless callback may come and go between sessions."""
-    return [t.describe() for t in techniques if type(t).state_dict is not Technique.state_dict]
-
-
 def make_record(
     config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any],
     written: bool = True,
 ) -> dict[str, Any]:
     flops = models.flops_per_sample(state.model)
-    peak = peak_matmul_flops(state.device, state.compute_dtype) if flops else None
+    peak = peak_matmul_flops(state.device, state.precision.compute_dtype) if flops else None
     # Rates are global over the ranks, so the capacity is every rank's peak (each measured at its thread count).
     capacity = peak * state.dist.world_size if peak else None
     for epoch in state.records:

@@ -11,6 +11,7 @@ from torch import nn
 from leantrain.parallel.dist import Dist
 from leantrain.parallel.plan import ParallelPlan
 from leantrain.tasks import Task
+from leantrain.techniques.amp import Precision
 from leantrain.techniques.base import AutocastFactory, Forward, GradientSync
 
 
@@ -83,9 +84,8 @@ class TrainState:
     plan: ParallelPlan = None  # type: ignore[assignment]  # None: the whole model on every rank
     # Called after a step's last micro-batch backward: a wrap that averages gradients itself (MPI) does it here.
     sync_gradients: GradientSync = lambda: None
-    autocast: AutocastFactory = contextlib.nullcontext
-    compute_dtype: torch.dtype = torch.float32
-    grad_scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+    # Autocast, compute and gradient dtypes, fp16's loss scaler: fp32 (no-ops) unless MixedPrecision sets it up.
+    precision: Precision = None  # type: ignore[assignment]  # None: fp32 on ``device``, set in __post_init__
     accum_steps: int = 1  # micro-batches per optimizer step; techniques may change it between steps
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
@@ -105,6 +105,13 @@ class TrainState:
             self.data_dist = self.dist
         if self.plan is None:
             self.plan = ParallelPlan(self.dist)
+        if self.precision is None:
+            self.precision = Precision(self.device)
+
+    @property
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """The precision's loss scaler (read-only here: a technique that inspects the scale reads it)."""
+        return self.precision.scaler
 
     @property
     def total_steps(self) -> int:

@@ -14,7 +14,8 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from leantrain.techniques.precision import DTYPES, autocast_for, keep_unsupported_in_fp32
+from leantrain.techniques.amp import DTYPES, autocast_for
+from leantrain.techniques.precision import keep_unsupported_in_fp32
 from leantrain.train.metrics import now
 from leantrain.tuning.choice import Trial
 

@@ -6,6 +6,7 @@ import torch
 
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.accumulation import AdaptiveAccumulation, choose_accum_steps, noise_scale_terms
+from leantrain.techniques.amp import Precision
 
 
 def test_noise_scale_terms_recover_known_values():
@@ -35,7 +36,7 @@ def _drive(technique, sigmas, dim=100, micro=10, seed=0):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     state = SimpleNamespace(
         model=model, optimizer=optimizer, device=torch.device("cpu"), base_lr=0.1, accum_steps=1,
-        grad_scaler=torch.amp.GradScaler("cpu", enabled=False), dist=Dist(),
+        precision=Precision(torch.device("cpu")), dist=Dist(),
     )
     state.set_lr = lambda lr: [group.update(lr=lr) for group in optimizer.param_groups]
     technique.on_fit_start(state)

@@ -1,0 +1,43 @@
+"""The one-process non-finite check: exact, leaves the gradients as they were, and forgets a flag once read."""
+import math
+
+import pytest
+import torch
+
+from leantrain.train.guards import NonFiniteGuard
+
+CPU = torch.device("cpu")
+
+
+def _grads():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(16, 16, generator=g), torch.randn(16, generator=g).double(), torch.randn(3, generator=g).bfloat16()]
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_any_bad_gradient_in_any_dtype_is_found_and_the_next_clean_step_passes(where, value):
+    guard = NonFiniteGuard("stop", CPU, 1, scaler_checks_grads=False)
+    loss = torch.tensor(1.5)
+    grads = _grads()
+    before = [g.clone() for g in grads]
+    assert guard.finite_now(loss, grads)
+    assert all(torch.equal(a, b) for a, b in zip(before, grads))  # checked, not changed (the kernel scales by 1)
+    grads[where].view(-1)[-1] = value
+    assert not guard.finite_now(loss, grads)
+    grads[where].view(-1)[-1] = 0.0
+    assert guard.finite_now(loss, grads)  # the flag was reset after it was read
+
+
+def test_a_bad_loss_or_a_bad_sparse_gradient_is_found():
+    guard = NonFiniteGuard("stop", CPU, 1, scaler_checks_grads=False)
+    assert not guard.finite_now(torch.tensor(math.nan), _grads())
+    sparse = torch.sparse_coo_tensor([[0, 2]], [1.0, math.inf], (4,), check_invariants=True)
+    assert not guard.finite_now(torch.tensor(1.0), [*_grads(), sparse])
+    assert guard.finite_now(torch.tensor(1.0), [torch.sparse_coo_tensor([[1]], [2.0], (4,), check_invariants=True)])
+
+
+def test_under_a_loss_scaler_only_the_loss_is_read():
+    guard = NonFiniteGuard("stop", CPU, 1, scaler_checks_grads=True)  # the scaler finds (and skips) bad gradients
+    assert guard.finite_now(torch.tensor(1.0), [torch.tensor([math.nan])])
+    assert not guard.finite_now(torch.tensor(math.inf), [])
