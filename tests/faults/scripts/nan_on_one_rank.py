@@ -34,3 +34,8 @@ try:
 except TrainingDiverged as e:
     message = str(e)
 (folder / f"rank{os.environ['RANK']}.txt").write_text(message)
+# Leave without C++ static destructors: under a loaded test suite one rank in several dozen runs aborted at exit
+# ("terminate called without an active exception", SIGABRT) after its process group was destroyed and its
+# result written. The test is about the ranks agreeing on the step; the exit-time abort is noted in the issue.
+sys.stdout.flush()
+os._exit(0)
