@@ -1,8 +1,8 @@
 """The process group and the small ``Dist`` context that the loop, metrics, checkpoints and records see.
 
 On one process every method returns at once without touching torch.distributed, so single-process
-runs pay nothing. Collectives here are for bookkeeping (metric sums once per epoch, a flag, an object);
-gradients are averaged by the parallel wrapper (DDP), never here.
+runs pay nothing. Its collectives are for bookkeeping (metric sums once per epoch, a flag, an object);
+gradients are averaged by the parallel wrapper: DDP, or ``flat_average_`` below (MPI, a hybrid's replicas).
 
 A ``Dist`` may span a sub-group of the world (``within``): the data-parallel replicas of a pipeline stage
 sum their metrics among themselves, while flags, memory figures and random states go over the whole world.
@@ -22,6 +22,7 @@ import torch.distributed as torch_dist
 
 from leantrain.errors import UsageError
 from leantrain.parallel.env import World
+from leantrain.techniques.base import Collectives
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -164,3 +165,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def flat_average_(tensors: list[torch.Tensor], dist: Collectives) -> None:
+    """One flat buffer of every tensor, summed over the ranks of ``dist``, divided by their number, copied back:
+    seed 003's gradient step (MPI), and a hybrid's average over a pipeline stage's replicas."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce_(flat)
+    flat /= dist.world_size
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from leantrain.errors import UsageError
-from leantrain.parallel.dist import Dist, free_port
+from leantrain.parallel.dist import Dist, flat_average_, free_port
 from leantrain.parallel.env import World
-from leantrain.techniques.base import Collectives, StepState, Technique
+from leantrain.techniques.base import StepState, Technique
 
 INSTALL_HINT = "pip install 'leantrain[mpi]' (mpi4py and an Open MPI that pip installs)"
 
@@ -104,19 +104,6 @@ def mpi_group(world: World, device: torch.device) -> Iterator[Dist]:
         raise UsageError(f"mpirun says {world.world_size} ranks but MPI's COMM_WORLD has {dist.comm.Get_size()}: "
                          "mpi4py is built against another MPI than the mpirun that launched it")
     yield dist
-
-
-def flat_average_(tensors: list[torch.Tensor], dist: Collectives) -> None:
-    """Seed 003's step: one flat buffer of every tensor, summed over ranks, divided by their number, copied back."""
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce_(flat)
-    flat /= dist.world_size
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 class MpiDataParallel(Technique):

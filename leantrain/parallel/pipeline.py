@@ -31,7 +31,7 @@ from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.models import flops_per_sample
 from leantrain.models.common import flops_by_layer
-from leantrain.parallel.dist import Dist
+from leantrain.parallel.dist import Dist, flat_average_
 from leantrain.parallel.plan import ParallelPlan
 
 SCHEDULES: dict[str, type[PipelineScheduleSingle]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
@@ -214,33 +214,15 @@ class PipelinePlan(ParallelPlan):
         """The whole model's output for ``x``, on every stage of the pipeline (sent from the last)."""
         schedule = self._schedule(len(x), training=False)
         output = schedule.eval(x) if self.is_first else schedule.eval()
-        if self.is_last:
-            shape = torch.tensor(output.shape, dtype=torch.int64)
-            ndim = torch.tensor([output.dim()], dtype=torch.int64)
-        else:
-            ndim = torch.zeros(1, dtype=torch.int64)
-        torch_dist.broadcast(ndim, src=self.last_stage_rank, group=self.pp_group)
-        if not self.is_last:
-            shape = torch.zeros(int(ndim), dtype=torch.int64)
-        torch_dist.broadcast(shape, src=self.last_stage_rank, group=self.pp_group)
-        if not self.is_last:
-            output = torch.empty(shape.tolist(), device=x.device)
-        output = output.float().contiguous()
+        shape = [list(output.shape) if self.is_last else None]  # the other stages learn it from the last
+        torch_dist.broadcast_object_list(shape, src=self.last_stage_rank, group=self.pp_group)
+        output = output.float().contiguous() if self.is_last else torch.empty(shape[0] or [], device=x.device)
         torch_dist.broadcast(output, src=self.last_stage_rank, group=self.pp_group)
         return output
 
     def average_gradients(self) -> None:
         """Hybrid: the mean of the stage's gradients over its data-parallel replicas (one flat all-reduce)."""
-        grads = [p.grad for p in self._state.model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch_dist.all_reduce(flat, group=self.dp_group)
-        flat /= self.dp
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        flat_average_([p.grad for p in self._state.model.parameters() if p.grad is not None], self.data_dist)
 
     def _schedule(self, batch: int, training: bool) -> PipelineScheduleSingle:
         """The schedule for batches of this size: as many micro-batches as asked, or the most that divide it."""
