@@ -28,6 +28,8 @@ BACKENDS = ("auto", "gloo", "nccl")
 NONFINITE = ("stop", "skip")
 LOGGERS = ("tensorboard", "csv", "jsonl")  # leantrain/train/loggers.py
 MAX_SEED = 2**32 - 1  # the data generators and per-rank seeds (seed * 100_003 + rank) must fit torch's 64 bits
+MAX_AUTO_BATCH = 8192
+MIN_STEPS_PER_EPOCH = 8  # batch_size auto never leaves an epoch fewer optimizer steps than this
 
 
 def parallel_mode(parallel: str) -> str:
@@ -65,6 +67,10 @@ class RunConfig:
         "fastest of the three, timed here)", OPTIMIZERS,
     )
     weight_decay: float = _opt(0.0, "weight decay")
+    label_smoothing: float = _opt(0.0, "cross-entropy tasks: train against targets smoothed by this much (0.1 puts "
+                                       "0.9 on the true class); validation losses stay unsmoothed")
+    length_buckets: bool = _opt(False, "padded token sequences (seq2seq): batch samples of similar length together "
+                                       "and trim each batch's padding; the batch order stays random")
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
     )
@@ -152,6 +158,24 @@ class RunConfig:
         return [name.strip() for name in (self.log or "").split(",") if name.strip()]
 
     @property
+    def batch(self) -> int:
+        """batch_size as a number: as given, or once ``batch_size = "auto"`` is chosen (leantrain.tuning)."""
+        if not isinstance(self.batch_size, int):
+            raise UsageError(f"batch_size {self.batch_size!r} has not been chosen yet (it is timed at the run's start)")
+        return self.batch_size
+
+    def batch_candidates(self, train_samples: int) -> list[int]:
+        """What batch_size auto chooses among: ``lr_batch`` doubled while an epoch keeps ``MIN_STEPS_PER_EPOCH``
+        steps, up to ``MAX_AUTO_BATCH``; a given batch_size alone."""
+        if isinstance(self.batch_size, int):
+            return [self.batch_size]
+        cap = min(MAX_AUTO_BATCH, max(self.lr_batch, train_samples // MIN_STEPS_PER_EPOCH))
+        sizes = [self.lr_batch]
+        while sizes[-1] * 2 <= cap:
+            sizes.append(sizes[-1] * 2)
+        return sizes
+
+    @property
     def checkpoint_interval(self) -> tuple[int | None, float | None]:
         """(steps, seconds) between mid-epoch checkpoints; (None, None): epoch ends only."""
         every = self.checkpoint_every
@@ -191,6 +215,13 @@ class RunConfig:
             raise UsageError(f"{where}: lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.length_buckets and self.loader != "tensor":
+            raise UsageError(f"{where}: length_buckets needs loader tensor, got loader {self.loader}")
+        if self.length_buckets and parallel_mode(self.parallel) in ("pipeline", "hybrid"):
+            raise UsageError(f"{where}: length_buckets varies batch shapes, which a pipeline's stages cannot take; "
+                             f"drop it under parallel {self.parallel}")
         if isinstance(self.threads, str) and self.threads.isdigit():
             self.threads = int(self.threads)  # from the command line, a count arrives as text
         if self.threads is not None and self.threads != "auto" and not (isinstance(self.threads, int) and self.threads > 0):

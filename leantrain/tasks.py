@@ -52,8 +52,20 @@ class Task(Protocol):
 TASKS: Registry = Registry("task")
 
 
+class Smoothable:
+    """A cross-entropy task that can train with label smoothing (Szegedy et al. 2016): the target puts
+    ``1 - label_smoothing`` on the true class and spreads the rest evenly. Only while gradients are on:
+    validation losses and perplexities stay the plain negative log-likelihood, comparable across runs."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def _smoothing(self) -> float:
+        return self.label_smoothing if torch.is_grad_enabled() else 0.0
+
+
 @TASKS.register("classification", "cross-entropy loss, accuracy")
-class Classification:
+class Classification(Smoothable):
     metric = "val_acc"
     higher_is_better = True
     train_metric = "train_acc"
@@ -63,7 +75,7 @@ class Classification:
         return model(x)
 
     def loss_sum(self, output: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(output.float(), target, reduction="sum")
+        return F.cross_entropy(output.float(), target, reduction="sum", label_smoothing=self._smoothing())
 
     def units(self, target: Tensor) -> int:
         return target.shape[0]
@@ -168,7 +180,7 @@ class Regression:
 
 
 @TASKS.register("language-model", "next-token cross-entropy per token, perplexity")
-class LanguageModel:
+class LanguageModel(Smoothable):
     """x: (N, L) token ids, y: (N, L) the next tokens; no padding (fixed-length chunks of a corpus), so
     the unit, a TOKEN, is counted as ``y.numel()`` with no host sync."""
 
@@ -180,7 +192,8 @@ class LanguageModel:
         return model(x)
 
     def loss_sum(self, output: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(output.flatten(0, 1).float(), target.flatten(), reduction="sum")
+        return F.cross_entropy(output.flatten(0, 1).float(), target.flatten(), reduction="sum",
+                               label_smoothing=self._smoothing())
 
     def units(self, target: Tensor) -> int:
         return target.numel()
@@ -200,7 +213,7 @@ class LanguageModel:
 
 
 @TASKS.register("seq2seq", "teacher-forced cross-entropy per target token; greedy-decode exact match")
-class SequenceToSequence:
+class SequenceToSequence(Smoothable):
     """x: (N, S) source ids; y: (N, T) target ids BOS ... EOS, both padded with PAD. The model sees
     ``y[:, :-1]`` and predicts ``y[:, 1:]``; the unit is a non-pad target TOKEN (counting them syncs
     with the device once per batch). Under ``torch.no_grad()`` (evaluation) the model is asked for a
@@ -222,7 +235,8 @@ class SequenceToSequence:
     def loss_sum(self, output: Any, target: Tensor) -> Tensor:
         logits = output[0] if isinstance(output, tuple) else output
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=self.PAD, reduction="sum"
+            logits.flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=self.PAD, reduction="sum",
+            label_smoothing=self._smoothing(),
         )
 
     def units(self, target: Tensor) -> int:

@@ -6,16 +6,24 @@ of a per-epoch permutation, with no per-sample Python work. ``DataLoaderBatches`
 
 Both draw epoch ``e``'s order from a generator seeded by ``(seed, e)``, so a run resumed at epoch ``e``
 sees exactly the batches the uninterrupted run saw.
+
+``TensorBatches(..., pad_index=P)`` batches padded token sequences by length: within windows of
+``BUCKET_WINDOW`` global batches of the shuffled order, samples are sorted by length and cut into batches,
+the batches are shuffled, and each batch is trimmed to its longest sample. A short-line batch then costs
+what its lines cost, not what the longest line of the data set costs; the losses of samples masked by
+padding (attention masks, ``ignore_index``) are unchanged.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+
+from leantrain.errors import UsageError
 
 Batch = tuple[Tensor, Tensor]
 
@@ -40,27 +48,71 @@ def rank_slice(order: Tensor, rank: int, world_size: int, samples_per_rank: int)
     return order[rank::world_size][:samples_per_rank]
 
 
+BUCKET_WINDOW = 64  # global batches sorted together: wide enough to group lengths, narrow enough to stay random
+
+
+def bucket_pad_index(dataset: Any) -> int:
+    """The pad index length buckets trim, or one line saying why this data set cannot be bucketed."""
+    if dataset.streams is not None or "pad_index" not in dataset.info or dataset.x_train.is_floating_point() \
+            or dataset.x_train.dim() != 2 or dataset.y_train.dim() != 2:
+        raise UsageError(f"length_buckets needs padded token sequences held in memory (seq2seq data such as "
+                         f"polynomial); data {dataset.name} has none")
+    return int(dataset.info["pad_index"])
+
+
+def padded_lengths(tokens: Tensor, pad_index: int) -> Tensor:
+    """Per row, the position after its last non-pad token (0 for an all-pad row), on the CPU."""
+    tokens = tokens.cpu()
+    positions = torch.arange(1, tokens.shape[1] + 1)
+    return ((tokens != pad_index) * positions).amax(dim=1)
+
+
 class TensorBatches:
     def __init__(
         self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, pad_index: int | None = None,
     ):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.samples_per_rank = len(x) // world_size
+        self.lengths: tuple[Tensor, Tensor] | None = None
+        if pad_index is not None:
+            self.lengths = padded_lengths(x, pad_index), padded_lengths(y, pad_index)
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_rank / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        if self.shuffle:
-            order = torch.randperm(len(self.x), generator=epoch_generator(self.seed, epoch))
-        else:
-            order = torch.arange(len(self.x))
-        mine = rank_slice(order, self.rank, self.world_size, self.samples_per_rank).to(self.x.device)
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(len(self.x), generator=generator) if self.shuffle else torch.arange(len(self.x))
+        if self.lengths is not None:
+            order = self._bucketed(order, generator)
+        mine_cpu = rank_slice(order, self.rank, self.world_size, self.samples_per_rank)
+        mine = mine_cpu.to(self.x.device)
         for start in range(0, self.samples_per_rank, self.batch_size):
             index = mine[start : start + self.batch_size]
-            yield self.x.index_select(0, index), self.y.index_select(0, index)
+            x, y = self.x.index_select(0, index), self.y.index_select(0, index)
+            if self.lengths is not None:  # trim the padding every row of the batch has
+                rows = mine_cpu[start : start + self.batch_size]
+                x, y = x[:, : int(self.lengths[0][rows].max())], y[:, : int(self.lengths[1][rows].max())]
+            yield x, y
+
+    def _bucketed(self, order: Tensor, generator: torch.Generator) -> Tensor:
+        """``order`` regrouped so that each global batch holds samples of similar length, in a random
+        batch order; the partial global batch, if any, stays last. Still one permutation of the samples."""
+        assert self.lengths is not None
+        global_batch = self.batch_size * self.world_size
+        full = len(order) // global_batch * global_batch
+        # Sort key: target length first (the decoder's steps), then source length; stable, so ties stay shuffled.
+        key = self.lengths[1] * (int(self.lengths[0].max()) + 1) + self.lengths[0]
+        window = global_batch * BUCKET_WINDOW
+        pieces = []
+        for start in range(0, full, window):
+            chunk = order[start : min(start + window, full)]
+            pieces.append(chunk[torch.argsort(key[chunk], stable=True)])
+        batches = torch.cat(pieces).view(-1, global_batch) if pieces else order[:0].view(0, global_batch)
+        batches = batches[torch.randperm(len(batches), generator=generator)]
+        return torch.cat([batches.flatten(), order[full:]])
 
 
 class DataLoaderBatches:

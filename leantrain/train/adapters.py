@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from leantrain.errors import UsageError
-from leantrain.tasks import LOSSES, SequenceToSequence, Task, get_task
+from leantrain.tasks import LOSSES, TASKS, SequenceToSequence, Smoothable, Task, get_task
 
 
 @dataclass(frozen=True)
@@ -155,13 +155,22 @@ class AdaptedTask:
         return result
 
 
-def task_for(dataset: Any) -> Task:
-    """The task a data set trains: its registered task, adapted by the user's pieces when it carries them."""
+def task_for(dataset: Any, label_smoothing: float = 0.0) -> Task:
+    """The task a data set trains: its registered task, adapted by the user's pieces when it carries them;
+    ``label_smoothing`` for the cross-entropy tasks (refused, in one line, where the loss is not theirs)."""
     adapter: TaskAdapter | None = getattr(dataset, "adapter", None)
+    custom_loss = adapter is not None and adapter.loss_fn is not None
+    options: dict[str, Any] = {}
+    if label_smoothing:
+        if custom_loss or not issubclass(TASKS.get(dataset.task).builder, Smoothable):
+            raise UsageError(f"label_smoothing {label_smoothing} applies to leantrain's cross-entropy losses "
+                             f"(classification, language-model, seq2seq), not to the {dataset.task} task"
+                             f"{' with your loss_fn' if custom_loss else ''}; drop it")
+        options["label_smoothing"] = label_smoothing
     if adapter is None:
-        return get_task(dataset.task)
+        return get_task(dataset.task, **options)
     if isinstance(adapter.loss_fn, str):
         base = get_task(dataset.task, loss=adapter.loss_fn)
     else:
-        base = get_task(dataset.task)
+        base = get_task(dataset.task, **options)
     return AdaptedTask(base, adapter)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain.data.batches import bucket_pad_index
 from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
 from leantrain.fileio import clean_stale_temporaries, prepare_output_dir
@@ -24,7 +25,9 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any) -> None:
     and gradients put back: each usual mistake (float or (N, 1) labels, labels outside the model's classes,
     a float64 model on float32 data, an output shape that broadcasts against the target) fails here in one
     line naming the fix, before any folder is made or any work done."""
-    task = task_for(dataset)
+    task = task_for(dataset, config.label_smoothing)
+    if config.length_buckets:
+        bucket_pad_index(dataset)
     name = config.model if config.model and type(model).__module__.startswith("leantrain") else type(model).__name__
     custom_loss = getattr(task, "custom_loss", False)
     if not custom_loss:

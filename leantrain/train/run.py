@@ -15,7 +15,7 @@ from torch import nn
 from leantrain import data as data_sets
 from leantrain import models, tuning
 from leantrain.config import RunConfig, hybrid_shape, parallel_mode, resolve_device
-from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches
+from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches, bucket_pad_index
 from leantrain.data.dataset import Dataset
 from leantrain.data.streaming import StreamBatches, StreamVal
 from leantrain.errors import UsageError
@@ -191,8 +191,9 @@ def _train_and_record(
         # Per-rank randomness (dropout) after the shared initialisation; rank 0 keeps the one-process stream.
         torch.manual_seed(config.seed * 100_003 + dist.rank)
 
-    task = task_for(dataset)
-    batches = _batch_source(config.replace(seed=config.seed + ranks.rank) if ensemble else config, dataset,
+    task = task_for(dataset, config.label_smoothing)
+    chosen = tuned.config  # the auto knobs' choices (batch size, ...)
+    batches = _batch_source(chosen.replace(seed=chosen.seed + ranks.rank) if ensemble else chosen, dataset,
                             plan.data_dist)
     state = TrainState(
         model=model,
@@ -309,10 +310,13 @@ def _threads_per_worker(world: World) -> int:
 def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
     """Every rank shuffles alike and takes its slice of each global batch (see data/batches.py)."""
     if dataset.streams is not None:  # read batch by batch (larger than memory, or several inputs)
-        return StreamBatches(dataset.streams[0], config.batch_size, dist.device, seed=config.seed, rank=dist.rank,
+        return StreamBatches(dataset.streams[0], config.batch, dist.device, seed=config.seed, rank=dist.rank,
                              world_size=dist.world_size)
+    if config.length_buckets:
+        return TensorBatches(dataset.x_train, dataset.y_train, config.batch, seed=config.seed, rank=dist.rank,
+                             world_size=dist.world_size, pad_index=bucket_pad_index(dataset))
     source = TensorBatches if config.loader == "tensor" else DataLoaderBatches
-    return source(dataset.x_train, dataset.y_train, config.batch_size, shuffle=True, seed=config.seed,
+    return source(dataset.x_train, dataset.y_train, config.batch, shuffle=True, seed=config.seed,
                   rank=dist.rank, world_size=dist.world_size)
 
 

@@ -1,0 +1,95 @@
+"""Length buckets (``--length-buckets``) and label smoothing (``--label-smoothing``)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import leantrain as lt
+from leantrain import models
+from leantrain.config import RunConfig
+from leantrain.data.batches import TensorBatches, padded_lengths
+from leantrain.data.polynomial import polynomial
+from leantrain.errors import UsageError
+from leantrain.tasks import get_task
+from leantrain.train.adapters import task_for
+from leantrain.train.run import execute
+
+
+@pytest.fixture(scope="module")
+def lines():
+    return polynomial(n=1500, seed=3, val_fraction=0.1)
+
+
+def _epoch(source, epoch=0):
+    return list(source.epoch(epoch))
+
+
+def test_buckets_visit_every_sample_once_per_epoch_with_each_batch_trimmed_to_its_longest(lines):
+    x, y = lines.x_train, lines.y_train
+    batches = _epoch(TensorBatches(x, y, 50, seed=1, pad_index=0))
+    assert len(batches) == len(TensorBatches(x, y, 50, pad_index=0)) == 27
+    rows = {tuple(r[r != 0].tolist()) for bx, _ in batches for r in bx}
+    assert sum(len(bx) for bx, _ in batches) == len(x) and rows == {tuple(r[r != 0].tolist()) for r in x}
+    for bx, by in batches:
+        assert int(padded_lengths(bx, 0).max()) == bx.shape[1] and int(padded_lengths(by, 0).max()) == by.shape[1]
+    widths = [bx.shape[1] for bx, _ in batches]
+    assert sum(widths) / len(widths) < 0.8 * x.shape[1]  # similar lengths share a batch: most padding is gone
+
+
+def test_buckets_are_seeded_by_epoch_and_shared_out_between_ranks_as_one_global_batch(lines):
+    x, y = lines.x_train, lines.y_train
+    one = TensorBatches(x, y, 40, seed=5, pad_index=0)
+    assert [b[0].tolist() for b in _epoch(one, 2)] == [b[0].tolist() for b in _epoch(one, 2)]
+    assert [b[0].shape for b in _epoch(one, 2)] != [b[0].shape for b in _epoch(one, 3)]
+    ranks = [_epoch(TensorBatches(x, y, 20, seed=5, pad_index=0, rank=r, world_size=2), 2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(_epoch(one, 2))
+    for (whole, _), (first, _), (second, _) in zip(_epoch(one, 2), *ranks):  # batch k of the ranks = batch k of one
+        assert sorted(_unpadded(whole)) == sorted(_unpadded(first) + _unpadded(second))
+
+
+def _unpadded(rows):
+    return [tuple(r[r != 0].tolist()) for r in rows]
+
+
+def test_a_trimmed_batch_gives_the_untrimmed_loss():
+    data = polynomial(n=200, seed=0)
+    torch.manual_seed(0)
+    model = models.build("seq2seq-transformer:d_model=32,heads=2,encoder_layers=1,decoder_layers=1,ff=64", data)
+    task = get_task("seq2seq")
+    x, y = data.x_train[:8], data.y_train[:8]
+    lx, ly = int(padded_lengths(x, 0).max()), int(padded_lengths(y, 0).max())
+    assert lx < x.shape[1] and ly < y.shape[1]
+    full = task.loss_sum(task.forward(model, x, y), y)
+    trimmed = task.loss_sum(task.forward(model, x[:, :lx], y[:, :ly]), y[:, :ly])
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-4)
+
+
+def test_label_smoothing_changes_the_training_loss_only():
+    logits, target = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    plain, smoothed = get_task("classification"), get_task("classification", label_smoothing=0.1)
+    expected = F.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(smoothed.loss_sum(logits, target), expected)
+    with torch.no_grad():  # validation: the plain negative log-likelihood
+        torch.testing.assert_close(smoothed.loss_sum(logits, target), plain.loss_sum(logits, target))
+
+
+def test_label_smoothing_and_length_buckets_are_refused_where_they_do_not_apply():
+    with pytest.raises(UsageError, match="label_smoothing must be in"):
+        RunConfig(label_smoothing=1.0).validated()
+    with pytest.raises(UsageError, match="length_buckets needs loader tensor"):
+        RunConfig(length_buckets=True, loader="dataloader").validated()
+    regression = lt.data.from_tensors(torch.randn(20, 3), torch.randn(20, 1), task="regression")
+    with pytest.raises(UsageError, match="not to the regression task"):
+        task_for(regression, label_smoothing=0.1)
+    from leantrain.data.batches import bucket_pad_index
+
+    with pytest.raises(UsageError, match="length_buckets needs padded token sequences.*imagenet-sim"):
+        bucket_pad_index(lt.data.load("imagenet-sim:n=100"))
+
+
+def test_a_bucketed_smoothed_run_trains_end_to_end(tmp_path):
+    record = execute(RunConfig(
+        model="seq2seq-transformer:d_model=32,heads=2,encoder_layers=1,decoder_layers=1,ff=64",
+        data="polynomial:n=600", epochs=2, batch_size=32, length_buckets=True, label_smoothing=0.1,
+    ).validated(), out_dir=tmp_path, quiet=True)
+    epochs = record["epochs"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] and epochs[-1]["val_loss"] < epochs[0]["val_loss"]
