@@ -2,7 +2,9 @@
 process, variants interleaved and repeated, median and spread, other processes' CPU use recorded).
 
 Variants, each against "none" (guard switched off by patching, no checkpoints):
-  nonfinite      the non-finite loss/gradient check (the default, --on-nonfinite stop)
+  nonfinite      the non-finite check (the default, --on-nonfinite stop): on one CPU process the loss each
+                 step, the weights every 32 steps and before a checkpoint
+  nonfinite/every-step  the same with the weights read every step (what checking every step would cost)
   nonfinite/deferred  the same check the way CUDA and several ranks run it (a device flag, read every 32
                  steps), forced here: on a CPU it saves no sync, only shows what the kernels cost
   ckpt/epoch     checkpoint at each epoch end: checksummed, fsynced (file and folder)
@@ -48,14 +50,17 @@ def variant(name: str) -> Iterator[None]:
     patches = []
     if name == "none":
         patches.append(mock.patch.object(Guards, "before_optimizer_step", lambda self, state, loss: False))
-    if name == "nonfinite/deferred":
+    if name in ("nonfinite/deferred", "nonfinite/every-step"):
         init = NonFiniteGuard.__init__
 
-        def deferred(self: NonFiniteGuard, *args: object, **kwargs: object) -> None:
+        def patched(self: NonFiniteGuard, *args: object, **kwargs: object) -> None:
             init(self, *args, **kwargs)
-            self.eager, self.check_every = False, 32
+            if name == "nonfinite/deferred":
+                self.loss_on_host = False
+            else:
+                self.check_every = 1
 
-        patches.append(mock.patch.object(NonFiniteGuard, "__init__", deferred))
+        patches.append(mock.patch.object(NonFiniteGuard, "__init__", patched))
     if name == "ckpt/epoch raw":
         patches += [mock.patch.object(fileio, "_fsync_file", lambda path: None),
                     mock.patch.object(fileio, "fsync_dir", lambda folder: None),
@@ -102,7 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = ["none", "nonfinite", "nonfinite/deferred", "ckpt/epoch raw", "ckpt/epoch", "ckpt/200"]
+    variants = ["none", "nonfinite", "nonfinite/every-step", "nonfinite/deferred", "ckpt/epoch raw", "ckpt/epoch",
+                "ckpt/200"]
     print(f"# {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device}")
     rows = []

@@ -1,19 +1,23 @@
 """Guards against silent divergence: non-finite losses/gradients before the optimizer step, and loss spikes.
 
-Non-finite check. Each step the loop hands the step's summed loss to the guard, with the gradients of the
-parameters the optimizer is about to update. Then:
-  - on one CPU process, both are read at once (``finite_now``: the loss, then one fused inf/NaN pass over
-    the gradients and a flag; reading a CPU scalar costs no device sync), so the bad update never happens.
-    This runs before every step, so it is kept to one kernel (benchmarks/guards.py measures it);
-  - on CUDA or several ranks, the loss and the gradients' norms are folded into one scalar
-    (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host sync) and read
-    every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the epoch's end
-    (where the loop syncs anyway): no host sync per step. A bad step's
-    weights may then live for a few steps, but are never saved: the last good checkpoint is kept.
-  With several ranks, reading is one all-reduce, so every rank stops at the same step.
-``skip`` mode must know before each optimizer step, so it reads every step (documented cost on CUDA).
-Under fp16 the GradScaler already checks gradients and skips overflowing steps (and counts them): the
-guard then checks only the loss, and in skip mode leaves skipping (and counting) to the scaler.
+Non-finite check (stop mode, the default). Each step the loop hands the guard the step's summed loss.
+  - On one CPU process the loss is a host scalar: it is read before every update (a NaN/inf loss never
+    trains), which costs a fraction of a microsecond. The gradients are not read every step: a fused pass
+    over them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py). A non-finite gradient
+    with a finite loss makes the weights non-finite, so the next step's loss is caught, and the weights
+    themselves are checked every ``DEVICE_CHECK_EVERY`` steps and before every checkpoint is written (for
+    the weights no forward reads, such as an embedding row no batch looked up yet).
+  - On CUDA or several ranks, the loss and the gradients' norms are folded into one scalar
+    (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host
+    sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
+    epoch's end (where the loop syncs anyway). With several ranks, reading is one all-reduce, so every rank
+    stops at the same step.
+  Either way a bad step's weights may live for a few steps, but are never saved: the last good checkpoint
+  is kept, and the error names the step the guard saw go bad.
+``skip`` mode must know before each optimizer step, so it reads the loss and every gradient every step
+(one fused pass; documented cost). Under fp16 the GradScaler already checks gradients and skips
+overflowing steps (and counts them): the guard then checks only the loss, and in skip mode leaves skipping
+(and counting) to the scaler.
 
 Spikes. Per-step losses stay on the device until the epoch's end; then each is compared with the
 median and MAD (median absolute deviation, a robust spread) of the ``window`` steps before it.
@@ -24,6 +28,7 @@ import math
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,9 +47,9 @@ class NonFiniteGuard:
     def __init__(self, mode: str, device: torch.device, world_size: int, scaler_checks_grads: bool):
         self.mode = mode  # "stop" or "skip"
         self.scaler_checks_grads = scaler_checks_grads
-        # On one CPU process reading a scalar is nearly free, so check every step, before the update.
-        self.eager = device.type != "cuda" and world_size == 1
-        self.check_every = 1 if self.eager else DEVICE_CHECK_EVERY
+        # On one CPU process reading the loss is nearly free: every step, before the update.
+        self.loss_on_host = device.type != "cuda" and world_size == 1
+        self.check_every = DEVICE_CHECK_EVERY
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
         self.skipped = 0  # steps skipped by this guard (skip mode, fp32/bf16); fp16 skips are the scaler's
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (found, one), reused
@@ -79,30 +84,40 @@ class NonFiniteGuard:
             return torch.stack(foreach_norm([_dense(g) for g in grads])).sum() + step_loss
         return step_loss
 
-    def should_skip(self, state: Any, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> bool:
+    def should_skip(self, state: Any, step_loss: torch.Tensor, grads: Callable[[], list[torch.Tensor]]) -> bool:
         """Skip mode: whether to leave this step's update out (reads the flag: one sync on CUDA)."""
         if self.scaler_checks_grads:
             return False  # the scaler skips (and counts) steps with inf/NaN gradients itself
-        skip = state.dist.any(not self.finite_now(step_loss, grads))
+        skip = state.dist.any(not self.finite_now(step_loss, grads()))
         self.skipped += skip
         return skip
 
-    def note(self, state: Any, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> None:
-        """Stop mode: check now (one CPU process), or remember the first bad step on the device and read it
-        when the interval comes round."""
+    def note(self, state: Any, step_loss: torch.Tensor, grads: Callable[[], list[torch.Tensor]]) -> None:
+        """Stop mode: read the loss now (one CPU process), or remember the first bad step on the device; either
+        way look at everything when the interval comes round. ``grads`` lists the gradients when called."""
         step = state.step + 1  # the step being taken, counted from 1
-        if self.eager:
-            if not self.finite_now(step_loss, grads):
+        if self.loss_on_host:
+            if not math.isfinite(float(step_loss)):
                 self._raise(step, state.epoch + 1)
+            if step % self.check_every == 0:
+                self.check(state)
             return
-        bad = ~torch.isfinite(self.total(step_loss, grads))
+        bad = ~torch.isfinite(self.total(step_loss, grads()))
         self.first_bad = torch.where((self.first_bad == NO_STEP) & bad, step, self.first_bad)
         if step % self.check_every == 0:
             self.check(state)
 
     def check(self, state: Any) -> None:
-        """Raise NonFiniteLoss (on every rank alike) if any rank saw a bad step."""
-        if self.mode != "stop" or self.eager:
+        """Raise NonFiniteLoss (on every rank alike) if any rank saw a bad step, or (one CPU process) if a
+        weight the optimizer updates is not finite."""
+        if self.mode != "stop":
+            return
+        if self.loss_on_host:
+            weights = [p for group in state.optimizer.param_groups for p in group["params"]]
+            if weights and not math.isfinite(float(torch.stack(foreach_norm([_dense(w.detach()) for w in weights])).sum())):
+                raise NonFiniteLoss(f"the weights became non-finite (inf/NaN) by step {state.step} (epoch "
+                                    f"{state.epoch + 1}): a non-finite gradient reached them; training stopped. Lower "
+                                    "the lr, check the data for NaN, or pass --on-nonfinite skip")
             return
         local = int(self.first_bad)
         # The smallest bad step over ranks, as a max of negatives (the Dist context offers sum and max).
@@ -182,9 +197,11 @@ class Guards:
     def before_optimizer_step(self, state: Any, step_loss: torch.Tensor) -> bool:
         """True when this step's update must be left out (skip mode); in stop mode may raise NonFiniteLoss."""
         # The optimizer's parameters are the ones an update would poison (and listing them is ~20 us cheaper
-        # per step than walking the module tree: this runs every step).
-        grads = [] if self.nonfinite.scaler_checks_grads else [
-            p.grad for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # per step than walking the module tree); listed only when a check reads them.
+        def grads() -> list[torch.Tensor]:
+            return [] if self.nonfinite.scaler_checks_grads else [
+                p.grad for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
+
         if self.nonfinite.mode == "skip":
             return self.nonfinite.should_skip(state, step_loss, grads)
         self.nonfinite.note(state, step_loss, grads)

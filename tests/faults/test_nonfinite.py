@@ -55,7 +55,9 @@ def test_a_diverging_lr_stops_with_one_line_naming_step_and_epoch_and_exit_3(tmp
 
 
 def test_nan_in_the_gradients_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"at step 8 \(epoch 1\).*last good checkpoint is kept"):
+    # On one CPU process the loss is read every step and the gradients are not: step 8's NaN gradient reaches
+    # the weights, and step 9's loss is the one that stops the run.
+    with pytest.raises(TrainingDiverged, match=r"at step 9 \(epoch 1\).*last good checkpoint is kept"):
         lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({8})], checkpoint_dir=tmp_path,
                checkpoint_every="3", **OPTIONS)
     saved = checkpoint.load(checkpoint.find(tmp_path))
@@ -65,11 +67,42 @@ def test_nan_in_the_gradients_stops_and_keeps_the_last_good_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
-def test_inf_or_nan_gradients_are_caught_before_the_step(value):
-    model = tiny_model()
-    with pytest.raises(TrainingDiverged, match=r"at step 3 \(epoch 1\)"):
-        lt.fit(model, tiny_data(), techniques=[PoisonGrads({3}, value)], **OPTIONS)
-    assert all(torch.isfinite(p).all() for p in model.parameters())  # caught before the update, on one CPU process
+def test_inf_or_nan_gradients_stop_the_run_at_the_next_step(value, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"at step 4 \(epoch 1\)"):
+        lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({3}, value)], checkpoint_dir=tmp_path, **OPTIONS)
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.json"))  # nothing of the bad step saved
+
+
+class PoisonSpareWeight(Technique):
+    """After optimizer step ``step``, writes NaN into a weight no forward reads (an embedding row no batch has
+    looked up yet, say): the loss stays finite."""
+
+    name = "poison-spare-weight"
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_optimizer_step(self, state):
+        if state.step == self.step:
+            with torch.no_grad():
+                state.model.spare.fill_(math.nan)
+
+
+class WithSpareWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model, self.spare = tiny_model(), nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def test_non_finite_weights_the_loss_never_reads_are_found_before_anything_is_saved(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"weights became non-finite.* by step 20 \(epoch 1\)"):
+        lt.fit(WithSpareWeight(), tiny_data(), techniques=[PoisonSpareWeight(2)], checkpoint_dir=tmp_path, **OPTIONS)
+    assert not list(tmp_path.rglob("*.pt"))  # the epoch end's check ran before its checkpoint
+    with pytest.raises(TrainingDiverged, match=r"weights became non-finite.* by step 31 \(epoch 2\)"):
+        lt.fit(WithSpareWeight(), tiny_data(), techniques=[PoisonSpareWeight(21)], **OPTIONS)  # the check every 32 steps
 
 
 def test_a_nan_loss_stops_the_run():

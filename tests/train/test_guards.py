@@ -1,4 +1,5 @@
-"""The one-process non-finite check: exact, leaves the gradients as they were, and forgets a flag once read."""
+"""The full non-finite check (skip mode reads it every step): exact, leaves the gradients as they were, and
+forgets a flag once read."""
 import math
 
 import pytest
