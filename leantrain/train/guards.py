@@ -223,10 +223,9 @@ class Guards:
         self._save(state)
         self._last_save = time.monotonic()
 
-    def epoch_end(self, state: Any, step_losses: list[torch.Tensor], step_units: list[int]) -> dict[str, Any]:
-        """The epoch record's guard fields; moves the epoch's per-step losses to the host (the loop syncs here
-        anyway) and divides each step's summed loss by its units there (no division kernel per step)."""
-        sums = torch.stack(step_losses).tolist() if step_losses else []
+    def epoch_end(self, state: Any, sums: list[float], step_units: list[int]) -> dict[str, Any]:
+        """The epoch record's guard fields, from the epoch's per-step summed losses (on the host: the loop moved
+        them there at once); each is divided by its step's units here (no division kernel per step)."""
         values = [total / max(1, units) for total, units in zip(sums, step_units)]
         first_step = len(state.step_losses) + 1
         state.step_losses.extend(values)

@@ -86,9 +86,10 @@ def train_epoch(
         torch.cuda.reset_peak_memory_stats(device)
     # A mid-epoch checkpoint's epoch continues where it stopped: same sums, same next batch.
     resumed, state.progress = state.progress or EpochProgress(), None
-    loss_sum = resumed.loss_sum if resumed.loss_sum is not None else torch.zeros((), device=device)  # no host sync per step
     # Training accuracy from the forward passes the step makes anyway: an argmax and a count, no extra pass.
-    correct_sum = resumed.correct_sum if resumed.correct_sum is not None else torch.zeros((), device=device)
+    # Per-step losses and counts stay on the device, added up at the epoch's end: no kernel per step for sums.
+    correct_before = resumed.correct_sum
+    step_correct: list[torch.Tensor] = []
     units, samples, steps, tokens = resumed.units, resumed.samples, resumed.steps, resumed.tokens
     activation_bytes, step_losses, drawn = resumed.activation_bytes, resumed.step_losses, resumed.micro_batches
     step_units_list = resumed.step_units
@@ -109,18 +110,18 @@ def train_epoch(
         step_units = sum(task.units(y) for _, y in step_batches)
         loss_divisor = _loss_divisor(state, step_units)
         last = len(step_batches) - 1
-        sums_before = (loss_sum.clone(), correct_sum.clone()) if guards.skipping else None
-        step_loss = loss_sum  # replaced by micro-batch 0's loss below
+        corrects_before = len(step_correct)
+        step_loss: torch.Tensor | None = None
         for index, (x, y) in enumerate(step_batches):
             with state.no_sync() if index < last else contextlib.nullcontext():
                 loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
             if index == last:
                 state.sync_gradients()
-            loss_sum += loss
             if correct is not None:
-                correct_sum += correct
-            step_loss = loss if index == 0 else step_loss + loss  # no extra kernel at one micro-batch per step
+                step_correct.append(correct)
+            step_loss = loss if step_loss is None else step_loss + loss  # no kernel at one micro-batch per step
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
+        assert step_loss is not None
         state.precision.unscale_(state.optimizer)
         step_samples = sum(len(y) for _, y in step_batches)
         step_tokens = [task.tokens(y) for _, y in step_batches]
@@ -128,9 +129,8 @@ def train_epoch(
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
             state.optimizer.zero_grad(set_to_none=True)
-            assert sums_before is not None
-            loss_sum, correct_sum = sums_before
-            step_units = 0
+            del step_correct[corrects_before:]
+            step_units = 0  # a step of no units: its loss is left out of the epoch's
         else:
             state.precision.step(state.optimizer)
             state.optimizer.zero_grad(set_to_none=True)
@@ -151,8 +151,9 @@ def train_epoch(
             after_first_step, first_step_samples = now(device), step_samples
         bar.update(len(step_batches), step_samples)
         if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
-            state.progress = EpochProgress(drawn, steps, units, samples, tokens, loss_sum, step_losses, step_units_list,
-                                           resumed.elapsed_s + now(device) - start, activation_bytes, correct_sum)
+            state.progress = EpochProgress(drawn, steps, units, samples, tokens, step_losses, step_units_list,
+                                           resumed.elapsed_s + now(device) - start, activation_bytes,
+                                           _total(correct_before, step_correct))
             guards.save(state)
             state.progress = None
     end = now(device)
@@ -171,7 +172,11 @@ def train_epoch(
     # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
     # A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole.
     dist = state.dist
-    totals = state.data_dist.sum([loss_sum.item(), units, samples, rate_samples, tokens or 0, correct_sum.item()])
+    step_sums = torch.stack(step_losses).tolist() if step_losses else []  # one host transfer for the epoch
+    loss_sum = sum(total for total, step_units in zip(step_sums, step_units_list) if step_units)
+    correct_sum = _total(correct_before, step_correct)
+    totals = state.data_dist.sum([loss_sum, units, samples, rate_samples, tokens or 0,
+                                  float(correct_sum) if correct_sum is not None else 0.0])
     loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
     tokens = int(totals[4]) if tokens is not None else None
     time_s, rate_time = dist.max([time_s, rate_time])
@@ -191,7 +196,7 @@ def train_epoch(
         "accum_steps": state.accum_steps,
         "lr": state.optimizer.param_groups[0]["lr"],
         "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
-        **guards.epoch_end(state, step_losses, step_units_list),
+        **guards.epoch_end(state, step_sums, step_units_list),
     }
     if task.train_metric:
         record[task.train_metric] = totals[5] / units if units else math.nan
@@ -200,6 +205,14 @@ def train_epoch(
     else:
         record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
     return _with_rank_memory(dist, record)
+
+
+def _total(before: torch.Tensor | None, counts: list[torch.Tensor]) -> torch.Tensor | None:
+    """A running count kept as per-step device scalars, added up (one kernel) when it is read."""
+    if not counts:
+        return before
+    total = torch.stack(counts).sum()
+    return total if before is None else total + before
 
 
 def _loss_divisor(state: TrainState, step_units: int) -> float | int:

@@ -29,7 +29,6 @@ class EpochProgress:
     units: int = 0
     samples: int = 0
     tokens: int | None = None
-    loss_sum: torch.Tensor | None = None  # the epoch's running loss sum, bit for bit (on the device while training)
     step_losses: list[torch.Tensor] = field(default_factory=list)  # per-step summed losses, on the device
     step_units: list[int] = field(default_factory=list)  # what each step's loss is divided by, at the epoch's end
     elapsed_s: float = 0.0  # training time before the interruption (epoch time_s adds it)
@@ -39,7 +38,7 @@ class EpochProgress:
     def to_dict(self) -> dict[str, Any]:
         return {
             "micro_batches": self.micro_batches, "steps": self.steps, "units": self.units, "samples": self.samples,
-            "tokens": self.tokens, "loss_sum": None if self.loss_sum is None else self.loss_sum.detach().cpu(),
+            "tokens": self.tokens,
             "step_losses": torch.stack(self.step_losses).cpu() if self.step_losses else None,
             "step_units": list(self.step_units), "elapsed_s": self.elapsed_s,
             "activation_bytes": self.activation_bytes,
@@ -48,10 +47,9 @@ class EpochProgress:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochProgress:
-        loss_sum, losses = saved["loss_sum"], saved["step_losses"]
+        losses = saved["step_losses"]
         return cls(
             saved["micro_batches"], saved["steps"], saved["units"], saved["samples"], saved["tokens"],
-            None if loss_sum is None else loss_sum.to(device),
             list(losses.to(device).unbind()) if losses is not None else [], list(saved["step_units"]),
             saved["elapsed_s"], saved["activation_bytes"],
             None if saved.get("correct_sum") is None else saved["correct_sum"].to(device),
