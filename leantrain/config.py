@@ -59,7 +59,11 @@ class RunConfig:
     data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]; your files: "
                                      "csv:path=F,target=COL / npy:x=X.npy,y=Y.npy / pt:path=F")
     epochs: int = _opt(5, "passes over the training split")
-    batch_size: int = _opt(64, "samples per optimizer step (per worker)")
+    batch_size: int | str = _opt(64, "samples per optimizer step (per worker); auto: the smallest power-of-two "
+                                     "multiple of lr_batch within a tenth of the best samples/s timed here, lr scaled "
+                                     "with it")
+    lr_batch: int = _opt(64, "batch_size auto: the batch size lr is meant for; lr is scaled to the chosen batch "
+                             "by its square root (Adam) or linearly (sgd)")
     eval_batch_size: int = _opt(1024, "samples per validation batch")
     lr: float = _opt(1e-3, "learning rate")
     optimizer: str = _opt(
@@ -153,6 +157,24 @@ class RunConfig:
         return self.name or derived_name(self.data, self.model, self.seed, self.to_dict())
 
     @property
+    def batch(self) -> int:
+        """batch_size as a number: as given, or once ``batch_size = "auto"`` is chosen (leantrain.tuning)."""
+        if not isinstance(self.batch_size, int):
+            raise UsageError(f"batch_size {self.batch_size!r} has not been chosen yet (it is timed at the run's start)")
+        return self.batch_size
+
+    def batch_candidates(self, train_samples: int) -> list[int]:
+        """What batch_size auto chooses among: ``lr_batch`` doubled while an epoch keeps ``MIN_STEPS_PER_EPOCH``
+        steps, up to ``MAX_AUTO_BATCH``; a given batch_size alone."""
+        if isinstance(self.batch_size, int):
+            return [self.batch_size]
+        cap = min(MAX_AUTO_BATCH, max(self.lr_batch, train_samples // MIN_STEPS_PER_EPOCH))
+        sizes = [self.lr_batch]
+        while sizes[-1] * 2 <= cap:
+            sizes.append(sizes[-1] * 2)
+        return sizes
+
+    @property
     def loggers(self) -> list[str]:
         """The ``log`` names, in the order given; empty without ``log``."""
         return [name.strip() for name in (self.log or "").split(",") if name.strip()]
@@ -208,7 +230,13 @@ class RunConfig:
         from leantrain.models.user import is_import_spec, load_class
         from leantrain.registry import check_spec
 
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        if isinstance(self.batch_size, str) and self.batch_size.isdigit():
+            self.batch_size = int(self.batch_size)  # from the command line, a count arrives as text
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            raise UsageError(f"{where}: batch_size must be a positive integer or auto, got {self.batch_size!r}")
+        if self.batch_size == "auto":
+            self._validate_auto_batch(where)
+        for name in ("epochs", "eval_batch_size", "lr_batch", *(["batch_size"] if self.batch_size != "auto" else [])):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{where}: {name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -270,6 +298,14 @@ class RunConfig:
         self._validate_members(where)
         return self
 
+    def _validate_auto_batch(self, where: str) -> None:
+        """batch_size auto is chosen at run start by timing; refused where a batch must be known before that."""
+        if self.procs == "auto":
+            raise UsageError(f"{where}: batch_size auto and procs auto each time the other's choice; fix one of them")
+        if parallel_mode(self.parallel) in ("pipeline", "hybrid"):
+            raise UsageError(f"{where}: batch_size auto is not for parallel {self.parallel} (the batch must be a "
+                             "multiple of microbatches); give a number")
+
     def _validate_parallel(self, where: str) -> None:
         mode = parallel_mode(self.parallel)
         if mode not in PARALLELS + ("hybrid",):
@@ -280,7 +316,7 @@ class RunConfig:
         if self.microbatches <= 0:
             raise UsageError(f"{where}: microbatches must be a positive integer, got {self.microbatches}")
         if mode in ("pipeline", "hybrid"):
-            if self.batch_size % self.microbatches:
+            if isinstance(self.batch_size, int) and self.batch_size % self.microbatches:
                 raise UsageError(f"{where}: batch_size {self.batch_size} is not a multiple of microbatches "
                                  f"{self.microbatches}; each micro-batch must be the same size")
             if mode == "pipeline" and isinstance(self.procs, int) and self.procs < 2:

@@ -75,7 +75,8 @@ class AdaptiveAccumulation(Technique):
     def from_config(cls, config: Any) -> AdaptiveAccumulation | None:
         if config.accumulation != "adaptive":
             return None
-        return cls(k_max=config.accum_max, lr_scaling=config.lr_scaling, micro_batch_size=config.batch_size)
+        batch = config.batch_size if isinstance(config.batch_size, int) else None  # auto: chosen at the run's start
+        return cls(k_max=config.accum_max, lr_scaling=config.lr_scaling, micro_batch_size=batch)
 
     def __init__(
         self, k_min: int = 2, k_max: int = 16, lr_scaling: str = "sqrt", ema: float = 0.95,

@@ -60,7 +60,7 @@ def time_steps(config: RunConfig, dist: Dist) -> float:
     forward = wrap_ddp(model, device_type="cpu") if dist.active else model
     optimizer = make_optimizer(config, model)
     task = task_for(dataset)
-    batches = TensorBatches(dataset.x_train, dataset.y_train, config.batch_size, rank=dist.rank,
+    batches = TensorBatches(dataset.x_train, dataset.y_train, config.batch, rank=dist.rank,
                             world_size=dist.world_size)
     times = []
     for step, (x, y) in enumerate(_cycle(batches)):
@@ -74,7 +74,7 @@ def time_steps(config: RunConfig, dist: Dist) -> float:
             times.append(dist.max([time.perf_counter() - start])[0])
         if len(times) == TIMED_STEPS:
             break
-    return config.batch_size * dist.world_size / statistics.median(times)
+    return config.batch * dist.world_size / statistics.median(times)
 
 
 def _cycle(batches: TensorBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -88,23 +88,23 @@ def choose(config: RunConfig, cores: int | None = None, say: Any = print) -> Lay
     """Time 1 x ``cores`` threads against ``cores`` x 1 thread for ``config`` (per-process batch_size B)."""
     n = cores or cores_available()
     key = f"{cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|torch={torch.__version__}|{config.model}|" \
-          f"{config.data}|batch={config.batch_size}|optimizer={config.optimizer}|cores={n}"
+          f"{config.data}|batch={config.batch}|optimizer={config.optimizer}|cores={n}"
     cache = cache_dir() / "layouts.json"
     cached = _read(cache).get(key)
     if cached:
         layout = Layout(**{**cached, "cached": True})
     else:
         foreign = ForeignCpuMeter()
-        single = time_steps(config.replace(batch_size=config.batch_size * n, threads=n, parallel="none", procs=None),
+        single = time_steps(config.replace(batch_size=config.batch * n, threads=n, parallel="none", procs=None),
                             Dist())
         multi = _time_launched(config, n)
         # The launched probe's own processes count as foreign here; only a busy machine beyond them taints it.
         disturbed = (foreign.cores() or 0.0) > n + NOISY_FOREIGN_CORES
         rates = {f"1 x {n} threads": single, f"{n} x 1 thread": multi}
         if multi > single:
-            layout = Layout(n, 1, config.batch_size, rates, f"{n} processes {multi / single:.2f}x as fast")
+            layout = Layout(n, 1, config.batch, rates, f"{n} processes {multi / single:.2f}x as fast")
         else:
-            layout = Layout(1, n, config.batch_size * n, rates, f"one process {single / multi:.2f}x as fast")
+            layout = Layout(1, n, config.batch * n, rates, f"one process {single / multi:.2f}x as fast")
         if disturbed:  # used for this run, not kept: a busy neighbour collapses multi-threaded runs first
             layout = Layout(layout.procs, layout.threads, layout.batch_size, layout.samples_per_s,
                             layout.why + "; measured while other processes were busy, so not cached")

@@ -71,7 +71,9 @@ def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
     return MemoryEstimate(
         parameters=param_bytes, gradients=trainable,
         optimizer=_optimizer_bytes([p for p in params if p.requires_grad], config, optimizer and optimizer(model)),
-        activations=activation_bytes(model, dataset, config.batch_size, config.precision),
+        # batch_size auto: the largest batch it may choose
+        activations=activation_bytes(model, dataset, max(config.batch_candidates(len(dataset.y_train))),
+                                     config.precision),
         data=data, resident=param_bytes + data if on_device else 0,
     )
 

@@ -83,3 +83,35 @@ def choose(trials: dict[str, Trial], reference: str, margin: float = MARGIN) -> 
     if best != reference:
         rejected[reference] = f"slower than {best}"
     return best, rejected
+
+
+# batch_size auto takes the smallest batch within this share of the best samples/s: beyond the knee a doubled
+# batch buys little speed and halves the optimizer steps an epoch takes.
+KNEE = 0.90
+
+
+def choose_batch(trials: dict[int, Trial], knee: float = KNEE) -> tuple[int, dict[str, str]]:
+    """The smallest measured batch whose samples/s is at least ``knee`` of the best; why each other was not."""
+    rates = {b: b / t.median_ms for b, t in trials.items() if not t.skipped and t.median_ms}
+    if not rates:
+        raise ValueError("no batch size was measured")
+    best = max(rates.values())
+    choice = min(b for b, rate in rates.items() if rate >= knee * best)
+    rejected = {}
+    for batch, trial in trials.items():
+        if batch == choice:
+            continue
+        if batch not in rates:
+            rejected[str(batch)] = trial.skipped or "not measured"
+        elif batch < choice:
+            rejected[str(batch)] = f"{rates[batch] / best:.0%} of the best samples/s (under {knee:.0%})"
+        else:
+            rejected[str(batch)] = f"{rates[batch] / rates[choice]:.2f}x {choice}'s samples/s: fewer steps, little speed"
+    return choice, rejected
+
+
+def scaled_lr(lr: float, batch: int, lr_batch: int, optimizer: str) -> float:
+    """``lr`` (meant for batch ``lr_batch``) at ``batch``: by the square root of the ratio for Adam (Malladi et al.
+    2022, square-root scaling for adaptive methods), linearly for SGD (Goyal et al. 2017)."""
+    ratio = batch / lr_batch
+    return lr * (ratio if optimizer == "sgd" else math.sqrt(ratio))

@@ -183,3 +183,40 @@ def optimizer_trials(
 def _untouched_rng(device: torch.device) -> AbstractContextManager:
     devices = [device.index or 0] if device.type == "cuda" else []
     return torch.random.fork_rng(devices=devices)
+
+
+MAX_BATCH_STEP_S = 0.5  # a batch whose step takes this long ends the climb: larger ones only cost more to time
+
+
+def batch_trials(
+    model: nn.Module,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    forward_loss_at: Callable[[int], Callable[[nn.Module], torch.Tensor]],
+    device: torch.device,
+    candidates: list[int],
+    precision: str,
+    rounds: int | None = None,
+) -> dict[int, Trial]:
+    """Time a training step at each batch size of ``candidates`` (ascending), each on its own copy of ``model``;
+    ``forward_loss_at(b)(model)`` is a batch of ``b``'s mean loss. The climb stops after the first batch whose step
+    takes ``MAX_BATCH_STEP_S``: the rest would take longer still to time, for fewer steps per epoch."""
+    trials: dict[int, Trial] = {}
+    with _untouched_rng(device):
+        for batch in sorted(candidates):
+            stepper = _TrainSteps(model, make_optimizer, forward_loss_at(batch), device, precision)
+            try:
+                _, steady, _ = _warm_up(stepper, device, None)
+            except RuntimeError as e:  # out of memory, most likely: no larger batch will fit either
+                if not trials:
+                    raise
+                trials[batch] = Trial(skipped=f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+                break
+            per_round = max(1, min(MAX_STEPS_PER_ROUND, math.ceil(ROUND_S / max(steady, 1e-6))))
+            trial = Trial()
+            for _ in range(ROUNDS if rounds is None else rounds):
+                trial.ms_per_step.append(1e3 * _timed(stepper, device, per_round))
+            trials[batch] = trial
+            del stepper
+            if steady >= MAX_BATCH_STEP_S:
+                break
+    return trials

@@ -1,6 +1,8 @@
 """``auto`` settings resolved by measurement on this machine, for this model, before training starts.
 
     threads = "auto"         the CPUs this process may use, minus those other processes keep busy now
+    batch_size = "auto"      the smallest power-of-two multiple of lr_batch within 10% of the best samples/s of a
+                             real training step, and lr scaled to it from lr_batch (see choice.py)
     optimizer = "auto-adam"  Adam as a loop, foreach or fused kernel: the fastest step, timed
     precision = "auto"       fp32, bf16 or fp16 (+ loss scaling): the fastest real training step whose
                              loss stays with fp32's (see probe.py and choice.py)
@@ -13,7 +15,7 @@ the same precision it started with. The choices go into the run record and one p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +24,13 @@ from torch import nn
 
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
+from leantrain.data.streaming import head, to_device
+from leantrain.errors import UsageError
 from leantrain.train.adapters import task_for
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.optim import ADAM_KERNELS, make_optimizer
 from leantrain.tuning import cache, machine, probe
-from leantrain.tuning.choice import Trial, choose
+from leantrain.tuning.choice import Trial, choose, choose_batch, scaled_lr
 
 AUTO = "auto"
 AUTO_ADAM = "auto-adam"
@@ -37,6 +41,7 @@ class Measure:
     """The measuring functions resolve uses; tests inject fakes with chosen timings and losses."""
     busy_cores: Callable[[list[int]], float | None] = machine.busy_cores
     precision_trials: Callable[..., dict[str, Trial]] = probe.precision_trials
+    batch_trials: Callable[..., dict[int, Trial]] = probe.batch_trials
     optimizer_trials: Callable[..., dict[str, Trial]] = probe.optimizer_trials
     cpu_meter: Callable[[], Any] = ForeignCpuMeter  # other processes' CPU during a probe: a disturbed one is not cached
 
@@ -48,7 +53,10 @@ class Tuned:
 
 
 def auto_knobs(config: RunConfig) -> list[str]:
-    return [k for k, auto in (("threads", AUTO), ("optimizer", AUTO_ADAM), ("precision", AUTO)) if getattr(config, k) == auto]
+    """The auto knobs of ``config``, in the order they are resolved: each is timed with the ones before it chosen
+    (the batch with the threads; the precision with the batch)."""
+    knobs = (("threads", AUTO), ("batch_size", AUTO), ("optimizer", AUTO_ADAM), ("precision", AUTO))
+    return [k for k, auto in knobs if getattr(config, k) == auto]
 
 
 def resolve(
@@ -82,6 +90,8 @@ def resolve(
             entry = {**saved[knob], "source": saved_from}
         elif knob == "threads":
             entry = _threads(measure)
+        elif knob == "batch_size":
+            entry = _batch_size(config.replace(**changes), model, dataset, device, measure)
         elif knob == "optimizer":
             entry = _optimizer(config, model, device, measure)
         else:
@@ -91,6 +101,8 @@ def resolve(
             record["machine"] = machine.machine_key(device)  # the thread count is part of it
         record[knob] = entry
         changes[knob] = entry["choice"]
+        if knob == "batch_size":
+            changes["lr"] = entry["lr"]
         say(describe(knob, entry))
     return Tuned(config.replace(**changes), record)
 
@@ -108,7 +120,36 @@ def _optimizer(config: RunConfig, model: nn.Module, device: torch.device, measur
 
     key = cache.key("optimizer", device, model)
     kernels = {k: factory(k) for k in ADAM_KERNELS}
-    return _measured(key, "adam", lambda: measure.optimizer_trials(model, kernels, device), measure)
+    return _measured(key, lambda: measure.optimizer_trials(model, kernels, device), measure,
+                     lambda trials: choose(trials, "adam"))
+
+
+def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure) -> dict[str, Any]:
+    if dataset.streams is not None:
+        raise UsageError(f"batch_size auto times batches of data held in memory; {dataset.name} is streamed: give a number")
+    task = task_for(dataset)
+    candidates = config.batch_candidates(len(dataset.y_train))
+    precision = config.precision if config.precision != AUTO else "fp32"  # the precision is chosen at this batch next
+    optimizer = config.replace(optimizer="adam") if config.optimizer == AUTO_ADAM else config
+
+    def forward_loss_at(batch: int) -> Callable[[nn.Module], torch.Tensor]:
+        x, y = to_device(head(dataset.x_train, batch), device), dataset.y_train[:batch].to(device)
+        units = task.units(y)
+        return lambda m: task.loss_sum(task.forward(m, x, y), y) / units
+
+    key = cache.key("batch_size", device, model, task=dataset.task, optimizer=optimizer.optimizer, precision=precision,
+                    input=_input_signature(dataset.x_train), candidates=",".join(map(str, candidates)))
+    entry = _measured(key, lambda: measure.batch_trials(model, lambda m: make_optimizer(optimizer, m), forward_loss_at,
+                                                        device, candidates, precision), measure, choose_batch)
+    rule = "linear" if config.optimizer == "sgd" else "square root"
+    return {**entry, "lr": scaled_lr(config.lr, entry["choice"], config.lr_batch, config.optimizer),
+            "lr_given": config.lr, "lr_batch": config.lr_batch, "lr_rule": rule, "probe_precision": precision}
+
+
+def _input_signature(x: Any) -> str:
+    first = head(x, 1)
+    tensors = first.values() if isinstance(first, dict) else first if isinstance(first, (tuple, list)) else [first]
+    return ";".join(f"{tuple(t.shape[1:])}:{t.dtype}" for t in tensors)
 
 
 def _precision(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure) -> dict[str, Any]:
@@ -127,7 +168,7 @@ def _precision(config: RunConfig, model: nn.Module, dataset: Dataset, device: to
         )
         return {**measured, **{p: Trial(skipped=why) for p, why in unsupported.items()}}
 
-    return _measured(key, "fp32", trials, measure)
+    return _measured(key, trials, measure, lambda measured: choose(measured, "fp32"))
 
 
 def precision_candidates(device: torch.device) -> tuple[list[str], dict[str, str]]:
@@ -142,18 +183,19 @@ def precision_candidates(device: torch.device) -> tuple[list[str], dict[str, str
     return ["fp32", "bf16"], {"fp16": "no fp16 arithmetic on this CPU (no avx512_fp16 or amx_fp16): emulated, ~16x slower"}
 
 
-def _measured(key: str, reference: str, run_trials: Callable[[], dict[str, Trial]], measure: Measure) -> dict[str, Any]:
+def _measured(key: str, run_trials: Callable[[], Mapping[Any, Trial]], measure: Measure,
+              chooser: Callable[[Any], tuple[Any, dict[str, str]]]) -> dict[str, Any]:
     """The cached entry for ``key``, or a new measurement (cached when no other process disturbed it)."""
     cached = cache.load(key)
     if cached is not None:
         return {**cached, "source": "cache"}
     foreign, start = measure.cpu_meter(), time.perf_counter()
     trials = run_trials()
-    choice, rejected = choose(trials, reference)
+    choice, rejected = chooser(trials)
     busy = foreign.cores()
     entry = {
         "choice": choice,
-        "trials": {name: t.to_dict() for name, t in trials.items()},
+        "trials": {str(name): t.to_dict() for name, t in trials.items()},
         "rejected": rejected,
         "probe_s": time.perf_counter() - start,
         "foreign_cpu_cores": busy,
@@ -170,6 +212,11 @@ def describe(knob: str, entry: dict[str, Any]) -> str:
         entry.get("source", ""), "")
     if knob == "threads" and "workers" in entry:
         return f"threads {label} -> {entry['choice']} ({entry['cpus']} CPUs shared by {entry['workers']} local workers)"
+    if knob == "batch_size":
+        rates = ", ".join(f"{batch} {1e3 * int(batch) / t['ms_per_step']:,.0f}/s"
+                          for batch, t in entry.get("trials", {}).items() if t.get("ms_per_step"))
+        return (f"batch_size {label} -> {entry['choice']}, lr {entry['lr']:.3g} ({entry['lr_given']:.3g} at "
+                f"{entry['lr_batch']}, {entry['lr_rule']} rule; samples/s: {rates}{source})")
     if knob == "threads" and "cpus" in entry:
         busy = entry.get("busy_cores")
         shown = "unknown" if busy is None else f"{busy:.2f}"
