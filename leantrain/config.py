@@ -180,24 +180,6 @@ class RunConfig:
         return [name.strip() for name in (self.log or "").split(",") if name.strip()]
 
     @property
-    def batch(self) -> int:
-        """batch_size as a number: as given, or once ``batch_size = "auto"`` is chosen (leantrain.tuning)."""
-        if not isinstance(self.batch_size, int):
-            raise UsageError(f"batch_size {self.batch_size!r} has not been chosen yet (it is timed at the run's start)")
-        return self.batch_size
-
-    def batch_candidates(self, train_samples: int) -> list[int]:
-        """What batch_size auto chooses among: ``lr_batch`` doubled while an epoch keeps ``MIN_STEPS_PER_EPOCH``
-        steps, up to ``MAX_AUTO_BATCH``; a given batch_size alone."""
-        if isinstance(self.batch_size, int):
-            return [self.batch_size]
-        cap = min(MAX_AUTO_BATCH, max(self.lr_batch, train_samples // MIN_STEPS_PER_EPOCH))
-        sizes = [self.lr_batch]
-        while sizes[-1] * 2 <= cap:
-            sizes.append(sizes[-1] * 2)
-        return sizes
-
-    @property
     def checkpoint_interval(self) -> tuple[int | None, float | None]:
         """(steps, seconds) between mid-epoch checkpoints; (None, None): epoch ends only."""
         every = self.checkpoint_every
