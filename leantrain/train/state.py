@@ -95,6 +95,8 @@ class TrainState:
     step_losses: list[float] = field(default_factory=list)
     progress: EpochProgress | None = None  # the unfinished epoch, set while a mid-epoch checkpoint is written or read
     guard_state: dict[str, Any] = field(default_factory=dict)  # the guards' state_dicts, for checkpoints
+    # (divisor, 1 / divisor as a device scalar): a step's loss divisor repeats step after step
+    _mean_gradient: tuple[float | int, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.forward is None:
@@ -115,6 +117,14 @@ class TrainState:
     def total_steps(self) -> int:
         """Planned optimizer steps at one micro-batch per step, for schedules."""
         return self.steps_per_epoch * self.total_epochs
+
+    def mean_gradient(self, divisor: float | int, loss: torch.Tensor) -> torch.Tensor:
+        """The gradient a summed loss's backward starts from to give the mean's: 1 / divisor, as a scalar of the
+        loss's type and device, made again only when the divisor changes (not a tensor per step)."""
+        cached = self._mean_gradient
+        if cached is None or cached[0] != divisor or cached[1].dtype != loss.dtype or cached[1].device != loss.device:
+            cached = self._mean_gradient = divisor, torch.full((), 1.0 / divisor, dtype=loss.dtype, device=loss.device)
+        return cached[1]
 
     def set_lr(self, lr: float) -> None:
         # A user's optimizer may give groups their own lrs: a technique's lr scales each by its ratio to group 0's.
