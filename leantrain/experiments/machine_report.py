@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-KNOBS = ("precision", "optimizer", "threads")
+KNOBS = ("precision", "optimizer", "threads", "batch_size")
 
 
 def machine_line(env: dict[str, Any]) -> str:

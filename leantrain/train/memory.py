@@ -160,6 +160,12 @@ def available_bytes(device: torch.device) -> int | None:
     return min(free, limit)
 
 
+def fits_in_memory(model: nn.Module, dataset: Any, config: Any, device: torch.device, processes: int = 1) -> bool:
+    """Whether ``config``'s estimate fits in the free memory (True where the free memory is unknown)."""
+    free = available_bytes(device)
+    return free is None or estimate(model, dataset, config, device).still_needed * processes <= free
+
+
 def check_memory(model: nn.Module, dataset: Any, config: Any, device: torch.device, processes: int = 1,
                  optimizer: OptimizerFactory | None = None) -> None:
     """Refuse, in one line, a run whose estimate exceeds the free memory. ``processes``: ranks sharing it."""

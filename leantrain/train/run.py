@@ -110,6 +110,9 @@ def _execute(
 ) -> dict[str, Any]:
     given = list(techniques or [])
     _check_given_once(config, given)
+    if optimizer is not None and config.batch_size == "auto":
+        raise UsageError("batch_size auto scales the learning rate to the batch it chooses, which your own optimizer "
+                         "sets: give batch_size a number, or pass the optimizer by name")
     if config.loggers and out_dir is None:
         raise UsageError(f"log {config.log}: the logs are written beside the run's record; give an output folder "
                          "(--out, or checkpoint_dir= in lt.fit)")
@@ -200,7 +203,7 @@ def _train_and_record(
         optimizer=optimizer(model) if optimizer else make_optimizer(tuned.config, model),
         task=task,
         device=device,
-        base_lr=config.lr,
+        base_lr=tuned.config.lr,  # batch_size auto scales it
         steps_per_epoch=len(batches),
         total_epochs=config.epochs,
         dist=dist,
@@ -291,7 +294,8 @@ def _tune(config: RunConfig, dist: Dist, model: nn.Module, dataset: Dataset, dev
         return tuned
     if dist.is_main:
         try:
-            tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
+            tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say,
+                                   data_ranks=dist.world_size)
         except BaseException:
             dist.broadcast(None)  # the others stop waiting: rank 0's error is the job's
             raise

@@ -27,6 +27,7 @@ from leantrain.data.dataset import Dataset
 from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
 from leantrain.train.adapters import task_for
+from leantrain.train.memory import fits_in_memory
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.optim import ADAM_KERNELS, make_optimizer
 from leantrain.tuning import cache, machine, probe
@@ -70,12 +71,14 @@ def resolve(
     threads: dict[str, Any] | None = None,
     say: Callable[[str], None] = lambda line: None,
     measure: Measure | None = None,
+    data_ranks: int = 1,
 ) -> Tuned:
     """Replace each auto knob of ``config`` by a measured (or cached, or ``saved``) choice; set threads.
 
     ``saved``: a record this returned before (from a checkpoint, or rank 0's under data parallelism, as
     ``saved_from`` says): its choices are taken as they are, never measured again. ``threads``: the entry
-    auto threads take without measuring (a data-parallel worker's share of the node's cores).
+    auto threads take without measuring (a data-parallel worker's share of the node's cores). ``data_ranks``: the
+    processes that split each epoch's samples (a batch size is per rank).
     """
     knobs = auto_knobs(config)
     if not knobs:
@@ -91,7 +94,7 @@ def resolve(
         elif knob == "threads":
             entry = _threads(measure)
         elif knob == "batch_size":
-            entry = _batch_size(config.replace(**changes), model, dataset, device, measure)
+            entry = _batch_size(config.replace(**changes), model, dataset, device, measure, data_ranks)
         elif knob == "optimizer":
             entry = _optimizer(config, model, device, measure)
         else:
@@ -124,11 +127,14 @@ def _optimizer(config: RunConfig, model: nn.Module, device: torch.device, measur
                      lambda trials: choose(trials, "adam"))
 
 
-def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure) -> dict[str, Any]:
+def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: torch.device, measure: Measure,
+                data_ranks: int) -> dict[str, Any]:
     if dataset.streams is not None:
         raise UsageError(f"batch_size auto times batches of data held in memory; {dataset.name} is streamed: give a number")
     task = task_for(dataset)
-    candidates = config.batch_candidates(len(dataset.y_train))
+    # Each rank's share of an epoch, and only the batches the memory holds (a CPU's OOM kills, it does not raise).
+    candidates = [b for b in config.batch_candidates(len(dataset.y_train) // data_ranks)
+                  if b == config.lr_batch or fits_in_memory(model, dataset, config.replace(batch_size=b), device)]
     precision = config.precision if config.precision != AUTO else "fp32"  # the precision is chosen at this batch next
     optimizer = config.replace(optimizer="adam") if config.optimizer == AUTO_ADAM else config
 
@@ -138,7 +144,7 @@ def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: t
         return lambda m: task.loss_sum(task.forward(m, x, y), y) / units
 
     key = cache.key("batch_size", device, model, task=dataset.task, optimizer=optimizer.optimizer, precision=precision,
-                    input=_input_signature(dataset.x_train), candidates=",".join(map(str, candidates)))
+                    input=_input_signature(dataset.x_train), candidates=",".join(map(str, candidates)), ranks=data_ranks)
     entry = _measured(key, lambda: measure.batch_trials(model, lambda m: make_optimizer(optimizer, m), forward_loss_at,
                                                         device, candidates, precision), measure, choose_batch)
     rule = "linear" if config.optimizer == "sgd" else "square root"

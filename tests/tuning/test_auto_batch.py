@@ -125,3 +125,35 @@ def test_a_run_with_batch_size_auto_trains_at_the_chosen_batch(tmp_path):
                     epochs=1, batch_size="auto", device="cpu", checkpoint_dir=tmp_path)
     chosen = record["run"]["autotune"]["batch_size"]["choice"]
     assert chosen in (64, 128) and record["epochs"][0]["train_steps"] == math.ceil(960 / chosen)
+
+
+def test_an_auto_batch_run_is_the_run_with_its_choice_forced_schedule_included(tmp_path, monkeypatch):
+    import importlib
+
+    resolving = importlib.import_module("leantrain.tuning.resolve")  # the module (the package exports the function)
+
+    monkeypatch.setattr(resolving, "choose_batch", lambda trials: (max(trials), {}))  # the larger: lr must scale
+    data = lt.data.load("healthcare-sim:n=2400")
+    options = {"epochs": 2, "device": "cpu", "schedule": "warmup-cosine", "lr": 1e-3, "seed": 0}
+    torch.manual_seed(0)
+    auto = lt.fit(build("mlp", data), data, batch_size="auto", checkpoint_dir=tmp_path / "auto", **options)
+    assert auto["run"]["autotune"]["batch_size"]["choice"] == 128  # 1,920 training samples: 64 or 128
+    torch.manual_seed(0)
+    forced = lt.fit(build("mlp", data), data, batch_size=128, checkpoint_dir=tmp_path / "forced",
+                    **{**options, "lr": 1e-3 * math.sqrt(2)})
+    assert [e["train_loss"] for e in auto["epochs"]] == [e["train_loss"] for e in forced["epochs"]]
+    assert [e["lr"] for e in auto["epochs"]] == [e["lr"] for e in forced["epochs"]]
+
+
+def test_each_rank_s_share_of_the_epoch_bounds_the_candidates(data):
+    fake = Fake({64: 10_000, 128: 30_000})
+    config = lt.RunConfig(data="healthcare-sim:n=2000", batch_size="auto", device="cpu")
+    tuned = resolve(config, build(config.model, data), data, torch.device("cpu"), measure=fake.measure(), data_ranks=2)
+    assert fake.calls[0][0] == [64] and tuned.config.batch_size == 64  # 800 samples per rank: 128 leaves 6 steps
+
+
+def test_your_own_optimizer_and_an_auto_batch_are_refused(tmp_path):
+    data = lt.data.load("healthcare-sim:n=600")
+    with pytest.raises(UsageError, match="batch_size auto scales the learning rate"):
+        lt.fit(build("mlp", data), data, batch_size="auto", device="cpu",
+               optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
