@@ -113,8 +113,8 @@ class NonFiniteGuard:
         if self.mode != "stop":
             return
         if self.loss_on_host:
-            weights = [p for group in state.optimizer.param_groups for p in group["params"]]
-            if weights and not math.isfinite(float(torch.stack(foreach_norm([_dense(w.detach()) for w in weights])).sum())):
+            weights = [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
+            if weights and not _all_finite(weights):
                 raise NonFiniteLoss(f"the weights became non-finite (inf/NaN) by step {state.step} (epoch "
                                     f"{state.epoch + 1}): a non-finite gradient reached them; training stopped. Lower "
                                     "the lr, check the data for NaN, or pass --on-nonfinite skip")
@@ -236,6 +236,15 @@ class Guards:
 
     def state_dict(self) -> dict[str, Any]:
         return {"nonfinite": self.nonfinite.state_dict(), "spikes": self.spikes.state_dict()}
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Every element finite: a norm per tensor (one multi-tensor kernel), summed in fp32. fp16 tensors are read
+    element by element instead, as their norm can overflow fp16's 65,504 while every value is finite."""
+    wide = [t for t in tensors if t.dtype != torch.float16]
+    half = [t for t in tensors if t.dtype == torch.float16]
+    norms_finite = not wide or math.isfinite(float(torch.stack([n.float() for n in foreach_norm(wide)]).sum()))
+    return norms_finite and all(bool(torch.isfinite(t).all()) for t in half)
 
 
 def _dense(grad: torch.Tensor) -> torch.Tensor:

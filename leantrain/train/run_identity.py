@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.naming import NOT_IDENTITY, check_name, derived_name, safe_part, settings_hash
 
@@ -61,7 +62,11 @@ def run_lock(folder: Path, run_name: str) -> Iterator[None]:
 
 
 def differing_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return sorted(k for k in saved.keys() | now.keys() if k not in NOT_IDENTITY and saved.get(k) != now.get(k))
+    """The settings that change results and differ; a key one side lacks (a setting added to leantrain after
+    that side was written) counts as its default, so an older checkpoint or record still matches."""
+    defaults = RunConfig().to_dict()
+    return sorted(k for k in saved.keys() | now.keys()
+                  if k not in NOT_IDENTITY and saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
 
 
 def check_existing(result: Path, ckpt: Path | None, *, resume: bool, force: bool) -> None:

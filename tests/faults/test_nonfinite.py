@@ -159,3 +159,11 @@ def test_the_default_experiments_cases_raise_no_spike(tmp_path):
         record = execute(config, out_dir=tmp_path, quiet=True)
         assert sum(e["train_steps"] for e in record["epochs"]) > 40
         assert all(e["loss_spikes"] == [] for e in record["epochs"]), config.data
+
+
+def test_a_bad_gradient_on_a_checkpoint_step_is_caught_before_the_checkpoint_is_written(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"weights became non-finite.* by step 6 \(epoch 1\)"):
+        lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({6})], checkpoint_dir=tmp_path,
+               checkpoint_every="3", **OPTIONS)
+    saved = checkpoint.load(checkpoint.find(tmp_path))
+    assert saved["step"] == 3 and all(torch.isfinite(t).all() for t in saved["model"].values())

@@ -42,3 +42,22 @@ def test_under_a_loss_scaler_only_the_loss_is_read():
     guard = NonFiniteGuard("stop", CPU, 1, scaler_checks_grads=True)  # the scaler finds (and skips) bad gradients
     assert guard.finite_now(torch.tensor(1.0), [torch.tensor([math.nan])])
     assert not guard.finite_now(torch.tensor(math.inf), [])
+
+
+def test_an_older_checkpoint_without_the_newer_settings_still_matches():
+    from leantrain.config import RunConfig
+    from leantrain.train.run_identity import differing_keys
+
+    now = RunConfig().to_dict()
+    older = {k: v for k, v in now.items() if k not in ("label_smoothing", "length_buckets", "lr_batch")}
+    assert differing_keys(older, now) == [] and differing_keys({**older, "lr": 0.5}, now) == ["lr"]
+    assert differing_keys(older, {**now, "label_smoothing": 0.1}) == ["label_smoothing"]
+
+
+def test_weights_in_fp16_whose_norm_overflows_are_still_finite():
+    from leantrain.train.guards import _all_finite
+
+    big = torch.full((1000,), 60000.0, dtype=torch.float16)  # each finite; the norm is ~1.9e6 > fp16's max
+    assert _all_finite([big, torch.ones(3)]) and not _all_finite([big, torch.tensor([math.nan])])
+    big[0] = math.inf
+    assert not _all_finite([big])
