@@ -43,7 +43,7 @@ class Task(Protocol):
 
     def correct(self, output: Tensor, target: Tensor) -> Tensor | None:
         """Correct units in a training batch's output (a device scalar: no host sync), for ``train_metric``;
-        None where the task has none."""
+        None where the task has none. Called with gradients on, so it must build no graph (an argmax count)."""
         ...
 
     def finalize(self, sums: dict[str, float], units: int) -> dict[str, float]: ...

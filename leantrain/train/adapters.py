@@ -126,7 +126,8 @@ class AdaptedTask:
     def correct(self, output: Any, target: Tensor) -> Tensor | None:
         if self.train_metric is None:
             return None
-        return self.base.correct(output, target)  # forward already picked the output (output_key)
+        with torch.no_grad():  # the user's output may hold a graph; the count must not keep it alive
+            return self.base.correct(output, target)  # forward already picked the output (output_key)
 
     def metric_sums(self, output: Any, target: Tensor) -> dict[str, Tensor]:
         sums = self.base.metric_sums(output, target)

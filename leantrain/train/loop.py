@@ -95,7 +95,8 @@ def train_epoch(
     step_units_list = resumed.step_units
     micro_batches = islice(batches.epoch(state.epoch), drawn, None)
     foreign_cpu = ForeignCpuMeter()
-    bar = progress.epoch_bar(state.epoch, state.total_epochs, len(batches))
+    epoch_batches = len(batches)
+    bar = progress.epoch_bar(state.epoch, state.total_epochs, epoch_batches)
     start = now(device)
     log.start_epoch()
     after_first_step = start
@@ -107,15 +108,17 @@ def train_epoch(
             break
         drawn += len(step_batches)
         meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 and measure_activations else None
-        step_units = sum(task.units(y) for _, y in step_batches)
+        step_units, step_samples, step_tokens = _count(task, step_batches)
         loss_divisor = _loss_divisor(state, step_units)
         last = len(step_batches) - 1
         corrects_before = len(step_correct)
         step_loss: torch.Tensor | None = None
         for index, (x, y) in enumerate(step_batches):
-            with state.no_sync() if index < last else contextlib.nullcontext():
+            if index < last:
+                with state.no_sync():
+                    loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
+            else:
                 loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
-            if index == last:
                 state.sync_gradients()
             if correct is not None:
                 step_correct.append(correct)
@@ -123,9 +126,7 @@ def train_epoch(
             fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
         assert step_loss is not None
         state.precision.unscale_(state.optimizer)
-        step_samples = sum(len(y) for _, y in step_batches)
-        step_tokens = [task.tokens(y) for _, y in step_batches]
-        log.step(state, step_loss, step_units, step_samples, sum(t or 0 for t in step_tokens) or None, len(step_batches))
+        log.step(state, step_loss, step_units, step_samples, step_tokens, len(step_batches))
         fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
         if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
             state.optimizer.zero_grad(set_to_none=True)
@@ -139,8 +140,8 @@ def train_epoch(
         step_losses.append(step_loss)
         step_units_list.append(step_units)
 
-        if step_tokens[0] is not None:
-            tokens = (tokens or 0) + sum(t or 0 for t in step_tokens)
+        if step_tokens is not None:
+            tokens = (tokens or 0) + step_tokens
         samples += step_samples
         units += step_units
         steps += 1
@@ -150,7 +151,7 @@ def train_epoch(
         if steps - resumed.steps == 1:
             after_first_step, first_step_samples = now(device), step_samples
         bar.update(len(step_batches), step_samples)
-        if drawn < len(batches) and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
+        if drawn < epoch_batches and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
             state.progress = EpochProgress(drawn, steps, units, samples, tokens, step_losses, step_units_list,
                                            resumed.elapsed_s + now(device) - start, activation_bytes,
                                            _total(correct_before, step_correct))
@@ -207,6 +208,19 @@ def train_epoch(
     return _with_rank_memory(dist, record)
 
 
+def _count(task: Any, step_batches: list[tuple[Any, torch.Tensor]]) -> tuple[int, int, int | None]:
+    """A step's loss units, samples and tokens (None where the task counts no tokens), in one pass."""
+    units = samples = 0
+    tokens: int | None = None
+    for _, y in step_batches:
+        units += task.units(y)
+        samples += len(y)
+        counted = task.tokens(y)
+        if counted is not None:
+            tokens = (tokens or 0) + counted
+    return units, samples, tokens
+
+
 def _total(before: torch.Tensor | None, counts: list[torch.Tensor]) -> torch.Tensor | None:
     """A running count kept as per-step device scalars, added up (one kernel) when it is read."""
     if not counts:
@@ -257,8 +271,7 @@ def _forward_backward(
         with state.precision.autocast():
             output = state.task.forward(state.forward, x, y)
             loss = state.task.loss_sum(output, y)
-        with torch.no_grad():
-            correct = state.task.correct(output, y)
+        correct = state.task.correct(output, y)  # an argmax count: no graph (a user's metric runs under no_grad)
         del output  # not held through backward: a language model's logits are the largest activation
         state.precision.scale(loss).backward(state.mean_gradient(loss_divisor, loss))
     return loss.detach(), correct
