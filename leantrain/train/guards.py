@@ -28,7 +28,6 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,17 +83,24 @@ class NonFiniteGuard:
             return torch.stack(foreach_norm([_dense(g) for g in grads])).sum() + step_loss
         return step_loss
 
-    def should_skip(self, state: Any, step_loss: torch.Tensor, grads: Callable[[], list[torch.Tensor]]) -> bool:
+    def gradients(self, state: Any) -> list[torch.Tensor]:
+        """The gradients an update would apply: the optimizer's parameters' (listing them is ~20 us cheaper than
+        walking the module tree); none where the loss scaler checks them itself."""
+        if self.scaler_checks_grads:
+            return []
+        return [p.grad for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+    def should_skip(self, state: Any, step_loss: torch.Tensor) -> bool:
         """Skip mode: whether to leave this step's update out (reads the flag: one sync on CUDA)."""
         if self.scaler_checks_grads:
             return False  # the scaler skips (and counts) steps with inf/NaN gradients itself
-        skip = state.dist.any(not self.finite_now(step_loss, grads()))
+        skip = state.dist.any(not self.finite_now(step_loss, self.gradients(state)))
         self.skipped += skip
         return skip
 
-    def note(self, state: Any, step_loss: torch.Tensor, grads: Callable[[], list[torch.Tensor]]) -> None:
+    def note(self, state: Any, step_loss: torch.Tensor) -> None:
         """Stop mode: read the loss now (one CPU process), or remember the first bad step on the device; either
-        way look at everything when the interval comes round. ``grads`` lists the gradients when called."""
+        way look at everything when the interval comes round."""
         step = state.step + 1  # the step being taken, counted from 1
         if self.loss_on_host:
             if not math.isfinite(float(step_loss)):
@@ -102,7 +108,7 @@ class NonFiniteGuard:
             if step % self.check_every == 0:
                 self.check(state)
             return
-        bad = ~torch.isfinite(self.total(step_loss, grads()))
+        bad = ~torch.isfinite(self.total(step_loss, self.gradients(state)))
         self.first_bad = torch.where((self.first_bad == NO_STEP) & bad, step, self.first_bad)
         if step % self.check_every == 0:
             self.check(state)
@@ -196,15 +202,9 @@ class Guards:
 
     def before_optimizer_step(self, state: Any, step_loss: torch.Tensor) -> bool:
         """True when this step's update must be left out (skip mode); in stop mode may raise NonFiniteLoss."""
-        # The optimizer's parameters are the ones an update would poison (and listing them is ~20 us cheaper
-        # per step than walking the module tree); listed only when a check reads them.
-        def grads() -> list[torch.Tensor]:
-            return [] if self.nonfinite.scaler_checks_grads else [
-                p.grad for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
-
         if self.nonfinite.mode == "skip":
-            return self.nonfinite.should_skip(state, step_loss, grads)
-        self.nonfinite.note(state, step_loss, grads)
+            return self.nonfinite.should_skip(state, step_loss)
+        self.nonfinite.note(state, step_loss)
         return False
 
     def check(self, state: Any) -> None:
