@@ -1,6 +1,6 @@
 """Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side,
 and what ``--procs auto`` picks; with ``--ddp-knobs``, DDP's bucket size, static graph and gradient-as-bucket-view
-on the compute-bound case instead.
+on the compute-bound case instead, beside its ceiling: two independent one-thread runs at once, no communication.
 
 Each case trains the same model in every layout, interleaved and repeated; multi-process layouts are
 launched exactly as a user launches them (``leantrain train --parallel ddp --procs 2``). Throughput is
@@ -71,6 +71,23 @@ def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, e
         return json.loads(path.read_text())
 
 
+def run_two_alone(case: dict, epochs: int, env: dict) -> float:
+    """Two independent 1-process x 1-thread runs started together, no communication between them: their summed
+    samples/s. Against 2 x one run alone it is the ceiling of any data-parallel scheme on these cores (what
+    sharing caches, memory bandwidth and clocks leaves), before a byte is communicated."""
+    values = {**case, "epochs": epochs, "device": "cpu", "threads": 1}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
+    with tempfile.TemporaryDirectory() as out:
+        runs = [subprocess.Popen([sys.executable, "-m", "leantrain", "train", *flags, "--quiet", "--out", f"{out}/{i}"],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        for run in runs:
+            _, err = run.communicate()
+            if run.returncode != 0:
+                sys.exit(f"an independent run failed (exit {run.returncode}):\n{err[-3000:]}")
+        records = [json.loads(next(Path(f"{out}/{i}").glob("*.json")).read_text()) for i in range(2)]
+    return sum(r["summary"]["median_samples_per_s"] for r in records)
+
+
 def dist_cost_us() -> float:
     """Microseconds the single-process Dist adds per epoch: the loop's four reductions and one gather."""
     dist, n = Dist(), 20_000
@@ -130,11 +147,13 @@ def ddp_knobs(repeats: int, epochs: int, env: dict) -> None:
     case = CASES[KNOBS_CASE]
     one: list[float] = []
     rates: dict[str, list[float]] = {name: [] for name in DDP_KNOBS}
+    alone: list[float] = []
     noisy = 0
     load_before = os.getloadavg()[0]
     for repeat in range(repeats):
         record = run_layout(case, 1, 1, epochs, env)
         one.append(record["summary"]["median_samples_per_s"])
+        alone.append(run_two_alone(case, epochs, env))
         for name, knobs in DDP_KNOBS.items():
             record = run_layout({**case, **knobs}, 2, 1, epochs, env)
             rates[name].append(record["summary"]["median_samples_per_s"])
@@ -145,6 +164,9 @@ def ddp_knobs(repeats: int, epochs: int, env: dict) -> None:
           f"{os.getloadavg()[0]:.2f} | noisy runs {noisy}/{repeats * len(DDP_KNOBS)} | 1 proc x 1 thread: "
           f"{median_spread(one, '{:,.0f}')} samples/s")
     print("| DDP settings (2 procs x 1 thread) | samples/s | scaling efficiency |\n|---|---|---|")
+    ceiling = [a / (2 * o) for a, o in zip(alone, one)]
+    print(f"| ceiling: 2 independent runs x 1 thread, no DDP | {median_spread(alone, '{:,.0f}')} | "
+          f"{median_spread(ceiling, '{:.2f}')} |")
     for name in DDP_KNOBS:
         efficiency = [r / (2 * o) for r, o in zip(rates[name], one)]
         print(f"| {name} | {median_spread(rates[name], '{:,.0f}')} | {median_spread(efficiency, '{:.2f}')} |")
