@@ -187,9 +187,20 @@ _MEASURED_HERE: dict[tuple[Path, str], tuple[float, float]] = {}
 REMEASURE_S = 60.0
 
 
+def kernel_isa() -> str:
+    """The instruction sets the CPU kernels may use here: PyTorch's capability (ATEN_CPU_CAPABILITY lowers it) and
+    oneDNN's cap when one is set. One CPU capped to AVX2 is another machine: its figures must not mix."""
+    try:
+        isa = str(torch.backends.cpu.get_cpu_capability())
+    except AttributeError:  # PyTorch < 2.1
+        isa = "unknown"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return f"{isa}|onednn<={cap}" if cap else isa
+
+
 def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}|{kernel_isa()}"
     key = f"{device.type}|{name}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
     cached = _read_json(path)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from leantrain.train.metrics import cpu_name
+from leantrain.train.metrics import cpu_name, kernel_isa
 
 # /proc/cpuinfo flags that decide low-precision speed on a CPU (bf16 and fp16 dot products, AMX tiles).
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile")
@@ -57,7 +57,7 @@ def machine_key(device: torch.device) -> str:
     """What a tuned choice depends on besides the model: the device, its instruction set, threads, torch."""
     if device.type == "cuda":
         return f"cuda|{device_name(device)}|torch={torch.__version__}"
-    return f"cpu|{cpu_name()}|{cpu_capability()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    return f"cpu|{cpu_name()}|{kernel_isa()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def test_the_choice_is_cached_and_measured_again_when_cpu_torch_or_model_shape_c
     monkeypatch.setattr(machine, "cpu_name", lambda: "AMD EPYC (AVX2 only)")
     assert _resolve(config, data, fake).config.precision == "fp32"
     other = "AVX512" if machine.cpu_capability() == "AVX2" else "AVX2"  # a capability this CPU does not report
-    monkeypatch.setattr(machine, "cpu_capability", lambda: other)
+    monkeypatch.setattr(machine, "kernel_isa", lambda: other)
     _resolve(config, data, fake)
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     _resolve(config, data, fake)
@@ -141,3 +141,13 @@ def test_describe_says_why_an_alternative_was_skipped():
              "rejected": {"bf16": "5.9x slower than fp32 in warm-up", "fp16": "no fp16"}}
     assert describe("precision", entry) == ("precision auto -> fp32 (fp32 12.1 ms/step, bf16 71.3 ms: 5.9x slower "
                                             "than fp32 in warm-up, fp16 skipped: no fp16, cached)")
+
+
+def test_a_cpu_capped_to_avx2_is_another_machine_for_every_cache(monkeypatch):
+    from leantrain.train.metrics import kernel_isa
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    native = kernel_isa()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert kernel_isa() == f"{native}|onednn<=AVX2" and "onednn<=AVX2" in machine.machine_key(torch.device("cpu"))
