@@ -59,7 +59,7 @@ class Fake:
 
     def _batch(self, model, make_optimizer, forward_loss_at, device, candidates, precision):
         self.calls.append((list(candidates), precision))
-        assert math.isfinite(float(forward_loss_at(candidates[0])(model)))  # a real batch of that size
+        assert math.isfinite(float(forward_loss_at(candidates[0])(model).detach()))  # a real batch of that size
         return _ms({b: self.rates[b] for b in candidates})
 
 
