@@ -53,6 +53,7 @@ DDP_KNOBS: dict[str, dict[str, Any]] = {
     "100 MB buckets": {"ddp_bucket_mb": 100},
     "static graph": {"ddp_static_graph": True},
     "no grad views": {"ddp_grad_as_bucket_view": False},
+    "fp16 all-reduce (half the bytes)": {"ddp_compress": "fp16"},
 }
 KNOBS_CASE = "MLP 512-2048-2048-20, batch 512"
 

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
 PARALLELS = ("none", "ddp", "mpi", "fsdp", "pipeline", "ensemble")  # and hybrids dpAxppB (e.g. dp2xpp2)
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("auto", "gloo", "nccl")
+DDP_COMPRESSION = ("none", "bf16", "fp16")
 NONFINITE = ("stop", "skip")
 LOGGERS = ("tensorboard", "csv", "jsonl")  # leantrain/train/loggers.py
 MAX_SEED = 2**32 - 1  # the data generators and per-rank seeds (seed * 100_003 + rank) must fit torch's 64 bits
@@ -91,6 +92,8 @@ class RunConfig:
                                          "get gradients every step)")
     ddp_grad_as_bucket_view: bool = _opt(True, "ddp: gradients as views into the all-reduce buckets (one copy "
                                                "less per step)")
+    ddp_compress: str = _opt("none", "ddp: all-reduce the gradients in bf16 or fp16 (half the bytes; rounded to that "
+                                     "type before averaging); none: in their own type", DDP_COMPRESSION)
     microbatches: int = _opt(4, "pipeline, dpAxppB: micro-batches each batch is cut into (batch_size must be a "
                                 "multiple)")
     schedule_pp: str = _opt("1f1b", "pipeline, dpAxppB: the pipeline schedule (torch.distributed.pipelining)",
@@ -267,6 +270,9 @@ class RunConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise UsageError(f"{where}: {f.name} {getattr(self, f.name)!r} is not one of: {', '.join(choices)}")
         device = resolve_device(self.device, where)
+        if self.ddp_compress == "bf16" and device.type != "cuda":
+            raise UsageError(f"{where}: ddp_compress bf16 needs CUDA (PyTorch's bf16 hook runs on NCCL only); "
+                             "use fp16 on the CPU's gloo")
         if self.backend == "nccl" and device.type != "cuda":
             raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
         if isinstance(self.procs, int) and self.procs > 1 and self.parallel == "none":

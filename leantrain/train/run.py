@@ -142,7 +142,8 @@ def _execute(
     check_parallel_mode(techniques, parallel_mode(config.parallel))
     if config.parallel == "ddp":
         techniques.append(DataParallel(bucket_cap_mb=config.ddp_bucket_mb, static_graph=config.ddp_static_graph,
-                                       gradient_as_bucket_view=config.ddp_grad_as_bucket_view))
+                                       gradient_as_bucket_view=config.ddp_grad_as_bucket_view,
+                                       compress=config.ddp_compress))
     elif config.parallel == "mpi":
         techniques.append(MpiDataParallel())
     if ensemble:
