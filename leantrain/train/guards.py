@@ -196,10 +196,6 @@ class Guards:
         self._save = save
         self._last_save = time.monotonic()
 
-    @property
-    def skipping(self) -> bool:
-        return self.nonfinite.mode == "skip" and not self.nonfinite.scaler_checks_grads
-
     def before_optimizer_step(self, state: Any, step_loss: torch.Tensor) -> bool:
         """True when this step's update must be left out (skip mode); in stop mode may raise NonFiniteLoss."""
         if self.nonfinite.mode == "skip":

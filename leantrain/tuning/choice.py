@@ -110,8 +110,13 @@ def choose_batch(trials: dict[int, Trial], knee: float = KNEE) -> tuple[int, dic
     return choice, rejected
 
 
+def lr_rule(optimizer: str) -> str:
+    """How the lr follows the batch: linearly for SGD (Goyal et al. 2017), by the square root for Adam (Malladi
+    et al. 2022, square-root scaling for adaptive methods)."""
+    return "linear" if optimizer == "sgd" else "square root"
+
+
 def scaled_lr(lr: float, batch: int, lr_batch: int, optimizer: str) -> float:
-    """``lr`` (meant for batch ``lr_batch``) at ``batch``: by the square root of the ratio for Adam (Malladi et al.
-    2022, square-root scaling for adaptive methods), linearly for SGD (Goyal et al. 2017)."""
+    """``lr`` (meant for batch ``lr_batch``) at ``batch``, by ``lr_rule``."""
     ratio = batch / lr_batch
-    return lr * (ratio if optimizer == "sgd" else math.sqrt(ratio))
+    return lr * (ratio if lr_rule(optimizer) == "linear" else math.sqrt(ratio))

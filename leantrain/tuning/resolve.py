@@ -31,7 +31,7 @@ from leantrain.train.memory import fits_in_memory
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.optim import ADAM_KERNELS, make_optimizer
 from leantrain.tuning import cache, machine, probe
-from leantrain.tuning.choice import Trial, choose, choose_batch, scaled_lr
+from leantrain.tuning.choice import Trial, choose, choose_batch, lr_rule, scaled_lr
 
 AUTO = "auto"
 AUTO_ADAM = "auto-adam"
@@ -147,9 +147,9 @@ def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: t
                     input=_input_signature(dataset.x_train), candidates=",".join(map(str, candidates)), ranks=data_ranks)
     entry = _measured(key, lambda: measure.batch_trials(model, lambda m: make_optimizer(optimizer, m), forward_loss_at,
                                                         device, candidates, precision), measure, choose_batch)
-    rule = "linear" if config.optimizer == "sgd" else "square root"
     return {**entry, "lr": scaled_lr(config.lr, entry["choice"], config.lr_batch, config.optimizer),
-            "lr_given": config.lr, "lr_batch": config.lr_batch, "lr_rule": rule, "probe_precision": precision}
+            "lr_given": config.lr, "lr_batch": config.lr_batch, "lr_rule": lr_rule(config.optimizer),
+            "probe_precision": precision}
 
 
 def _input_signature(x: Any) -> str:
@@ -164,7 +164,7 @@ def _precision(config: RunConfig, model: nn.Module, dataset: Dataset, device: to
     y = dataset.y_train[: config.batch_size].to(device)
     units = task.units(y)
     key = cache.key("precision", device, model, batch=len(y), task=dataset.task, optimizer=config.optimizer,
-                    input=f"{tuple(x.shape[1:])}:{x.dtype}")
+                    input=_input_signature(dataset.x_train))
     candidates, unsupported = precision_candidates(device)
 
     def trials() -> dict[str, Trial]:
