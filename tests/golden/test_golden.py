@@ -5,7 +5,7 @@ commit the file with the change, saying why in the commit message:
 
     LEANTRAIN_REGENERATE_GOLDEN=1 python -m pytest tests/golden -p no:randomly
 
-On the machine class (torch version and CPU capability) that wrote the file the losses must be equal bit
+On the machine class (torch version, CPU capability and CPU model) that wrote the file the losses must be equal bit
 for bit; elsewhere kernels may round differently, so they must agree to a relative 1e-5, far tighter
 than any real change to the training arithmetic moves them.
 """
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import leantrain as lt
+from leantrain.train.metrics import cpu_name
 from tests.faults.helpers import LossTap, tiny_data, tiny_model
 
 GOLDEN = Path(__file__).parent / "tiny_mlp_step_losses.json"
@@ -27,7 +28,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _machine() -> dict:
-    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    # The CPU model too: an AMD EPYC and an Intel Xeon both report AVX512 and still round a step differently.
+    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu_name()}
 
 
 def _run() -> list[float]:

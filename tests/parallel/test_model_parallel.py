@@ -113,7 +113,9 @@ def test_fsdp_on_two_ranks_equals_one_process_with_the_doubled_batch(tmp_path, s
 @pytest.mark.timeout(120)
 def test_hybrid_dp2xpp2_on_four_processes_equals_one_process(tmp_path, single):
     ranks = run_workers(4, tmp_path, {**BASE, "parallel": "dp2xpp2", "batch_size": 32, "schedule_pp": "gpipe"})
-    _assert_same_training(single, ranks[0])
+    # Each replica's micro-batch gradients are summed in another order than one process's: a few ulps, which Adam's
+    # first, normalised step turns into ~4e-6 on a weight whose gradient is nearly zero (seen on an AMD EPYC).
+    _assert_same_training(single, ranks[0], atol=1e-5)
     assert ranks[0]["record"]["run"]["pipeline"]["replicas"] == 2
 
 
