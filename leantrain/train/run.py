@@ -35,6 +35,7 @@ from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.registry import check_parallel_mode
 from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for
+from leantrain.train.allocator import keep_freed_memory
 from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
@@ -72,6 +73,7 @@ def execute(
     never replaced unless ``force`` (see ``run_identity``). ``optimizer`` builds the optimizer over the model
     (a user's, from ``fit``) instead of the config's named one.
     """
+    keep_freed_memory()  # before the first step's allocations: see allocator.py
     world = parallel_env.detect()
     check_world(config, world)
     device = resolve_device(config.device)
