@@ -71,6 +71,9 @@ def train(
         state.epoch += 1
         progress.epoch_done(record, state.task.metric)
         guards.save(state)
+        # Only the main rank writes: the others would wait for it inside their next epoch's first step and count
+        # the write as training time (one process does not). The next epoch's clocks start together instead.
+        state.dist.barrier()
         first_epoch_of_process = False
     fire(techniques, Event.ON_FIT_END, state)
 
