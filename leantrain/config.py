@@ -94,6 +94,9 @@ class RunConfig:
                                                "less per step)")
     ddp_compress: str = _opt("none", "ddp: all-reduce the gradients in bf16 or fp16 (half the bytes; rounded to that "
                                      "type before averaging); none: in their own type", DDP_COMPRESSION)
+    shard_optimizer: bool = _opt(False, "mpi: each rank keeps and updates 1/N of the optimizer's state (ZeRO stage "
+                                        "1): gradients are still averaged whole, and the updated parameters are "
+                                        "gathered after every step; fewer bytes and less update work per rank")
     microbatches: int = _opt(4, "pipeline, dpAxppB: micro-batches each batch is cut into (batch_size must be a "
                                 "multiple)")
     schedule_pp: str = _opt("1f1b", "pipeline, dpAxppB: the pipeline schedule (torch.distributed.pipelining)",
@@ -318,9 +321,22 @@ class RunConfig:
             if isinstance(self.procs, int) and self.procs != dp * pp:
                 raise UsageError(f"{where}: parallel {self.parallel} is {dp} x {pp} = {dp * pp} processes, "
                                  f"but procs is {self.procs}")
+        if self.shard_optimizer:
+            self._validate_sharding(where)
         if mode in ("fsdp", "pipeline", "hybrid") and self.technique_options.get("precision") == "fp16":
             raise UsageError(f"{where}: precision fp16 with parallel {self.parallel}: the loss scaler would decide "
                              "on each shard or stage alone; use bf16")
+
+    def _validate_sharding(self, where: str) -> None:
+        if self.parallel != "mpi":
+            raise UsageError(f"{where}: shard_optimizer is for parallel mpi (the updated slices are gathered over MPI), "
+                             f"not parallel {self.parallel}; fsdp shards the optimizer's state over torch.distributed")
+        if self.technique_options.get("precision") == "fp16":
+            raise UsageError(f"{where}: precision fp16 with shard_optimizer: the loss scaler would check only this "
+                             "rank's slice of the gradients; use bf16")
+        if self.technique_options.get("complexity", "off") != "off":
+            raise UsageError(f"{where}: complexity matching rebuilds the model's layers, which a sharded optimizer's "
+                             "flat buffer cannot follow; drop shard_optimizer or complexity")
 
     def _validate_checkpoint_every(self, where: str) -> None:
         text = str(self.checkpoint_every).strip()

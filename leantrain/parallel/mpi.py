@@ -5,6 +5,15 @@ summed over ranks with mpi4py's ``Allreduce``, then divided by the number of ran
 broadcast from rank 0 once at the start. Here that is one more parallel wrap, and ``MpiDist`` gives the
 loop, metrics and checkpoints the same small Dist interface over MPI, so the rest of leantrain cannot
 tell which one is underneath. mpi4py works on host memory: CUDA tensors are staged through the CPU.
+The flat buffer is kept from step to step and the averaged gradients are handed back as views of it:
+no buffer is allocated and none is copied back per step (a fresh 20 MB buffer per step costs page faults).
+
+``--shard-optimizer`` adds ZeRO stage 1 (Rajbhandari et al., 2020): the parameters become views of one
+flat buffer, and rank r's optimizer holds only elements [start_r, end_r) of it, so each rank keeps 1/N of
+the optimizer's state and does 1/N of its update. The gradients are still averaged whole (gradient
+clipping, guards and logs see them as before); after the update, every rank's slice is gathered into
+every rank's buffer. The update is element-wise (Adam, AdamW, SGD), so a slice's update equals the
+unsharded update of the same elements.
 
 Under ``mpirun ... --parallel ddp``, mpirun only starts the processes: rank 0 picks the rendezvous
 address for torch.distributed (its host and a free port) and broadcasts it over MPI, unless
@@ -24,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from leantrain.errors import UsageError
-from leantrain.parallel.dist import Dist, flat_average_, free_port
+from leantrain.parallel.dist import Dist, free_port
 from leantrain.parallel.env import World
-from leantrain.techniques.base import StepState, Technique
+from leantrain.parallel.plan import ParallelPlan
+from leantrain.techniques.base import Collectives, StepState, Technique
 
 INSTALL_HINT = "pip install 'leantrain[mpi]' (mpi4py and an Open MPI that pip installs)"
 
@@ -106,11 +117,126 @@ def mpi_group(world: World, device: torch.device) -> Iterator[Dist]:
     yield dist
 
 
+def _views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Consecutive views of ``flat`` shaped like ``like``."""
+    views, offset = [], 0
+    for tensor in like:
+        views.append(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+    return views
+
+
+class GradientBuffer:
+    """One flat buffer for the gradients of ``params`` (one dtype and device), kept across steps: each step's
+    gradients are divided by the number of ranks into it, summed over the ranks in place, and handed back to the
+    parameters as views of it."""
+
+    def __init__(self, params: Sequence[nn.Parameter]):
+        self.params = list(params)
+        self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
+                                device=self.params[0].device)
+        self.views = _views(self.flat, self.params)
+
+    def average_(self, dist: Collectives) -> None:
+        for param, view in zip(self.params, self.views):
+            if param.grad is None:  # a parameter unused on this rank still takes part, as zeros
+                view.zero_()
+            else:  # divided on the way in: no second pass over the buffer (exact for a power-of-two world)
+                torch.div(param.grad, dist.world_size, out=view)
+        dist.all_reduce_(self.flat)
+        for param, view in zip(self.params, self.views):
+            param.grad = view
+
+
+def gradient_buffers(params: Sequence[nn.Parameter]) -> list[GradientBuffer]:
+    """One buffer per (device, dtype) among ``params``, in their order."""
+    groups: dict[tuple[torch.device, torch.dtype], list[nn.Parameter]] = {}
+    for param in params:
+        groups.setdefault((param.device, param.dtype), []).append(param)
+    return [GradientBuffer(group) for group in groups.values()]
+
+
+class ShardedParameters:
+    """ZeRO stage 1: the trainable parameters as views of one flat buffer; this rank's optimizer updates the
+    slice ``shard`` (a parameter sharing that buffer's memory), and ``gather_`` fills in the other ranks' slices."""
+
+    def __init__(self, params: Sequence[nn.Parameter], rank: int, world_size: int):
+        kinds = {(p.device, p.dtype) for p in params}
+        if len(kinds) != 1:
+            raise UsageError(f"--shard-optimizer needs the trainable parameters in one dtype on one device; this model "
+                             f"has {', '.join(sorted(f'{d} on {v}' for v, d in kinds))}")
+        self.params = list(params)
+        self.values = torch.cat([p.detach().reshape(-1) for p in self.params])
+        for param, view in zip(self.params, _views(self.values, self.params)):
+            param.data = view
+        total = self.values.numel()
+        self.bounds = [total * r // world_size for r in range(world_size + 1)]  # rank r: [bounds[r], bounds[r+1])
+        self.start, self.end = self.bounds[rank], self.bounds[rank + 1]
+        self.shard = nn.Parameter(self.values[self.start : self.end])  # the same memory, not a copy
+        self.gradients = GradientBuffer(self.params)
+
+    def average_gradients(self, dist: Collectives) -> None:
+        self.gradients.average_(dist)
+        self.shard.grad = self.gradients.flat[self.start : self.end]
+
+    def gather_(self, dist: MpiDist) -> None:
+        """Every rank's updated slice into every rank's buffer (one Allgatherv, in place)."""
+        host = self.values if self.values.device.type == "cpu" else self.values.cpu()
+        size = host.element_size()  # gathered as bytes: a copy, whatever the dtype
+        counts = [(b - a) * size for a, b in zip(self.bounds, self.bounds[1:])]
+        offsets = [a * size for a in self.bounds[:-1]]
+        dist.comm.Allgatherv(dist.MPI.IN_PLACE, [host.view(torch.uint8).numpy(), counts, offsets, dist.MPI.BYTE])
+        if host is not self.values:
+            self.values.copy_(host)
+
+    def drop_gradients(self) -> None:
+        """The parameters' gradients are views of the buffer, which the optimizer's zero_grad (over the slice) does not
+        clear: left in place, the next backward would add to them."""
+        for param in self.params:
+            param.grad = None
+        self.shard.grad = None
+
+
+class ShardedOptimizerPlan(ParallelPlan):
+    """Every rank holds the whole model; the optimizer is built over this rank's slice of it (ZeRO stage 1)."""
+
+    def __init__(self, dist: Dist):
+        super().__init__(dist)
+        self.sharded: ShardedParameters | None = None
+
+    def prepare(self, model: nn.Module, dataset: Any) -> nn.Module:
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.sharded = ShardedParameters(params, self.dist.rank, self.dist.world_size)
+        return model
+
+    def optimized(self, module: nn.Module) -> nn.Module:
+        assert self.sharded is not None, "prepare() first"
+        return nn.ParameterList([self.sharded.shard])
+
+    def optimizer_state(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> Any:
+        return self.dist.gather(optimizer.state_dict())  # each rank's slice's state, in rank order
+
+    def load_optimizer_state(self, module: nn.Module, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+        optimizer.load_state_dict(saved[self.dist.rank])
+
+    def record(self) -> dict[str, Any]:
+        assert self.sharded is not None
+        bounds = self.sharded.bounds
+        return {"optimizer_sharded": {"ranks": self.dist.world_size,
+                                      "elements_per_rank": [b - a for a, b in zip(bounds, bounds[1:])]}}
+
+
 class MpiDataParallel(Technique):
-    """Gradients averaged over MPI ranks once per optimizer step, after the step's last micro-batch."""
+    """Gradients averaged over MPI ranks once per optimizer step, after the step's last micro-batch; under a
+    ShardedOptimizerPlan, every rank's updated slice gathered as part of the optimizer's step (a step post-hook:
+    before any technique or log reads the weights)."""
 
     name = "mpi"
     runs_after = ("complexity", "checkpointing", "precision")
+
+    def __init__(self) -> None:
+        self.sharded: ShardedParameters | None = None
+        self._gather_hook: Any = None
 
     def describe(self) -> str:
         return "mpi"
@@ -121,23 +247,36 @@ class MpiDataParallel(Technique):
         if state.dist.rank != 0:
             flat.zero_()
         state.dist.all_reduce_(flat)  # rank 0's values, everyone else's zeros: a broadcast from rank 0
-        offset = 0
-        for p in params:
-            p.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        state.sync_gradients = lambda: self.average(state)
+        for param, value in zip(params, _views(flat, params)):
+            param.copy_(value)
+        plan = getattr(state, "plan", None)
+        self.sharded = plan.sharded if isinstance(plan, ShardedOptimizerPlan) else None
+        if self.sharded is not None:
+            sharded, dist = self.sharded, state.dist
+            assert isinstance(dist, MpiDist)
+            state.sync_gradients = lambda: sharded.average_gradients(dist)
+            self._gather_hook = state.optimizer.register_step_post_hook(lambda *_: sharded.gather_(dist))
+            return
+        buffers = gradient_buffers([p for p in state.model.parameters() if p.requires_grad])
 
-    def average(self, state: StepState) -> None:
-        grads = []
-        for p in state.model.parameters():
-            if p.requires_grad:
-                if p.grad is None:  # a parameter unused on this rank still takes part, as zeros
-                    p.grad = torch.zeros_like(p)
-                grads.append(p.grad)
-        flat_average_(grads, state.dist)
+        def average() -> None:
+            for buffer in buffers:
+                buffer.average_(state.dist)
+
+        state.sync_gradients = average
+
+    def before_step(self, state: StepState) -> None:
+        if self.sharded is not None:
+            self.sharded.drop_gradients()
 
     def on_fit_end(self, state: StepState) -> None:
         state.sync_gradients = _nothing
+        if self._gather_hook is not None:
+            self._gather_hook.remove()
+            self._gather_hook = None
+        if self.sharded is not None:
+            self.sharded.drop_gradients()
+            self.sharded = None
 
 
 def _nothing() -> None:

@@ -34,6 +34,10 @@ class ParallelPlan:
         """The module this rank trains (the optimizer is built over its parameters)."""
         return model
 
+    def optimized(self, module: nn.Module) -> nn.Module:
+        """What the optimizer is built over: the prepared module, or (a sharded optimizer) this rank's slice of it."""
+        return module
+
     def attach(self, state: Any) -> None:
         """Set the loop's hooks on the TrainState (a pipeline runs forward and backward itself)."""
 

@@ -28,7 +28,7 @@ from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
 from leantrain.parallel.launch import cores_available
-from leantrain.parallel.mpi import MpiDataParallel, mpi_group, with_master_from_rank0
+from leantrain.parallel.mpi import MpiDataParallel, ShardedOptimizerPlan, mpi_group, with_master_from_rank0
 from leantrain.parallel.plan import ParallelPlan
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -74,6 +74,10 @@ def execute(
     (a user's, from ``fit``) instead of the config's named one.
     """
     keep_freed_memory()  # before the first step's allocations: see allocator.py
+    if optimizer is not None and config.shard_optimizer:
+        raise UsageError("shard_optimizer builds leantrain's own optimizer over each rank's slice of the parameters; "
+                         "your own optimizer would see the whole model: pass the optimizer by name, or drop "
+                         "shard_optimizer")
     world = parallel_env.detect()
     check_world(config, world)
     device = resolve_device(config.device)
@@ -175,6 +179,8 @@ def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
     from leantrain.parallel.pipeline import PipelinePlan
 
     mode = parallel_mode(config.parallel)
+    if config.shard_optimizer:
+        return ShardedOptimizerPlan(dist)
     if mode == "fsdp":
         return FsdpPlan(dist)
     if mode == "pipeline":
@@ -203,7 +209,7 @@ def _train_and_record(
                             plan.data_dist)
     state = TrainState(
         model=model,
-        optimizer=optimizer(model) if optimizer else make_optimizer(tuned.config, model),
+        optimizer=optimizer(model) if optimizer else make_optimizer(tuned.config, plan.optimized(model)),
         task=task,
         device=device,
         base_lr=tuned.config.lr,  # batch_size auto scales it
