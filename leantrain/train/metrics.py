@@ -227,8 +227,13 @@ def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def _measure_matmul(device: torch.device, dtype: torch.dtype, budget_s: float = 0.6) -> float:
-    """Best of repeated n x n matmuls within a wall-time budget (slow types get fewer repeats, not more time)."""
+    """Best of repeated n x n matmuls within a wall-time budget (slow types get fewer repeats, not more time).
+    A type so slow that one product would overrun the budget gets a smaller n: fp16 on a CPU without fp16
+    hardware (an AMD EPYC: 0.8 GFLOP/s, 2.6 s for one 1024 x 1024 product) would otherwise hold the main rank
+    for seconds while the other ranks wait for its record."""
     n = 4096 if device.type == "cuda" else 1024
+    if device.type == "cpu":
+        n = _affordable_size(dtype, n, budget_s / 4)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b  # warm up: kernel selection, allocation
@@ -240,6 +245,20 @@ def _measure_matmul(device: torch.device, dtype: torch.dtype, budget_s: float = 
         best = min(best, now(device) - start)
         if time.perf_counter() >= deadline:
             return 2.0 * n**3 / best
+
+
+def _affordable_size(dtype: torch.dtype, largest: int, seconds: float, smallest: int = 128) -> int:
+    """The largest power-of-two n <= ``largest`` whose n x n product takes about ``seconds`` or less, from one timed
+    product at ``smallest`` (a few milliseconds even where the type is emulated)."""
+    a = torch.randn(smallest, smallest).to(dtype)
+    a @ a  # warm up
+    start = time.perf_counter()
+    a @ a
+    rate = 2.0 * smallest**3 / max(time.perf_counter() - start, 1e-9)
+    n = largest
+    while n > smallest and 2.0 * n**3 / rate > seconds:
+        n //= 2
+    return n
 
 
 def _read_json(path: Path) -> dict:
