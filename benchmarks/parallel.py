@@ -1,6 +1,7 @@
 """Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side,
-and what ``--procs auto`` picks; with ``--ddp-knobs``, DDP's bucket size, static graph and gradient-as-bucket-view
-on the compute-bound case instead, beside its ceiling: two independent one-thread runs at once, no communication.
+and what ``--procs auto`` picks; with ``--ddp-knobs``, DDP's bucket size, static graph, gradient-as-bucket-view and
+fp16 all-reduce, and ``--parallel mpi`` with and without ``--shard-optimizer``, on the compute-bound case instead,
+beside their ceiling: two independent one-thread runs at once, no communication.
 
 Each case trains the same model in every layout, interleaved and repeated; multi-process layouts are
 launched exactly as a user launches them (``leantrain train --parallel ddp --procs 2``). Throughput is
@@ -11,7 +12,7 @@ at batch 2B and 2 processes x 1 thread at batch B (its probe is cached after the
 fresh cache folder per benchmark run). Also measures what the Dist context costs a single process.
 
     python benchmarks/parallel.py [--repeats 3] [--epochs 2]
-    python benchmarks/parallel.py --ddp-knobs [--repeats 3] [--epochs 2]
+    python benchmarks/parallel.py --ddp-knobs [--repeats 3] [--epochs 2] [--knobs defaults 5 mpi]
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ LAYOUTS: dict[str, tuple[int | str, int | None, int]] = {
            "1 proc x 2 threads, batch 2B": (1, 2, 2), "procs auto": ("auto", None, 1)}
 
 
-# name -> DDP settings (config keys), each on 2 processes x 1 thread, against 1 process x 1 thread.
+# name -> data-parallel settings (config keys; DDP unless parallel says otherwise), each on 2 processes x 1 thread,
+# against 1 process x 1 thread.
 DDP_KNOBS: dict[str, dict[str, Any]] = {
     "defaults (25 MB buckets, grad views)": {},
     "5 MB buckets": {"ddp_bucket_mb": 5},
@@ -54,6 +56,8 @@ DDP_KNOBS: dict[str, dict[str, Any]] = {
     "static graph": {"ddp_static_graph": True},
     "no grad views": {"ddp_grad_as_bucket_view": False},
     "fp16 all-reduce (half the bytes)": {"ddp_compress": "fp16"},
+    "--parallel mpi (Open MPI's Allreduce, shared memory)": {"parallel": "mpi"},
+    "--parallel mpi --shard-optimizer (ZeRO stage 1)": {"parallel": "mpi", "shard_optimizer": True},
 }
 KNOBS_CASE = "MLP 512-2048-2048-20, batch 512"
 
@@ -62,9 +66,10 @@ def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, e
     values = {**case, "epochs": epochs, "device": "cpu", **({"threads": threads} if threads else {})}
     if procs == 1:
         return execute(RunConfig.from_dict(values), quiet=True)
+    values.setdefault("parallel", "ddp")
     with tempfile.TemporaryDirectory() as out:
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
-        done = subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--parallel", "ddp", "--procs",
+        done = subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--procs",
                                str(procs), "--quiet", "--out", out], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             sys.exit(f"{procs} procs failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -107,11 +112,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="which cases (default: all)")
-    parser.add_argument("--ddp-knobs", action="store_true", help="measure DDP's knobs on the compute-bound case")
+    parser.add_argument("--ddp-knobs", action="store_true", help="measure DDP's knobs and MPI on the compute-bound case")
+    parser.add_argument("--knobs", nargs="*", default=list(DDP_KNOBS), metavar="NAME",
+                        help="with --ddp-knobs: which rows (default: all; a row is chosen by a word of its name)")
     args = parser.parse_args()
     env = {**os.environ, "LEANTRAIN_CACHE_DIR": tempfile.mkdtemp(prefix="leantrain-bench-")}
     if args.ddp_knobs:
-        ddp_knobs(args.repeats, args.epochs, env)
+        chosen = [name for name in DDP_KNOBS if any(word in name for word in args.knobs)]
+        ddp_knobs(chosen, args.repeats, args.epochs, env)
         return
     rows = []
     for name in args.cases:
@@ -144,10 +152,10 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def ddp_knobs(repeats: int, epochs: int, env: dict) -> None:
+def ddp_knobs(names: list[str], repeats: int, epochs: int, env: dict) -> None:
     case = CASES[KNOBS_CASE]
     one: list[float] = []
-    rates: dict[str, list[float]] = {name: [] for name in DDP_KNOBS}
+    rates: dict[str, list[float]] = {name: [] for name in names}
     alone: list[float] = []
     noisy = 0
     load_before = os.getloadavg()[0]
@@ -155,20 +163,20 @@ def ddp_knobs(repeats: int, epochs: int, env: dict) -> None:
         record = run_layout(case, 1, 1, epochs, env)
         one.append(record["summary"]["median_samples_per_s"])
         alone.append(run_two_alone(case, epochs, env))
-        for name, knobs in DDP_KNOBS.items():
-            record = run_layout({**case, **knobs}, 2, 1, epochs, env)
+        for name in names:
+            record = run_layout({**case, **DDP_KNOBS[name]}, 2, 1, epochs, env)
             rates[name].append(record["summary"]["median_samples_per_s"])
             noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in record["epochs"])
         print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
     print(f"\nmachine: {cpu_name()} | capability {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
           f"{KNOBS_CASE} | repeats {repeats} | epochs {epochs} | load average before {load_before:.2f}, after "
-          f"{os.getloadavg()[0]:.2f} | noisy runs {noisy}/{repeats * len(DDP_KNOBS)} | 1 proc x 1 thread: "
+          f"{os.getloadavg()[0]:.2f} | noisy runs {noisy}/{repeats * len(names)} | 1 proc x 1 thread: "
           f"{median_spread(one, '{:,.0f}')} samples/s")
-    print("| DDP settings (2 procs x 1 thread) | samples/s | scaling efficiency |\n|---|---|---|")
+    print("| data-parallel settings (2 procs x 1 thread) | samples/s | scaling efficiency |\n|---|---|---|")
     ceiling = [a / (2 * o) for a, o in zip(alone, one)]
     print(f"| ceiling: 2 independent runs x 1 thread, no DDP | {median_spread(alone, '{:,.0f}')} | "
           f"{median_spread(ceiling, '{:.2f}')} |")
-    for name in DDP_KNOBS:
+    for name in names:
         efficiency = [r / (2 * o) for r, o in zip(rates[name], one)]
         print(f"| {name} | {median_spread(rates[name], '{:,.0f}')} | {median_spread(efficiency, '{:.2f}')} |")
 
