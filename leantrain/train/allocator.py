@@ -35,6 +35,11 @@ def keep_freed_memory() -> str:
     return _setting
 
 
+def allocator_setting() -> str:
+    """What the allocator does in this process (for the run record); applies nothing."""
+    return _setting or "system defaults (not set by leantrain in this process)"
+
+
 def _apply() -> str:
     if os.environ.get("LEANTRAIN_MALLOC", "keep") == "system":
         return "system defaults (LEANTRAIN_MALLOC=system)"

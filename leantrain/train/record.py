@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from leantrain.train.allocator import keep_freed_memory
+from leantrain.train.allocator import allocator_setting
 from leantrain.train.metrics import cpu_name, matmul_peaks
 from leantrain.tuning.machine import machine_facts
 
@@ -67,7 +67,7 @@ def environment(device: torch.device, peak_flops: float | None, by_dtype: bool =
         "device": str(device),
         "device_name": device_name,
         "threads": torch.get_num_threads(),
-        "allocator": keep_freed_memory(),
+        "allocator": allocator_setting(),
         "hostname": socket.gethostname(),
         "git_commit": _git_commit(),
         "peak_flops": peak_flops,  # utilisation's divisor: the run's dtype's peak, never below fp32's
