@@ -2,7 +2,7 @@
 
 On one process every method returns at once without touching torch.distributed, so single-process
 runs pay nothing. Its collectives are for bookkeeping (metric sums once per epoch, a flag, an object);
-gradients are averaged by the parallel wrapper: DDP, or ``flat_average_`` below (MPI, a hybrid's replicas).
+gradients are averaged by the parallel wrapper: DDP, MPI (mpi.py), or ``flat_average_`` below (a hybrid's replicas).
 
 A ``Dist`` may span a sub-group of the world (``within``): the data-parallel replicas of a pipeline stage
 sum their metrics among themselves, while flags, memory figures and random states go over the whole world.
@@ -167,15 +167,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def flat_views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Consecutive views of the 1-D ``flat``, shaped like ``like`` (a flat buffer's share for each tensor)."""
+    views, offset = [], 0
+    for tensor in like:
+        views.append(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+    return views
+
+
 def flat_average_(tensors: list[torch.Tensor], dist: Collectives) -> None:
     """One flat buffer of every tensor, summed over the ranks of ``dist``, divided by their number, copied back:
-    seed 003's gradient step (MPI), and a hybrid's average over a pipeline stage's replicas."""
+    a hybrid's average over a pipeline stage's replicas (MPI keeps a buffer across steps: mpi.GradientBuffer)."""
     if not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce_(flat)
     flat /= dist.world_size
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
+    for tensor, averaged in zip(tensors, flat_views(flat, tensors)):
+        tensor.copy_(averaged)

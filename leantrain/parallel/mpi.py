@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from leantrain.errors import UsageError
-from leantrain.parallel.dist import Dist, free_port
+from leantrain.parallel.dist import Dist, flat_views, free_port
 from leantrain.parallel.env import World
 from leantrain.parallel.plan import ParallelPlan
 from leantrain.techniques.base import Collectives, StepState, Technique
@@ -117,15 +117,6 @@ def mpi_group(world: World, device: torch.device) -> Iterator[Dist]:
     yield dist
 
 
-def _views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Consecutive views of ``flat`` shaped like ``like``."""
-    views, offset = [], 0
-    for tensor in like:
-        views.append(flat[offset : offset + tensor.numel()].view_as(tensor))
-        offset += tensor.numel()
-    return views
-
-
 class GradientBuffer:
     """One flat buffer for the gradients of ``params`` (one dtype and device), kept across steps: each step's
     gradients are divided by the number of ranks into it, summed over the ranks in place, and handed back to the
@@ -135,7 +126,7 @@ class GradientBuffer:
         self.params = list(params)
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
                                 device=self.params[0].device)
-        self.views = _views(self.flat, self.params)
+        self.views = flat_views(self.flat, self.params)
 
     def average_(self, dist: Collectives) -> None:
         for param, view in zip(self.params, self.views):
@@ -163,11 +154,12 @@ class ShardedParameters:
     def __init__(self, params: Sequence[nn.Parameter], rank: int, world_size: int):
         kinds = {(p.device, p.dtype) for p in params}
         if len(kinds) != 1:
+            found = ", ".join(sorted(f"{dtype} on {device}" for device, dtype in kinds))
             raise UsageError(f"--shard-optimizer needs the trainable parameters in one dtype on one device; this model "
-                             f"has {', '.join(sorted(f'{d} on {v}' for v, d in kinds))}")
+                             f"has {found}")
         self.params = list(params)
         self.values = torch.cat([p.detach().reshape(-1) for p in self.params])
-        for param, view in zip(self.params, _views(self.values, self.params)):
+        for param, view in zip(self.params, flat_views(self.values, self.params)):
             param.data = view
         total = self.values.numel()
         self.bounds = [total * r // world_size for r in range(world_size + 1)]  # rank r: [bounds[r], bounds[r+1])
@@ -247,7 +239,7 @@ class MpiDataParallel(Technique):
         if state.dist.rank != 0:
             flat.zero_()
         state.dist.all_reduce_(flat)  # rank 0's values, everyone else's zeros: a broadcast from rank 0
-        for param, value in zip(params, _views(flat, params)):
+        for param, value in zip(params, flat_views(flat, params)):
             param.copy_(value)
         plan = getattr(state, "plan", None)
         self.sharded = plan.sharded if isinstance(plan, ShardedOptimizerPlan) else None
