@@ -188,6 +188,7 @@ def run_experiment(
     """Train every planned run (skipping finished ones made with the same settings when resuming), then
     rebuild the report. Without ``force``, an existing result is never replaced (see run_identity)."""
     from leantrain.experiments.report import write_report
+    from leantrain.experiments.results import readable_record
     from leantrain.fileio import prepare_output_dir
     from leantrain.train.run import execute
     from leantrain.train.run_identity import check_existing, check_record_settings, inside
@@ -203,7 +204,10 @@ def run_experiment(
         config = planned.config
         result_path = inside(out_dir, f"{config.run_name}.json")
         if resume and result_path.exists() and not force:
-            check_record_settings(result_path, config.to_dict())
+            # A finished run is never retrained over; a malformed record is left to the report, which names it
+            # in one warning line and leaves it out.
+            if readable_record(result_path):
+                check_record_settings(result_path, config.to_dict())
             datasets.skip(planned)
             written.append(result_path)
             continue
