@@ -84,6 +84,13 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def _folder(text: str) -> Path:
+    """A folder argument; an empty one would silently become the current folder (``Path("")`` is ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty folder name; name a folder (. for the current one)")
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from leantrain.config import config_options
 
@@ -97,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}  # --save-model: true
         train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help,
                            **bare)
-    train.add_argument("--out", type=Path, default=Path("results/train"), help="results folder (default results/train)")
-    train.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
+    train.add_argument("--out", type=_folder, default=Path("results/train"), help="results folder (default results/train)")
+    train.add_argument("--resume", type=_folder, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--force", action="store_true",
                        help="replace an existing result, or start over an interrupted run's checkpoint")
@@ -108,14 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run an experiment file (a matrix of runs) and write its report")
     run.add_argument("file", nargs="?", type=Path, default=DEFAULT_EXPERIMENT, help=f"default {DEFAULT_EXPERIMENT}")
-    run.add_argument("--out", type=Path, help="results folder (default results/<experiment name>)")
+    run.add_argument("--out", type=_folder, help="results folder (default results/<experiment name>)")
     run.add_argument("--resume", action="store_true", help="skip finished runs; continue interrupted ones")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--force", action="store_true", help="rerun and replace existing results")
     run.set_defaults(handler=_run)
 
     report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
-    report.add_argument("dir", type=Path)
+    report.add_argument("dir", type=_folder)
     report.add_argument("--csv", nargs="?", type=Path, const=True, default=None, metavar="FILE",
                         help="also write one tidy table, a row per run x epoch (default FILE: DIR/epochs.csv)")
     report.set_defaults(handler=_report)

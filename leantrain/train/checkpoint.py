@@ -23,6 +23,10 @@ from leantrain.fileio import is_temporary, write_atomic
 FORMAT = 2
 SUFFIX = ".ckpt"
 MAGIC = b"LEANTRAIN-CHECKPOINT"
+# What a resume reads of every training checkpoint (training_state.snapshot writes them; "rng_per_rank" too, read
+# when several workers wrote it). A payload without one was altered: say so before a KeyError deep in a resume.
+KEYS = ("config", "epoch", "step", "samples_seen", "accum_steps", "records", "step_losses", "progress", "guards",
+        "model", "optimizer", "techniques", "rng")
 
 
 def encode(payload: dict[str, Any]) -> bytes:
@@ -60,7 +64,16 @@ def load(path: Path) -> dict[str, Any]:
         raise UsageError(f"checkpoint {path} is corrupt or not a leantrain checkpoint ({type(e).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UsageError(f"checkpoint {path} is not a leantrain checkpoint of format {FORMAT}")
+    _check_keys(path, payload)
     return payload
+
+
+def _check_keys(path: Path, payload: dict[str, Any]) -> None:
+    several = isinstance(payload.get("world_size"), int) and payload["world_size"] > 1
+    missing = [key for key in (*KEYS, *(["rng_per_rank"] if several else [])) if key not in payload]
+    if missing:
+        raise UsageError(f"checkpoint {path} lacks {', '.join(map(repr, missing))} (altered, or not written by a "
+                         "training run); delete it to start over, or restore a copy")
 
 
 def find(folder: Path) -> Path:
