@@ -74,7 +74,8 @@ def test_a_checkpoint_resumes_only_on_the_world_size_that_wrote_it(tmp_path):
     path = tmp_path / f"{config.run_name}{checkpoint.SUFFIX}"
     saved = {"config": config.to_dict(), "epoch": 0, "step": 0, "samples_seen": 0, "accum_steps": 1, "records": [],
              "model": {}, "optimizer": {}, "techniques": {}, "technique_labels": [], "rng": checkpoint.rng_states(),
-             "world_size": 2, "rng_per_rank": [checkpoint.rng_states()] * 2}
+             "world_size": 2, "rng_per_rank": [checkpoint.rng_states()] * 2, "step_losses": [], "progress": None,
+             "guards": {}}
     checkpoint.save(path, saved)
     record.unlink()
     with pytest.raises(UsageError, match="written by 2 worker"):
