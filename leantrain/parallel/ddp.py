@@ -20,7 +20,8 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from leantrain.techniques.base import StepState, Technique
+from leantrain.parallel.plan import ModeHooks
+from leantrain.techniques.base import StepState
 
 # Gradients cast to a 16-bit type for the all-reduce (half the bytes), averaged, cast back: PyTorch's own hooks.
 COMPRESSION_HOOKS = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
@@ -43,10 +44,9 @@ def _parameter_ids(model: nn.Module) -> tuple[int, ...]:
     return tuple(id(p) for p in model.parameters())
 
 
-class DataParallel(Technique):
+class DataParallel(ModeHooks):
     name = "ddp"
-    # After the techniques that change the model; compile runs after this (it compiles the DDP module).
-    runs_after = ("complexity", "checkpointing", "precision")
+    parallel_modes = frozenset({"ddp"})
 
     def __init__(self, **ddp_options: Any):
         self.ddp_options = ddp_options

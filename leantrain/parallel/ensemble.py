@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from leantrain.errors import UsageError
 from leantrain.parallel.dist import Dist
-from leantrain.techniques.base import StepState, Technique
+from leantrain.parallel.plan import ModeHooks
+from leantrain.techniques.base import StepState
 
 
 def split_members(members: str) -> list[str]:
@@ -70,11 +71,11 @@ def _accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
     return int((probs.argmax(dim=1) == y).sum()) / len(y) if len(y) else math.nan  # a count, as the members' are
 
 
-class EnsembleMember(Technique):
+class EnsembleMember(ModeHooks):
     """This rank's member: at each epoch end, gather every member's validation probabilities and combine them."""
 
     name = "ensemble"
-    runs_after = ("complexity", "checkpointing", "precision")
+    parallel_modes = frozenset({"ensemble"})
 
     def __init__(self, world: Dist, member: str, x_val: torch.Tensor, y_val: torch.Tensor, eval_batch_size: int,
                  seed: int):

@@ -38,8 +38,8 @@ from torch import nn
 from leantrain.errors import UsageError
 from leantrain.parallel.dist import Dist, flat_views, free_port
 from leantrain.parallel.env import World
-from leantrain.parallel.plan import ParallelPlan
-from leantrain.techniques.base import Collectives, StepState, Technique
+from leantrain.parallel.plan import ModeHooks, ParallelPlan
+from leantrain.techniques.base import Collectives, StepState
 
 INSTALL_HINT = "pip install 'leantrain[mpi]' (mpi4py and an Open MPI that pip installs)"
 
@@ -218,13 +218,13 @@ class ShardedOptimizerPlan(ParallelPlan):
                                       "elements_per_rank": [b - a for a, b in zip(bounds, bounds[1:])]}}
 
 
-class MpiDataParallel(Technique):
+class MpiDataParallel(ModeHooks):
     """Gradients averaged over MPI ranks once per optimizer step, after the step's last micro-batch; under a
     ShardedOptimizerPlan, every rank's updated slice gathered as part of the optimizer's step (a step post-hook:
     before any technique or log reads the weights)."""
 
     name = "mpi"
-    runs_after = ("complexity", "checkpointing", "precision")
+    parallel_modes = frozenset({"mpi"})
 
     def __init__(self) -> None:
         self.sharded: ShardedParameters | None = None

@@ -128,6 +128,7 @@ class PipelinePlan(ParallelPlan):
     """``dp`` replicas of a ``pp``-stage pipeline over ``dp * pp`` ranks (dp = 1: a plain pipeline)."""
 
     holds_whole_model = False
+    stage_only = True
 
     def __init__(self, dist: Dist, dp: int, pp: int, microbatches: int, schedule: str):
         super().__init__(dist)

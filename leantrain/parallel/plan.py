@@ -1,8 +1,9 @@
 """How the model is laid out over the ranks, and how its training state is saved from that layout.
 
-Model preparation runs in one order (DESIGN §3): build the model -> the plan lays it out (FSDP shards it,
-pipeline keeps this rank's stage) -> the optimizer over what this rank holds -> the techniques at fit
-start (activation checkpointing, precision, the DDP wrap, compilation).
+Model preparation runs in one order (``leantrain/train/run.py``, docs/ARCHITECTURE.md): build the model -> the
+plan lays it out (FSDP shards it, pipeline keeps this rank's stage) -> the techniques that change the model
+prepare it (activation checkpointing, precision fallbacks) -> the preflight -> the optimizer over what this
+rank holds -> the wrappers of the forward at fit start (the DDP wrap, compilation).
 
 Checkpoints always hold the *whole* model under the model's own parameter names, whatever the layout,
 so a checkpoint or model file from a 2-stage or 2-shard run loads into a one-process model and back.
@@ -18,6 +19,14 @@ from torch import nn
 
 from leantrain.data.dataset import Dataset
 from leantrain.parallel.dist import Dist
+from leantrain.techniques.base import Technique
+
+
+class ModeHooks(Technique):
+    """A parallel mode's part in the loop (the DDP wrap, MPI's gradient averaging, an ensemble member's vote). It
+    sees the model as the techniques that change it leave it; compilation runs after it (compile(DDP(model)))."""
+
+    runs_after = ("complexity", "checkpointing", "precision")
 
 
 class ParallelPlan:
@@ -25,6 +34,8 @@ class ParallelPlan:
 
     # Whether a rank's parameters (and gradients) are the whole model's, or a shard or stage of it.
     holds_whole_model = True
+    # Whether this rank's module runs only part of the forward (a pipeline stage): no dry step without the others.
+    stage_only = False
 
     def __init__(self, dist: Dist):
         self.dist = dist

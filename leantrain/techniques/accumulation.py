@@ -27,7 +27,7 @@ import torch
 
 from leantrain._torch_private import foreach_copy_, foreach_norm, foreach_sub
 from leantrain.options import Option
-from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
@@ -69,7 +69,7 @@ class AdaptiveAccumulation(Technique):
     )
     runs_after = ("complexity",)  # scales the lr of the optimizer complexity matching may replace
     # The noise scale needs whole gradients per micro-batch: not one FSDP shard's, and the pipeline owns micro-batching.
-    parallel_modes = frozenset(PARALLEL_MODES) - {"fsdp", "pipeline", "hybrid"}
+    parallel_modes = frozenset({"none", "ddp", "mpi", "ensemble"})
 
     @classmethod
     def from_config(cls, config: Any) -> AdaptiveAccumulation | None:
@@ -87,6 +87,7 @@ class AdaptiveAccumulation(Technique):
         if lr_scaling not in LR_SCALINGS:
             raise ValueError(f"lr_scaling {lr_scaling!r} is not one of: {', '.join(LR_SCALINGS)}")
         self.k_min, self.k_max, self.lr_scaling, self.ema = k_min, k_max, lr_scaling, ema
+        self.sets_lr = lr_scaling != "none"  # the lr follows k unless its scaling is none
         self.update_every, self.micro_batch_size = update_every, micro_batch_size
         self.k = k_min
         self.original_lr: float | None = None

@@ -1,6 +1,11 @@
 """What a technique is: a small object hooking the loop's events, and its declaration (config keys, order,
 parallel modes), from which RunConfig, the CLI flags, ``leantrain list`` and the README table are derived.
 
+Before training, a technique that declares ``changes_model`` gets ``prepare(model, device)``: it changes the
+module in place (wrap blocks for checkpointing, keep layers a CPU cannot run in low precision in fp32), so
+that the run's preflight (the dry step and the memory estimate) sees the model as it will train. The run
+calls it once, after the parallel layout and before the optimizer is built (see ``leantrain/train/run.py``).
+
 Each event's contract (the loop decides when they fire; see ``leantrain/train/loop.py``):
 
     ON_FIT_START(state)                     the model, optimizer and (on resume) state are restored
@@ -27,7 +32,7 @@ from torch import nn
 from leantrain.options import Option
 from leantrain.techniques.amp import Precision
 
-# Every way of running across workers (DESIGN §3); a technique declares those it composes with.
+# Every way of running across workers (docs/ARCHITECTURE.md); a technique lists those it composes with.
 PARALLEL_MODES = ("none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble")
 
 
@@ -109,7 +114,14 @@ class Technique:
     options: ClassVar[tuple[Option, ...]] = ()
     # Techniques that must see an event before this one does (when both are on), e.g. ("accumulation",).
     runs_after: ClassVar[tuple[str, ...]] = ()
+    # The parallel modes it composes with. A registered technique must list them itself (``register`` checks), so
+    # a mode added later is refused until the technique names it; a hook that only observes (a callback, a
+    # user's probe passed to ``fit``) composes with every mode.
     parallel_modes: ClassVar[frozenset[str]] = frozenset(PARALLEL_MODES)
+    # Capabilities the run reads instead of technique names. ``changes_model``: ``prepare`` changes the module.
+    # ``sets_lr``: it sets the optimizer's learning rate while training (so a user's LR scheduler is refused).
+    changes_model: ClassVar[bool] = False
+    sets_lr: bool = False  # an instance may say otherwise (accumulation without lr scaling sets none)
 
     @classmethod
     def from_config(cls, config: Any) -> Technique | None:
@@ -117,8 +129,16 @@ class Technique:
         return None
 
     @classmethod
+    def is_switched_on(cls, config: Any) -> bool:
+        """Whether the config turns it on, even where its setting is ``auto`` and chosen by a measurement later."""
+        return cls.from_config(config) is not None
+
+    @classmethod
     def check_config(cls, config: Any) -> None:
         """Checks across keys (each key's own checks are in its Option); raise ValueError naming the problem."""
+
+    def prepare(self, model: nn.Module, device: torch.device) -> None:
+        """Change ``model`` in place before the preflight (only techniques that declare ``changes_model``)."""
 
     def on_fit_start(self, state: StepState) -> None: ...
 

@@ -83,17 +83,46 @@ class _Segment:
 
 
 class CheckpointedBlocks(nn.ModuleList):
-    """The model's blocks, same names and order; iterating yields checkpointed segments while training."""
+    """The model's blocks, same names and order; iterating yields checkpointed segments while the model that
+    owns them runs a training forward. Anywhere else (a layout or a technique reading the layers) they are the
+    blocks themselves."""
 
     def __init__(self, blocks: nn.ModuleList, segments: int):
         super().__init__(blocks)
         self.segments = segments
+        self.forwarding = 0  # the owner's forward passes under way (set by _entered_owner / _left_owner)
 
     def __iter__(self) -> Iterator[Any]:
         modules = list(self._modules.values())
-        if not (self.training and torch.is_grad_enabled()):
-            return iter(modules)  # evaluation: nothing is saved, nothing to recompute
+        if not (self.forwarding and self.training and torch.is_grad_enabled()):
+            return iter(modules)  # evaluation, or not the forward: nothing is saved, nothing to recompute
         return iter([_Segment(modules[r.start : r.stop]) for r in split_segments(len(modules), self.segments)])
+
+
+# Forward hooks on the model that owns the blocks: module-level functions that look the blocks up when called,
+# so they survive deepcopy and pickling.
+def _entered_owner(owner: nn.Module, args: Any) -> None:
+    blocks = getattr(owner, "blocks", None)
+    if isinstance(blocks, CheckpointedBlocks):
+        blocks.forwarding += 1
+
+
+def _left_owner(owner: nn.Module, args: Any, output: Any) -> None:
+    blocks = getattr(owner, "blocks", None)
+    if isinstance(blocks, CheckpointedBlocks):
+        blocks.forwarding = max(0, blocks.forwarding - 1)
+
+
+def _hook_owner(model: nn.Module) -> None:
+    if _entered_owner not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_entered_owner)
+        model.register_forward_hook(_left_owner, always_call=True)
+
+
+def _unhook_owner(model: nn.Module) -> None:
+    for hooks, hook in ((model._forward_pre_hooks, _entered_owner), (model._forward_hooks, _left_owner)):
+        for key in [k for k, v in hooks.items() if v is hook]:
+            del hooks[key]
 
 
 def checkpoint_blocks(model: nn.Module, setting: str | int = "sqrt") -> int:
@@ -108,6 +137,8 @@ def checkpoint_blocks(model: nn.Module, setting: str | int = "sqrt") -> int:
         blocks = nn.ModuleList(blocks._modules.values())
     segments = segment_count(setting, len(blocks))
     model.blocks = CheckpointedBlocks(blocks, segments) if segments else blocks
+    if segments:
+        _hook_owner(model)
     return segments
 
 
@@ -115,6 +146,7 @@ def uncheckpoint_blocks(model: nn.Module) -> None:
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, CheckpointedBlocks):
         model.blocks = nn.ModuleList(blocks._modules.values())
+    _unhook_owner(model)
 
 
 def _setting(value: str | int) -> str | int:
@@ -134,6 +166,8 @@ class ActivationCheckpointing(Technique):
                "activation checkpointing of the model's blocks: off, sqrt (√L segments), or a segment count", check=_setting),
     )
     runs_after = ("complexity",)  # wraps the blocks complexity matching may rebuild
+    parallel_modes = frozenset({"none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble"})
+    changes_model = True
 
     @classmethod
     def from_config(cls, config: Any) -> ActivationCheckpointing | None:
@@ -148,14 +182,19 @@ class ActivationCheckpointing(Technique):
     def describe(self) -> str:
         return f"ckpt-{self.setting}"
 
+    def prepare(self, model: nn.Module, device: torch.device) -> None:
+        self.segments = checkpoint_blocks(model, self.setting)
+
     def on_fit_start(self, state: StepState) -> None:
-        self.segments = checkpoint_blocks(state.model, self.setting)
+        self._wrap_if_rebuilt(state.model)  # a loop started without a Run, or a model rebuilt since (complexity)
 
     def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
-        # A technique that rebuilt the model (complexity matching) may have replaced the blocks.
-        if not isinstance(state.model.blocks, CheckpointedBlocks):
-            self.segments = checkpoint_blocks(state.model, self.setting)
+        self._wrap_if_rebuilt(state.model)  # complexity matching may have replaced the blocks
         record["checkpoint_segments"] = self.segments
+
+    def _wrap_if_rebuilt(self, model: nn.Module) -> None:
+        if not isinstance(getattr(model, "blocks", None), CheckpointedBlocks):
+            self.segments = checkpoint_blocks(model, self.setting)
 
     def on_fit_end(self, state: StepState) -> None:
         uncheckpoint_blocks(state.model)  # hand the user back the module they gave

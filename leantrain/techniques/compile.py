@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from leantrain.options import Option
-from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 
@@ -61,7 +61,7 @@ class Compile(Technique):
     options = (Option("compile", bool, False, "torch.compile the model (eager mode, with a warning, where it fails)"),)
     runs_after = ("complexity", "checkpointing", "ddp")  # compile the model as the others leave it (DDP: compile(DDP))
     # A pipeline's schedule calls its stage module, not the loop's forward; FSDP + compile is untested here.
-    parallel_modes = frozenset(PARALLEL_MODES) - {"fsdp", "pipeline", "hybrid"}
+    parallel_modes = frozenset({"none", "ddp", "mpi", "ensemble"})
 
     @classmethod
     def from_config(cls, config: Any) -> Compile | None:

@@ -19,6 +19,7 @@ class DecodeCacheOff(Technique):
         Option("decode_cache", str, "on", "seq2seq greedy decoding: on (cached state / key-value cache) or off "
                "(recompute the prefix every step; same tokens)", choices=("on", "off")),
     )
+    parallel_modes = frozenset({"none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble"})
 
     @classmethod
     def from_config(cls, config: Any) -> DecodeCacheOff | None:

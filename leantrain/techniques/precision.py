@@ -28,7 +28,7 @@ from torch import nn
 
 from leantrain.options import Option
 from leantrain.techniques.amp import DTYPES, Precision
-from leantrain.techniques.base import PARALLEL_MODES, StepState, Technique
+from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
 
 # Layers that CPU autocast runs as one fused oneDNN primitive, which some CPUs cannot build in low precision.
@@ -74,11 +74,15 @@ def _fp32_class(layer_type: type[nn.Module]) -> type[nn.Module]:
 
 
 def keep_unsupported_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Switch every recurrent layer whose type fails under autocast here to an fp32 forward; returns their names.
+    """Switch every recurrent layer whose type fails under autocast here to an fp32 forward; returns the names of
+    every layer so kept (those switched before included: it may be called again on the same model).
 
     The class swap keeps parameters, names and state dicts as they were, and survives ``deepcopy``."""
     kept = []
     for name, module in model.named_modules():
+        if isinstance(module, _Fp32Forward):
+            kept.append(name or type(module).__name__)
+            continue
         layer_type = next((t for t in RECURRENT_LAYERS if type(module) is t), None)
         if layer_type is not None and not runs_in_low_precision(layer_type, device.type, dtype):  # type: ignore[arg-type]
             module.__class__ = _fp32_class(layer_type)  # type: ignore[arg-type]
@@ -102,11 +106,17 @@ class MixedPrecision(Technique):
                choices=("fp32", "bf16", "fp16", "auto")),
     )
     runs_after = ("complexity",)  # the scaler steps the optimizer complexity matching may replace
+    parallel_modes = frozenset({"none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble"})
+    changes_model = True  # recurrent layers this CPU cannot run in the low precision are kept in fp32
 
     @classmethod
     def from_config(cls, config: Any) -> MixedPrecision | None:
         # "auto" is resolved (leantrain.tuning, in run.py) to one of the others before techniques are built.
         return cls(config.precision) if config.precision in DTYPES else None
+
+    @classmethod
+    def is_switched_on(cls, config: Any) -> bool:
+        return config.precision != "fp32"  # "auto" too: it may choose a low precision
 
     def __init__(self, precision: str = "bf16", init_scale: float = 2.0**16, growth_interval: int = 2000):
         if precision not in DTYPES:
@@ -125,12 +135,15 @@ class MixedPrecision(Technique):
         """Optimizer steps skipped for inf/NaN gradients so far (reading it syncs with the device)."""
         return int(self._skipped)
 
+    def prepare(self, model: nn.Module, device: torch.device) -> None:
+        self.kept_fp32 = keep_unsupported_in_fp32(model, device, DTYPES[self.precision])
+
     def on_fit_start(self, state: StepState) -> None:
         precision = state.precision
         precision.check_master_weights(state.model)
         precision.use(DTYPES[self.precision], loss_scaling=self.precision == "fp16", init_scale=self.init_scale,
                       growth_interval=self.growth_interval)
-        self.kept_fp32 = keep_unsupported_in_fp32(state.model, state.device, DTYPES[self.precision])
+        self.prepare(state.model, state.device)  # again: a loop started without a Run, or a rebuilt model
         if self.precision == "fp16":
             if self._saved_scaler:
                 precision.scaler.load_state_dict(self._saved_scaler)
@@ -176,7 +189,7 @@ class GradClip(Technique):
     # Clipping sees the gradients after every technique that inspects them (the noise scale needs them unclipped).
     runs_after = ("precision", "accumulation")
     # Pipeline stages hold a part of the model each: the norm here would be one stage's, not the global one.
-    parallel_modes = frozenset(PARALLEL_MODES) - {"pipeline", "hybrid"}
+    parallel_modes = frozenset({"none", "ddp", "mpi", "fsdp", "ensemble"})
 
     @classmethod
     def from_config(cls, config: Any) -> GradClip | None:

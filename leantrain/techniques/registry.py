@@ -23,6 +23,9 @@ def register(cls: T) -> T:
     clashes = [o.name for o in cls.options if o.name in taken]
     if clashes or not cls.options:
         raise ValueError(f"technique {cls.name!r} needs options with new names; {', '.join(clashes) or 'none'} given")
+    if "parallel_modes" not in vars(cls):
+        raise ValueError(f"technique {cls.name!r} must list the parallel modes it composes with: parallel_modes = "
+                         f"frozenset({{...}}) from {PARALLEL_MODES}")
     unknown = set(cls.parallel_modes) - set(PARALLEL_MODES)
     if unknown:
         raise ValueError(f"technique {cls.name!r}: unknown parallel modes {sorted(unknown)}; known: {PARALLEL_MODES}")
@@ -49,6 +52,11 @@ def from_config(config: Any) -> list[Technique]:
     """The techniques a validated RunConfig switches on, in the order their hooks fire."""
     built = [cls.from_config(config) for cls in techniques()]
     return in_hook_order([t for t in built if t is not None])
+
+
+def switched_on(config: Any) -> set[str]:
+    """The techniques a validated RunConfig switches on, ``auto`` settings included (chosen later, but on)."""
+    return {cls.name for cls in techniques() if cls.is_switched_on(config)}
 
 
 def check_parallel_mode(enabled: list[Technique], mode: str) -> None:

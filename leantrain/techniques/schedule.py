@@ -54,6 +54,8 @@ class WarmupCosine(Technique):
         Option("min_lr_ratio", float, 0.1, "warmup-cosine: final lr as a fraction of lr", check=_ratio),
     )
     runs_after = ("accumulation",)  # shapes the base lr that accumulation scales for its batch
+    parallel_modes = frozenset({"none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble"})
+    sets_lr = True
 
     @classmethod
     def from_config(cls, config: Any) -> WarmupCosine | None:

@@ -22,14 +22,12 @@ from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.naming import safe_part, settings_hash
+from leantrain.techniques import from_config
 from leantrain.techniques.base import Technique
 from leantrain.train.adapters import TaskAdapter, check_adapter, select_output
 from leantrain.train.callbacks import Callback, KeepBest, SchedulerStep
 from leantrain.train.result import FitResult
 from leantrain.train.run import execute
-
-# A user's LRScheduler owns the learning rate: these set it too, so they are refused alongside one.
-LR_TECHNIQUES = ("schedule", "accumulation")
 
 
 def fit(
@@ -88,7 +86,7 @@ def fit(
     data = dataclasses.replace(data, adapter=adapter)
     build_optimizer, optimizer_label = _optimizer(model, optimizer, options)
     if scheduler is not None:
-        _check_scheduler(scheduler, optimizer, given, options)
+        _check_scheduler(scheduler, optimizer)
         hooks = [*hooks, SchedulerStep(scheduler, scheduler_interval)]
 
     # The record tells what was trained: the user's class, shapes and dtypes, never a placeholder spec.
@@ -117,6 +115,8 @@ def fit(
                              "inputs yourself (torch.save(result.model.state_dict(), path))")
     placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
     config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
+    if scheduler is not None:
+        _check_lr_has_one_owner(config, given)
     if not options.get("name"):
         # Named by what is trained, not how: another model or data set gets its own files; the same one with
         # other settings meets its own record or checkpoint and is refused (resume checks the settings).
@@ -226,18 +226,18 @@ def _optimizer(model: nn.Module, optimizer: Any, options: dict[str, Any]
     return (lambda m: instance), type(optimizer).__name__
 
 
-def _check_scheduler(scheduler: Any, optimizer: Any, given: list[Technique], options: dict[str, Any]) -> None:
+def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
     bound = isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))
     if not bound and not callable(scheduler):
         raise UsageError(f"fit: scheduler must be an LRScheduler or a factory lambda opt: ..., got {type(scheduler).__name__}")
     if bound and scheduler.optimizer is not optimizer:
         raise UsageError("fit: the scheduler is built on another optimizer than optimizer=; pass that optimizer "
                          "too, or a factory: scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10)")
-    setting_lr = [t.name for t in given if t.name in LR_TECHNIQUES and getattr(t, "lr_scaling", "x") != "none"]
-    if options.get("schedule", "constant") != "constant":
-        setting_lr.append("schedule")
-    if options.get("accumulation", "off") not in ("off", None) and options.get("lr_scaling", "sqrt") != "none":
-        setting_lr.append("accumulation")
+
+
+def _check_lr_has_one_owner(config: RunConfig, given: list[Technique]) -> None:
+    """A user's scheduler owns the learning rate: a technique that sets it too is refused alongside one."""
+    setting_lr = [t.name for t in [*from_config(config), *given] if t.sets_lr]
     if setting_lr:
         raise UsageError(f"fit: scheduler= and {', '.join(sorted(set(setting_lr)))} both set the learning rate; "
                          "use one (AdaptiveAccumulation composes with lr_scaling='none')")

@@ -3,10 +3,11 @@
 The estimate: parameters, their gradients, the optimizer's state (per parameter byte, read off the run's
 optimizer after one step on a small probe), activations saved for backward (``SavedTensorMeter`` over two
 tiny dry steps, extrapolated linearly to the batch size: a fixed part plus a part per sample), and the data
-set's tensors. On the CPU the model and the data are already loaded, so they count against the machine
-but not against what is still free. What it does not see: activation checkpointing (applied later, at fit
-start: the estimate is then an upper bound), allocator slack, and a sharded or staged model's smaller
-share (FSDP and pipelines are estimated as if every rank held the whole model).
+set's tensors. What is already held where the run trains (a CPU run's model and data; a GPU model already
+moved there) counts against the machine but not against what is still free. The run estimates the model as
+prepared (see ``leantrain/train/run.py``): checkpointed blocks, an FSDP rank's shard. What it does not see:
+allocator slack, and a pipeline stage's share (a stage cannot take a dry step alone: pipelines are estimated
+as if every rank held the whole model, an upper bound).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch import nn
 from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
 from leantrain.techniques.amp import autocast_for
+from leantrain.techniques.checkpointing import CheckpointedBlocks
 from leantrain.train.adapters import task_for
 from leantrain.train.metrics import SavedTensorMeter
 from leantrain.train.optim import make_optimizer
@@ -67,14 +69,14 @@ def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
     trainable = sum(_bytes(p) for p in params if p.requires_grad)
     data_tensors = _tensors([dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val])  # inputs may be nested
     data = sum(_bytes(t) for t in data_tensors)
-    on_device = all(t.device.type == device.type for t in [*params, *data_tensors])
+    resident = sum(_bytes(t) for t in [*params, *data_tensors] if t.device.type == device.type)
     return MemoryEstimate(
         parameters=param_bytes, gradients=trainable,
         optimizer=_optimizer_bytes([p for p in params if p.requires_grad], config, optimizer and optimizer(model)),
         # batch_size auto: the largest batch it may choose
         activations=activation_bytes(model, dataset, max(config.batch_candidates(len(dataset.y_train))),
                                      config.precision),
-        data=data, resident=param_bytes + data if on_device else 0,
+        data=data, resident=resident,
     )
 
 
@@ -114,12 +116,16 @@ def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision:
 
     The dry steps run in eval mode, as ``dry_forward`` does: a model's training forward (its dropout draws, its
     batch-norm statistics, a user's own per-call logic) sees only real steps. That leaves out dropout's masks
-    (a byte per element), a small undercount. Gradients, buffers and the random state are put back."""
+    (a byte per element), a small undercount. Checkpointed blocks still recompute in segments, as they will in
+    training. Gradients, buffers and the random state are put back."""
     task = task_for(dataset)  # the user's own loss where one is given
     sizes = sorted({min(b, len(dataset.y_train)) for b in DRY_BATCHES})
     device = next((p.device for p in model.parameters()), dataset.y_train.device)
     rng, was_training = torch.get_rng_state(), model.training
     model.eval()
+    for module in model.modules():
+        if isinstance(module, CheckpointedBlocks):
+            module.training = True  # the container alone: it recomputes its segments as in training, blocks in eval
     buffers = [b.detach().clone() for b in model.buffers()]
     measured = []
     try:

@@ -13,6 +13,7 @@ from leantrain.data.batches import bucket_pad_index
 from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
 from leantrain.fileio import clean_stale_temporaries, prepare_output_dir
+from leantrain.techniques.amp import autocast_for
 from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for
 from leantrain.train.run_identity import check_existing, inside, run_lock
@@ -20,11 +21,14 @@ from leantrain.train.run_identity import check_existing, inside, run_lock
 DRY_SAMPLES = 2
 
 
-def dry_forward(model: nn.Module, dataset: Any, config: Any) -> None:
+def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "fp32") -> None:
     """The data fit the task, and one forward, loss and backward on a tiny batch run, in eval mode with the RNG
     and gradients put back: each usual mistake (float or (N, 1) labels, labels outside the model's classes,
     a float64 model on float32 data, an output shape that broadcasts against the target) fails here in one
-    line naming the fix, before any folder is made or any work done."""
+    line naming the fix, before any folder is made or any work done.
+
+    The run calls it twice: on the model as built (in fp32: does it take the data?), and in the preflight on
+    the model as it will train, in the run's ``precision`` (can this machine run it so?)."""
     task = task_for(dataset, config.label_smoothing)
     if config.length_buckets:
         bucket_pad_index(dataset)
@@ -40,7 +44,8 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any) -> None:
     had_grad = [p.grad is not None for p in model.parameters()]
     model.eval()  # no dropout draws, no batch-norm statistics updated
     try:
-        output = task.forward(model, x, y)
+        with autocast_for(device, precision):
+            output = task.forward(model, x, y)
         if not custom_loss:
             check_output(output, y, dataset)
         loss = task.loss_sum(output, y)
@@ -53,8 +58,9 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any) -> None:
         raise UsageError(f"model {name} on data {dataset.name}: {e}") from None
     except (RuntimeError, IndexError, ValueError, TypeError, AttributeError, KeyError) as e:
         first_line = (str(e).strip().splitlines() or [""])[0][:160]
+        how = f" in {precision}" if precision != "fp32" else ""
         raise UsageError(f"model {name} does not fit data {dataset.name}: a forward and backward pass on {DRY_SAMPLES} "
-                         f"samples failed ({type(e).__name__}: {first_line})") from None
+                         f"samples{how} failed ({type(e).__name__}: {first_line})") from None
     finally:
         for p, had in zip(model.parameters(), had_grad):
             if not had:

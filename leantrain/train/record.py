@@ -1,4 +1,4 @@
-"""A run's record: the JSON document of DESIGN.md section 4, and the summary derived from its epochs."""
+"""A run's record: the JSON document described in docs/ARCHITECTURE.md, and the summary derived from its epochs."""
 from __future__ import annotations
 
 import socket
@@ -10,8 +10,13 @@ from typing import Any
 
 import torch
 
+from leantrain import models
+from leantrain.config import RunConfig
+from leantrain.data.dataset import Dataset
+from leantrain.techniques import Technique
 from leantrain.train.allocator import allocator_setting
-from leantrain.train.metrics import cpu_name, matmul_peaks
+from leantrain.train.metrics import cpu_name, matmul_peaks, peak_matmul_flops, training_utilisation
+from leantrain.train.state import TrainState
 from leantrain.tuning.machine import machine_facts
 
 SCHEMA = 1
@@ -90,3 +95,49 @@ def _git_commit() -> str | None:
     if head.returncode != 0 or not head.stdout.strip():
         return None
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def make_record(
+    config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any],
+    written: bool = True,
+) -> dict[str, Any]:
+    flops = models.flops_per_sample(state.model)
+    peak = peak_matmul_flops(state.device, state.precision.compute_dtype) if flops else None
+    # Rates are global over the ranks, so the capacity is every rank's peak (each measured at its thread count).
+    capacity = peak * state.dist.world_size if peak else None
+    for epoch in state.records:
+        # Sequence models declare FLOPs per token, the others per sample; a resized model, per epoch.
+        rate = epoch.get("train_tokens_per_s") or epoch.get("samples_per_s")
+        epoch_flops = epoch.get("flops_per_sample") or flops
+        epoch["utilisation"] = (training_utilisation(epoch_flops, rate, capacity)
+                                if epoch_flops and capacity and rate else None)
+    task = state.task
+    return {
+        "schema": SCHEMA,
+        "run": {
+            "name": config.run_name,
+            "model": config.model,
+            "data": dataset.name,
+            "data_spec": config.data,
+            "task": dataset.task,
+            "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
+            "techniques": [t.describe() for t in techniques],
+            "parallel": config.parallel,
+            "world_size": state.dist.world_size,
+            "procs_per_node": state.dist.world.local_world_size,
+            "nodes": state.dist.world.nodes,
+            "launcher": state.dist.world.launcher,
+            "backend": state.dist.backend,
+            "seed": config.seed,
+            "params": sum(p.numel() for p in state.model.parameters()),
+            "flops_per_sample": flops,
+            "train_samples": len(dataset.x_train),
+            "val_samples": len(dataset.x_val),
+            "config": config.to_dict(),
+            **extra,
+        },
+        "env": environment(state.device, peak, by_dtype=written),
+        "epochs": state.records,
+        "summary": summarize(state.records, task.metric, config.target, task.higher_is_better),
+    }

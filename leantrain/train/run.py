@@ -1,11 +1,23 @@
-"""One run, start to finish: build (or take) data, model, optimizer and techniques; train; return the record.
+"""One run, start to finish: a ``Run`` goes through its phases in one order, here and nowhere else.
 
-Used by the CLI (``leantrain train``), the experiment runner, and ``leantrain.fit`` on a user's model.
+    resolve    the world (launcher, ranks, device), threads, and the request's own clashes
+    build      the data set, the model (and that it takes the data), the checkpoint to resume from, the ``auto``
+               settings measured (``leantrain.tuning``) and the techniques they switch on
+    prepare    the model as it will train: laid out over the ranks (FSDP shards, a pipeline's stage), then
+               changed by the techniques that declare ``changes_model`` (checkpoint wrapping, precision fallbacks)
+    preflight  a dry training step and the memory estimate on the *prepared* model, each rank's share
+    train      the loop, inside the run's files and lock
+    record     the JSON record (rank 0), the model file, the checkpoint removed
+
+Used by the CLI (``leantrain train``), the experiment runner, the launched workers and ``leantrain.fit``.
+``Run.trace`` lists the phases as they ran (a test pins the order). docs/ARCHITECTURE.md draws the whole.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +39,12 @@ from leantrain.parallel.ddp import DataParallel
 from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.ensemble import EnsembleMember, member_spec
 from leantrain.parallel.env import World
-from leantrain.parallel.launch import cores_available
 from leantrain.parallel.mpi import MpiDataParallel, ShardedOptimizerPlan, mpi_group, with_master_from_rank0
 from leantrain.parallel.plan import ParallelPlan
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
-from leantrain.techniques.registry import check_parallel_mode
+from leantrain.techniques.precision import MixedPrecision
+from leantrain.techniques.registry import check_parallel_mode, switched_on
 from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for
 from leantrain.train.allocator import keep_freed_memory
@@ -40,13 +52,32 @@ from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
 from leantrain.train.memory import check_memory
-from leantrain.train.metrics import peak_matmul_flops, training_utilisation
 from leantrain.train.optim import make_optimizer
 from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
-from leantrain.train.record import SCHEMA, environment, summarize
+from leantrain.train.rank_tuning import threads_per_worker, tune_on_ranks
+from leantrain.train.record import make_record
 from leantrain.train.state import TrainState
 from leantrain.train.training_state import TrainingCheckpoint
+
+PHASES = ("resolve", "build", "prepare", "preflight", "train", "record")
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+@dataclass
+class RunRequest:
+    """What the caller brings: the config, and optionally their own model, data, techniques and optimizer."""
+
+    config: RunConfig
+    model: nn.Module | None = None
+    dataset: Dataset | None = None
+    techniques: list[Technique] = field(default_factory=list)  # in addition to those the config switches on
+    out_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+    force: bool = False
+    optimizer: OptimizerFactory | None = None  # a user's, instead of the config's named one
+    extra_run_fields: dict[str, Any] = field(default_factory=dict)
 
 
 def execute(
@@ -60,7 +91,7 @@ def execute(
     quiet: bool = False,
     extra_run_fields: dict[str, Any] | None = None,
     force: bool = False,
-    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    optimizer: OptimizerFactory | None = None,
 ) -> dict[str, Any]:
     """Train one run, on this process alone or as one rank of a launched world (``config.parallel``).
 
@@ -73,27 +104,244 @@ def execute(
     never replaced unless ``force`` (see ``run_identity``). ``optimizer`` builds the optimizer over the model
     (a user's, from ``fit``) instead of the config's named one.
     """
-    keep_freed_memory()  # before the first step's allocations: see allocator.py
-    if optimizer is not None and config.shard_optimizer:
-        raise UsageError("shard_optimizer builds leantrain's own optimizer over each rank's slice of the parameters; "
-                         "your own optimizer would see the whole model: pass the optimizer by name, or drop "
-                         "shard_optimizer")
-    world = parallel_env.detect()
-    check_world(config, world)
-    device = resolve_device(config.device)
-    if device.type == "cuda" and world.launched:
-        device = torch.device("cuda", world.local_rank)
-    if config.parallel == "mpi":
-        group = mpi_group(world, device)
-    else:
-        group = process_group(with_master_from_rank0(world), config.backend, device, config.dist_timeout)
-    threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
-    try:
+    request = RunRequest(config, model, dataset, list(techniques or []), out_dir, resume, quiet, force, optimizer,
+                         extra_run_fields or {})
+    return Run(request).execute()
+
+
+class Run:
+    """One run's objects, filled in phase by phase: config, data, model, techniques, layout (plan), state."""
+
+    def __init__(self, request: RunRequest):
+        self.request, self.config = request, request.config
+        self.trace: list[str] = []
+        self.world: World = parallel_env.detect()
+        self.device = resolve_device(self.config.device)
+        if self.device.type == "cuda" and self.world.launched:
+            self.device = torch.device("cuda", self.world.local_rank)
+        # Filled in by the phases below.
+        self.dist: Dist = Dist(device=self.device)  # the collectives the loop uses (an ensemble member: its own)
+        self.ranks: Dist = self.dist  # every rank of the launch (the record's world)
+        self.member: str | None = None  # an ensemble member's model spec
+        self.dataset: Dataset
+        self.model: nn.Module
+        self.techniques: list[Technique] = []
+        self.tuned: tuning.Tuned
+        self.ckpt: TrainingCheckpoint
+        self.saved: dict[str, Any] | None = None
+        self.plan: ParallelPlan
+        self.progress: Progress
+        self.state: TrainState
+
+    def execute(self) -> dict[str, Any]:
+        """The phases, in their one order."""
+        keep_freed_memory()  # before the first step's allocations: see allocator.py
+        self.check_request()
+        threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
+        try:
+            with self._process_group() as dist:
+                self.resolve(dist)
+                self.build()
+                self.prepare()
+                self.preflight()
+                out_dir = self.request.out_dir
+                with run_files(out_dir if self.ranks.is_main else None, self.config.run_name,
+                               resume=self.resume, force=self.request.force):
+                    self.train()
+                    return self.record()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    @property
+    def resume(self) -> bool:
+        return self.request.resume or self.world.restart_count > 0
+
+    def check_request(self) -> None:
+        """Clashes within the request itself, before any process group is made."""
+        config, request = self.config, self.request
+        if request.optimizer is not None and config.shard_optimizer:
+            raise UsageError("shard_optimizer builds leantrain's own optimizer over each rank's slice of the "
+                             "parameters; your own optimizer would see the whole model: pass the optimizer by name, "
+                             "or drop shard_optimizer")
+        check_world(config, self.world)
+
+    @contextmanager
+    def _process_group(self) -> Iterator[Dist]:
+        if self.config.parallel == "mpi":
+            group = mpi_group(self.world, self.device)
+        else:
+            group = process_group(with_master_from_rank0(self.world), self.config.backend, self.device,
+                                  self.config.dist_timeout)
         with group as dist:
-            return _execute(config, dist, device, model, dataset, techniques, out_dir,
-                            resume or world.restart_count > 0, quiet, extra_run_fields or {}, force, optimizer)
-    finally:
-        torch.set_num_threads(threads_before)
+            yield dist
+
+    def _entered(self, phase: str) -> None:
+        self.trace.append(phase)
+
+    def resolve(self, dist: Dist) -> None:
+        """The ranks, threads, and what the config and the given techniques must agree on."""
+        self._entered("resolve")
+        config, request = self.config, self.request
+        self.dist = self.ranks = dist
+        check_given_once(config, request.techniques)
+        if request.optimizer is not None and config.batch_size == "auto":
+            raise UsageError("batch_size auto scales the learning rate to the batch it chooses, which your own "
+                             "optimizer sets: give batch_size a number, or pass the optimizer by name")
+        if config.loggers and request.out_dir is None:
+            raise UsageError(f"log {config.log}: the logs are written beside the run's record; give an output folder "
+                             "(--out, or checkpoint_dir= in lt.fit)")
+        if isinstance(config.threads, int):
+            torch.set_num_threads(config.threads)
+        elif dist.world_size > 1:
+            torch.set_num_threads(threads_per_worker(dist.world))  # "auto" too: see tune_on_ranks
+        if config.parallel == "ensemble":
+            self.member = member_spec(config.model, config.members, dist.rank, dist.world_size)
+
+    def build(self) -> None:
+        """Data, model, the state to resume from, the measured ``auto`` settings and the techniques."""
+        self._entered("build")
+        config, request, dist = self.config, self.request, self.dist
+        ensemble = self.member is not None
+        # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
+        _seed_everything(config.seed + (dist.rank if ensemble else 0))
+        self.dataset = request.dataset if request.dataset is not None else data_sets.load(config.data, seed=config.seed)
+        if ensemble and self.dataset.task != "classification":
+            raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a "
+                             f"{self.dataset.task} task")
+        self.model = request.model if request.model is not None else models.build(self.member or config.model,
+                                                                                  self.dataset)
+        dry_forward(self.model, self.dataset, config)  # a model that does not take the data fails before any work
+        # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
+        ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
+        out_dir = request.out_dir
+        self.ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
+                                       1 if ensemble else dist.world_size)
+        self.saved = self.ckpt.read() if self.resume else None  # checked before anything is measured from it
+        self.progress = Progress(quiet=request.quiet, rank=dist.rank, label=config.run_name)
+        # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
+        self.tuned = tune_on_ranks(config, dist, self.model, self.dataset, self.device,
+                                   self.saved.get("autotune") if self.saved else None, self.progress.message,
+                                   own_model=ensemble)
+        techniques = from_config(self.tuned.config) + request.techniques
+        check_parallel_mode(techniques, parallel_mode(config.parallel))
+        self.techniques = in_hook_order(techniques + self._mode_hooks())
+
+    def _mode_hooks(self) -> list[Technique]:
+        """The parallel mode's own part in the loop (DDP's wrap, MPI's averaging, an ensemble member's vote)."""
+        config = self.config
+        if config.parallel == "ddp":
+            return [DataParallel(bucket_cap_mb=config.ddp_bucket_mb, static_graph=config.ddp_static_graph,
+                                 gradient_as_bucket_view=config.ddp_grad_as_bucket_view, compress=config.ddp_compress)]
+        if config.parallel == "mpi":
+            return [MpiDataParallel()]
+        if self.member is not None:
+            member = EnsembleMember(self.dist, self.member, self.dataset.x_val.to(self.device),
+                                    self.dataset.y_val.cpu(), config.eval_batch_size, config.seed)
+            # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
+            self.dist = Dist(device=self.device)
+            return [member]
+        return []
+
+    def prepare(self) -> None:
+        """The model as it will train: laid out over the ranks, then changed by the techniques that change it."""
+        self._entered("prepare")
+        self.plan = make_plan(self.config, self.dist)
+        if self.config.memory_check and self.plan.stage_only:
+            # A stage cannot take a dry step alone: estimated on the whole model (an upper bound per rank).
+            self._check_memory(self.model)
+        # A model that cannot be laid out so fails here, before the optimizer sees the parameters or a file is written.
+        self.model = self.plan.prepare(self.model.to(self.device), self.dataset)
+        for technique in self.techniques:
+            if technique.changes_model:
+                technique.prepare(self.model, self.device)
+
+    def preflight(self) -> None:
+        """A dry training step and the memory estimate, on what each rank will train."""
+        self._entered("preflight")
+        if self.plan.stage_only:
+            return  # checked before the layout (see prepare)
+        dry_forward(self.model, self.dataset, self.config, self._precision())
+        if self.config.memory_check:  # a run that does not fit in memory fails before any file too
+            self._check_memory(self.model)
+
+    def _precision(self) -> str:
+        """The precision the run trains in: the config's choice, or a MixedPrecision passed as an object."""
+        return next((t.precision for t in self.techniques if isinstance(t, MixedPrecision)), "fp32")
+
+    def _check_memory(self, model: nn.Module) -> None:
+        # CPU ranks share the machine's memory; each GPU rank has its own.
+        processes = self.ranks.world.local_world_size if self.device.type == "cpu" else 1
+        config = self.tuned.config.replace(precision=self._precision())
+        check_memory(model, self.dataset, config, self.device, processes, self.request.optimizer)
+
+    def train(self) -> None:
+        self._entered("train")
+        config, request, dist, ranks = self.config, self.request, self.dist, self.ranks
+        self.dataset = dataset = self.dataset.to(self.device)
+        self.model.to(self.device)
+        if dist.rank > 0:
+            # Per-rank randomness (dropout) after the shared initialisation; rank 0 keeps the one-process stream.
+            torch.manual_seed(config.seed * 100_003 + dist.rank)
+        chosen = self.tuned.config  # the auto knobs' choices (batch size, ...)
+        ensemble = self.member is not None
+        batches = _batch_source(chosen.replace(seed=chosen.seed + ranks.rank) if ensemble else chosen, dataset,
+                                self.plan.data_dist)
+        optimizer = request.optimizer(self.model) if request.optimizer else make_optimizer(
+            chosen, self.plan.optimized(self.model))
+        self.state = state = TrainState(
+            model=self.model, optimizer=optimizer, task=task_for(dataset, config.label_smoothing), device=self.device,
+            base_lr=chosen.lr,  # batch_size auto scales it
+            steps_per_epoch=len(batches), total_epochs=config.epochs, dist=dist, data_dist=self.plan.data_dist,
+            plan=self.plan, on_nonfinite=config.on_nonfinite,
+        )
+        self.plan.attach(state)
+        if self.saved:
+            self.ckpt.restore(state, self.techniques, self.saved)
+        log = open_log(config.loggers, request.out_dir, config.run_name, is_main=ranks.is_main,
+                       world_size=dist.world_size, append=self.saved is not None,
+                       resume_step=state.step if self.saved else None)
+
+        def save(state: TrainState) -> None:
+            log.flush()  # the steps up to this checkpoint are on disk before it is: a resume finds no gap
+            self.ckpt.save(state, self.techniques, {"autotune": self.tuned.record})
+
+        val_x = StreamVal(dataset.streams[1], self.device) if dataset.streams else dataset.x_val
+        try:
+            train(state, batches, val_x, dataset.y_val, techniques=self.techniques,
+                  eval_batch_size=config.eval_batch_size, progress=self.progress, on_epoch_saved=save,
+                  checkpoint_every=config.checkpoint_interval, log=log)
+        except NonFiniteLoss as e:
+            kept = f"the last good checkpoint is kept: {self.ckpt.path}" if self.ckpt.exists() else \
+                "no checkpoint was written before it"
+            raise NonFiniteLoss(f"{e}; {kept}") from None
+        finally:
+            log.close()
+
+    def record(self) -> dict[str, Any]:
+        """The record, written by rank 0; the model file; then the checkpoint goes."""
+        self._entered("record")
+        config, request, dist, ranks, state = self.config, self.request, self.dist, self.ranks, self.state
+        out_dir, ckpt = request.out_dir, self.ckpt
+        extra = {**request.extra_run_fields, **self.plan.record()}
+        if self.tuned.record:
+            extra["autotune"] = self.tuned.record
+        if self.member is not None:
+            extra.update(members=ranks.gather(self.member), world_size=ranks.world_size,
+                         procs_per_node=ranks.world.local_world_size, nodes=ranks.world.nodes, backend=ranks.backend,
+                         launcher=ranks.world.launcher)
+        record = make_record(config, state, self.dataset, self.techniques, extra, written=ranks.is_main)
+        if out_dir and ckpt.path and config.save_model:
+            weights = self.plan.model_state(state.model)  # every rank takes part: stages and shards are gathered
+            if dist.is_main:  # each ensemble member saves its own model
+                record["run"]["model_file"] = save_model(
+                    out_dir / (ckpt.path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
+                    model_spec=self.member or config.model, data_spec=config.data, data=self.dataset,
+                    record=f"{config.run_name}.json").name
+        if out_dir and ranks.is_main:
+            write_json(out_dir / f"{config.run_name}.json", record)
+        ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
+        ckpt.remove(state)
+        return record
 
 
 def check_world(config: RunConfig, world: World) -> None:
@@ -109,67 +357,11 @@ def check_world(config: RunConfig, world: World) -> None:
                          "processes on this node; drop --procs when launching with torchrun/mpirun/srun")
 
 
-def _execute(
-    config: RunConfig, dist: Dist, device: torch.device, model: nn.Module | None, dataset: Dataset | None,
-    techniques: list[Technique] | None, out_dir: Path | None, resume: bool, quiet: bool, extra: dict[str, Any],
-    force: bool = False, optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
-) -> dict[str, Any]:
-    given = list(techniques or [])
-    _check_given_once(config, given)
-    if optimizer is not None and config.batch_size == "auto":
-        raise UsageError("batch_size auto scales the learning rate to the batch it chooses, which your own optimizer "
-                         "sets: give batch_size a number, or pass the optimizer by name")
-    if config.loggers and out_dir is None:
-        raise UsageError(f"log {config.log}: the logs are written beside the run's record; give an output folder "
-                         "(--out, or checkpoint_dir= in lt.fit)")
-    if isinstance(config.threads, int):
-        torch.set_num_threads(config.threads)
-    elif dist.world_size > 1:
-        torch.set_num_threads(_threads_per_worker(dist.world))  # "auto" too: see _tune
-    ensemble = config.parallel == "ensemble"
-    member = member_spec(config.model, config.members, dist.rank, dist.world_size) if ensemble else config.model
-    # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
-    _seed_everything(config.seed + (dist.rank if ensemble else 0))
-    dataset = dataset if dataset is not None else data_sets.load(config.data, seed=config.seed)
-    if ensemble and dataset.task != "classification":
-        raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a {dataset.task} task")
-    model = model if model is not None else models.build(member, dataset)
-    dry_forward(model, dataset, config)  # a model that does not fit the data fails before any work or file
-    # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
-    ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
-    ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
-                              1 if ensemble else dist.world_size)
-    saved = ckpt.read() if resume else None  # checked before anything is measured or built from it
-    progress = Progress(quiet=quiet, rank=dist.rank, label=config.run_name)
-    # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
-    tuned = _tune(config, dist, model, dataset, device, saved.get("autotune") if saved else None, progress.message,
-                  own_model=ensemble)
-    techniques = from_config(tuned.config) + given
-    check_parallel_mode(techniques, parallel_mode(config.parallel))
-    if config.parallel == "ddp":
-        techniques.append(DataParallel(bucket_cap_mb=config.ddp_bucket_mb, static_graph=config.ddp_static_graph,
-                                       gradient_as_bucket_view=config.ddp_grad_as_bucket_view,
-                                       compress=config.ddp_compress))
-    elif config.parallel == "mpi":
-        techniques.append(MpiDataParallel())
-    if ensemble:
-        techniques.append(EnsembleMember(dist, member, dataset.x_val.to(device), dataset.y_val.cpu(),
-                                         config.eval_batch_size, config.seed))
-        # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
-        dist, ranks = Dist(device=device), dist
-    else:
-        ranks = dist
-    techniques = in_hook_order(techniques)
-    if config.memory_check:  # a run that does not fit in memory fails before any file too (CPU ranks share it)
-        check_memory(model, dataset, tuned.config, device, ranks.world.local_world_size if device.type == "cpu" else 1,
-                     optimizer)
-    # The layout over the ranks (FSDP shards, pipeline stages), before the optimizer sees the parameters;
-    # a model that cannot be laid out so fails here too, before any file is written.
-    plan = make_plan(config, dist)
-    model = plan.prepare(model.to(device), dataset)
-    with run_files(out_dir if ranks.is_main else None, config.run_name, resume=resume, force=force):
-        return _train_and_record(config, dist, ranks, device, model, dataset, techniques, out_dir, ckpt, saved,
-                                 tuned, progress, member if ensemble else None, extra, plan, optimizer)
+def check_given_once(config: RunConfig, given: list[Technique]) -> None:
+    """A technique switched on by the config and also passed as an object would run twice: refuse it."""
+    clashes = switched_on(config) & {t.name for t in given}
+    if clashes:
+        raise UsageError(f"{', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
 
 
 def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
@@ -190,136 +382,6 @@ def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
     return ParallelPlan(dist)
 
 
-def _train_and_record(
-    config: RunConfig, dist: Dist, ranks: Dist, device: torch.device, model: nn.Module, dataset: Dataset,
-    techniques: list[Technique], out_dir: Path | None, ckpt: TrainingCheckpoint, saved: dict[str, Any] | None,
-    tuned: Any, progress: Progress, member: str | None, extra: dict[str, Any], plan: ParallelPlan,
-    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
-) -> dict[str, Any]:
-    ensemble = member is not None
-    dataset = dataset.to(device)
-    model.to(device)
-    if dist.rank > 0:
-        # Per-rank randomness (dropout) after the shared initialisation; rank 0 keeps the one-process stream.
-        torch.manual_seed(config.seed * 100_003 + dist.rank)
-
-    task = task_for(dataset, config.label_smoothing)
-    chosen = tuned.config  # the auto knobs' choices (batch size, ...)
-    batches = _batch_source(chosen.replace(seed=chosen.seed + ranks.rank) if ensemble else chosen, dataset,
-                            plan.data_dist)
-    state = TrainState(
-        model=model,
-        optimizer=optimizer(model) if optimizer else make_optimizer(tuned.config, plan.optimized(model)),
-        task=task,
-        device=device,
-        base_lr=tuned.config.lr,  # batch_size auto scales it
-        steps_per_epoch=len(batches),
-        total_epochs=config.epochs,
-        dist=dist,
-        data_dist=plan.data_dist,
-        plan=plan,
-        on_nonfinite=config.on_nonfinite,
-    )
-    plan.attach(state)
-    if saved:
-        ckpt.restore(state, techniques, saved)
-
-    def save(state: TrainState) -> None:
-        ckpt.save(state, techniques, {"autotune": tuned.record})
-
-    log = open_log(config.loggers, out_dir, config.run_name, is_main=ranks.is_main, world_size=dist.world_size,
-                   append=saved is not None)
-    try:
-        train(
-            state, batches, StreamVal(dataset.streams[1], device) if dataset.streams else dataset.x_val, dataset.y_val,
-            techniques=techniques, eval_batch_size=config.eval_batch_size, progress=progress, on_epoch_saved=save,
-            checkpoint_every=config.checkpoint_interval, log=log,
-        )
-    except NonFiniteLoss as e:
-        kept = f"the last good checkpoint is kept: {ckpt.path}" if ckpt.exists() else \
-            "no checkpoint was written before it"
-        raise NonFiniteLoss(f"{e}; {kept}") from None
-    finally:
-        log.close()
-
-    extra = {**extra, **plan.record()}
-    if tuned.record:
-        extra = {**extra, "autotune": tuned.record}
-    if ensemble:
-        extra = {**extra, "members": ranks.gather(member), "world_size": ranks.world_size,
-                 "procs_per_node": ranks.world.local_world_size, "nodes": ranks.world.nodes, "backend": ranks.backend,
-                 "launcher": ranks.world.launcher}
-    record = make_record(config, state, dataset, techniques, extra, written=ranks.is_main)
-    if out_dir and ckpt.path and config.save_model:
-        weights = plan.model_state(state.model)  # every rank takes part: stages and shards are gathered
-        if dist.is_main:  # each ensemble member saves its own model
-            record["run"]["model_file"] = save_model(
-                out_dir / (ckpt.path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
-                model_spec=member or config.model, data_spec=config.data, data=dataset,
-                record=f"{config.run_name}.json").name
-    if out_dir and ranks.is_main:
-        write_json(out_dir / f"{config.run_name}.json", record)
-    ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
-    ckpt.remove(state)
-    return record
-
-
-def _check_given_once(config: RunConfig, given: list[Technique]) -> None:
-    """A technique switched on by the config and also passed as an object would run twice: refuse it."""
-    switched_on = {t.name for t in from_config(config)} | ({"precision"} if config.precision == tuning.AUTO else set())
-    clashes = switched_on & {t.name for t in given}
-    if clashes:
-        raise UsageError(f"{', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
-
-
-def _tune(config: RunConfig, dist: Dist, model: nn.Module, dataset: Dataset, device: torch.device,
-          saved: dict[str, Any] | None, say: Callable[[str], None], own_model: bool = False) -> tuning.Tuned:
-    """The config with its auto knobs resolved (see leantrain.tuning).
-
-    Several ranks: a rank's auto threads are its share of the node's cores (its sibling ranks are not
-    "other processes" to leave cores for). Ranks never probe at once: they would compete for the cores
-    and might choose differently. Data parallel (one model): rank 0 alone measures precision and Adam
-    kernel and broadcasts its record; the other ranks take it and never probe. An ensemble
-    (``own_model``: a different model per rank): each member measures its own model, one rank at a time.
-    """
-    if dist.world_size <= 1 or not tuning.auto_knobs(config):
-        return tuning.resolve(config, model, dataset, device, saved=saved, say=say)
-    share = {"choice": _threads_per_worker(dist.world), "cpus": cores_available(),
-             "workers": dist.world.local_world_size, "source": "per-worker share"}
-    if own_model:
-        tuned: tuning.Tuned | None = None
-        for turn in range(dist.world_size):
-            failed = False
-            if dist.rank == turn:
-                try:
-                    tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say)
-                except BaseException:
-                    failed = True
-                    dist.any(True)  # the others stop waiting: this rank's error is the job's
-                    raise
-            if dist.any(failed):
-                raise UsageError(f"rank {turn} failed while choosing its auto settings; see its error")
-        assert tuned is not None
-        return tuned
-    if dist.is_main:
-        try:
-            tuned = tuning.resolve(config, model, dataset, device, saved=saved, threads=share, say=say,
-                                   data_ranks=dist.world_size)
-        except BaseException:
-            dist.broadcast(None)  # the others stop waiting: rank 0's error is the job's
-            raise
-        dist.broadcast(tuned.record)
-        return tuned
-    record = dist.broadcast(None)
-    if record is None:
-        raise UsageError("rank 0 failed while choosing the auto settings; see its error")
-    return tuning.resolve(config, model, dataset, device, saved=record, saved_from="rank 0", threads=share)
-
-
-def _threads_per_worker(world: World) -> int:
-    return max(1, cores_available() // max(1, world.local_world_size))
-
-
 def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:
     """Every rank shuffles alike and takes its slice of each global batch (see data/batches.py)."""
     if dataset.streams is not None:  # read batch by batch (larger than memory, or several inputs)
@@ -336,49 +398,3 @@ def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSourc
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
-
-
-def make_record(
-    config: RunConfig, state: TrainState, dataset: Dataset, techniques: list[Technique], extra: dict[str, Any],
-    written: bool = True,
-) -> dict[str, Any]:
-    flops = models.flops_per_sample(state.model)
-    peak = peak_matmul_flops(state.device, state.precision.compute_dtype) if flops else None
-    # Rates are global over the ranks, so the capacity is every rank's peak (each measured at its thread count).
-    capacity = peak * state.dist.world_size if peak else None
-    for epoch in state.records:
-        # Sequence models declare FLOPs per token, the others per sample; a resized model, per epoch.
-        rate = epoch.get("train_tokens_per_s") or epoch.get("samples_per_s")
-        epoch_flops = epoch.get("flops_per_sample") or flops
-        epoch["utilisation"] = (training_utilisation(epoch_flops, rate, capacity)
-                                if epoch_flops and capacity and rate else None)
-    task = state.task
-    return {
-        "schema": SCHEMA,
-        "run": {
-            "name": config.run_name,
-            "model": config.model,
-            "data": dataset.name,
-            "data_spec": config.data,
-            "task": dataset.task,
-            "metric": task.metric,
-            "higher_is_better": task.higher_is_better,
-            "techniques": [t.describe() for t in techniques],
-            "parallel": config.parallel,
-            "world_size": state.dist.world_size,
-            "procs_per_node": state.dist.world.local_world_size,
-            "nodes": state.dist.world.nodes,
-            "launcher": state.dist.world.launcher,
-            "backend": state.dist.backend,
-            "seed": config.seed,
-            "params": sum(p.numel() for p in state.model.parameters()),
-            "flops_per_sample": flops,
-            "train_samples": len(dataset.x_train),
-            "val_samples": len(dataset.x_val),
-            "config": config.to_dict(),
-            **extra,
-        },
-        "env": environment(state.device, peak, by_dtype=written),
-        "epochs": state.records,
-        "summary": summarize(state.records, task.metric, config.target, task.higher_is_better),
-    }

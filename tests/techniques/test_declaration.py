@@ -106,3 +106,22 @@ def test_readme_table_is_the_generated_one():
         "README.md's composition table is stale; paste the output of "
         "python -c 'from leantrain.techniques.registry import composition_table; print(composition_table())'"
     )
+
+
+def test_a_technique_that_lists_no_parallel_modes_is_refused():
+    """Modes are an allow-list: a technique that names none would silently accept every mode, new ones too."""
+    class Silent(Technique):
+        name = "silent"
+        options = (Option("silent_every", int, 0, "unused"),)
+
+    with pytest.raises(ValueError, match="must list the parallel modes"):
+        register(Silent)
+
+
+def test_a_mode_a_technique_does_not_list_is_refused_in_one_line():
+    from leantrain.errors import UsageError
+    from leantrain.techniques import Compile
+    from leantrain.techniques.registry import check_parallel_mode
+
+    with pytest.raises(UsageError, match="--parallel fsdp does not compose with: compile"):
+        check_parallel_mode([Compile()], "fsdp")
