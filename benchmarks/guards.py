@@ -1,4 +1,4 @@
-"""What the reliability guards cost per training step, on the default experiment's cases (DESIGN §5: one
+"""What the reliability guards cost per training step, on the default experiment's cases (docs/ARCHITECTURE.md, "Measuring honestly": one
 process, variants interleaved and repeated, median and spread, other processes' CPU use recorded).
 
 Variants, each against "none" (guard switched off by patching, no checkpoints):
