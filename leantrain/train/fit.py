@@ -7,11 +7,12 @@ the model can tell, still before any folder is made.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,37 @@ def fit(
         _check_scheduler(scheduler, optimizer)
         hooks = [*hooks, SchedulerStep(scheduler, scheduler_interval)]
 
-    # The record tells what was trained: the user's class, shapes and dtypes, never a placeholder spec.
-    model_class = f"{type(model).__module__}.{type(model).__qualname__}"
+    facts = _what_is_trained(model, data, loss=_label(loss_fn) or "default", metrics=sorted(adapter.metrics),
+                             optimizer=optimizer_label, scheduler=_label(scheduler))
+    if data.streams is not None:
+        _check_streamed(data, options)
+    placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
+    config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
+    if scheduler is not None:
+        _check_lr_has_one_owner(config, given)
+    if not options.get("name"):
+        config = config.replace(name=_run_name(facts))
+    out_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    best = _place_best_checkpoints(hooks, out_dir, config.run_name)
+    if out_dir is not None:
+        _check_not_finished(out_dir, config.run_name, resume=resume, force=force)
+    recorded_config = {**config.to_dict(), "model": facts["model_class"], "data": data.name, "optimizer": optimizer_label}
+    if data.streams is not None:
+        recorded_config["loader"] = "stream"  # batches read as training goes, whatever loader= says
+    with _no_empty_folder_left(out_dir):
+        record = execute(
+            config, model=model, dataset=data, techniques=given + hooks, out_dir=out_dir, resume=resume, quiet=quiet,
+            force=force, optimizer=build_optimizer, extra_run_fields={**facts, "config": recorded_config},
+        )
+    return FitResult(record, model, best if best and best.exists() else None,
+                     output=(lambda out: select_output(out, output_key)) if output_key is not None else None)
+
+
+def _what_is_trained(model: nn.Module, data: Dataset, **labels: Any) -> dict[str, Any]:
+    """The record's facts: the user's class, shapes and dtypes, never a placeholder spec."""
     facts = {
-        "model": type(model).__name__, "model_class": model_class, "data": data.name, "data_spec": None,
-        "task": data.task, "loss": _label(loss_fn) or "default", "metrics": sorted(adapter.metrics),
-        "optimizer": optimizer_label, "scheduler": _label(scheduler),
+        "model": type(model).__name__, "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "data": data.name, "data_spec": None, "task": data.task, **labels,
         "data_shape": _shape(data.x_train)[1:] if isinstance(data.x_train, torch.Tensor) else _shape(data.x_train),
         "data_shapes": {k: _shape(getattr(data, k)) for k in ("x_train", "y_train", "x_val", "y_val")},
         "data_dtypes": {"x": _dtype(data.x_train), "y": _dtype(data.y_train)},
@@ -103,45 +129,39 @@ def fit(
     if data.streams is not None:  # the tensors hold a first batch; the record counts every sample
         facts.update(streamed=True, train_samples=len(data.streams[0]), val_samples=len(data.streams[1]))
         facts["data_shapes"] = {"x_batch": _shape(data.x_train), "y_batch": _shape(data.y_train)}
-        for key, allowed in (("precision", "fp32/bf16/fp16"), ("optimizer", "adam/foreach-adam/fused-adam"),
-                             ("procs", "a number")):
-            if options.get(key) == "auto":
-                raise UsageError(f"fit: {key}='auto' measures on in-memory tensors; with streamed data choose "
-                                 f"{allowed}")
-        if options.get("parallel") == "ensemble" or options.get("optimizer") == "auto-adam":
-            raise UsageError("fit: streamed data trains with parallel none or ddp and a named optimizer")
-        if options.get("save_model") and not isinstance(data.x_train, torch.Tensor):
-            raise UsageError("fit: save_model writes a model file for one input tensor; save a model with several "
-                             "inputs yourself (torch.save(result.model.state_dict(), path))")
-    placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
-    config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
-    if scheduler is not None:
-        _check_lr_has_one_owner(config, given)
-    if not options.get("name"):
-        # Named by what is trained, not how: another model or data set gets its own files; the same one with
-        # other settings meets its own record or checkpoint and is refused (resume checks the settings).
-        identity = {k: facts[k] for k in ("model_class", "trainable_params", "data", "task", "data_shapes", "data_dtypes")}
-        config = config.replace(name=f"{safe_part(type(model).__name__.lower())}-{safe_part(data.name)}-"
-                                     f"{settings_hash(identity)}")
-    out_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    best = _place_best_checkpoints(hooks, out_dir, config.run_name)
-    if out_dir is not None:
-        _check_not_finished(out_dir, config.run_name, resume=resume, force=force)
-    recorded_config = {**config.to_dict(), "model": model_class, "data": data.name, "optimizer": optimizer_label}
-    if data.streams is not None:
-        recorded_config["loader"] = "stream"  # batches read as training goes, whatever loader= says
+    return facts
+
+
+@contextlib.contextmanager
+def _no_empty_folder_left(out_dir: Path | None) -> Iterator[None]:
+    """A failed first fit leaves no empty folder behind (a folder that existed before is left as it was)."""
     existed = out_dir is not None and out_dir.exists()
     try:
-        record = execute(
-            config, model=model, dataset=data, techniques=given + hooks, out_dir=out_dir, resume=resume, quiet=quiet,
-            force=force, optimizer=build_optimizer, extra_run_fields={**facts, "config": recorded_config},
-        )
+        yield
     except BaseException:
         if out_dir is not None and not existed:
-            _remove_if_only_locks(out_dir)  # a failed first fit leaves no empty folder behind
+            _remove_if_only_locks(out_dir)
         raise
-    return FitResult(record, model, best if best and best.exists() else None,
-                     output=(lambda out: select_output(out, output_key)) if output_key is not None else None)
+
+
+def _run_name(facts: dict[str, Any]) -> str:
+    """Named by what is trained, not how: another model or data set gets its own files; the same one with other
+    settings meets its own record or checkpoint and is refused (resume checks the settings)."""
+    identity = {k: facts[k] for k in ("model_class", "trainable_params", "data", "task", "data_shapes", "data_dtypes")}
+    return f"{safe_part(facts['model'].lower())}-{safe_part(facts['data'])}-{settings_hash(identity)}"
+
+
+def _check_streamed(data: Dataset, options: dict[str, Any]) -> None:
+    """What streamed data cannot do: measure on in-memory tensors, or save a several-input model file."""
+    for key, allowed in (("precision", "fp32/bf16/fp16"), ("optimizer", "adam/foreach-adam/fused-adam"),
+                         ("procs", "a number")):
+        if options.get(key) == "auto":
+            raise UsageError(f"fit: {key}='auto' measures on in-memory tensors; with streamed data choose {allowed}")
+    if options.get("parallel") == "ensemble" or options.get("optimizer") == "auto-adam":
+        raise UsageError("fit: streamed data trains with parallel none or ddp and a named optimizer")
+    if options.get("save_model") and not isinstance(data.x_train, torch.Tensor):
+        raise UsageError("fit: save_model writes a model file for one input tensor; save a model with several "
+                         "inputs yourself (torch.save(result.model.state_dict(), path))")
 
 
 def _fresh(technique: Technique) -> Technique:
