@@ -29,9 +29,9 @@ import torch
 from leantrain import data as data_sets
 from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
-from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
+from leantrain.machine import cpu_capability, cpu_flags, cpu_name
+from leantrain.train.metrics import NOISY_FOREIGN_CORES
 from leantrain.train.run import execute
-from leantrain.tuning.machine import cpu_capability, cpu_flags
 
 
 @dataclass

@@ -20,9 +20,9 @@ from torch import nn
 from leantrain import tasks
 from leantrain.config import RunConfig
 from leantrain.data import load
+from leantrain.machine import cpu_name
 from leantrain.models import build
 from leantrain.train.guards import Guards
-from leantrain.train.metrics import cpu_name
 from leantrain.train.run import execute
 
 COUNT = tasks.Classification.correct

@@ -33,9 +33,9 @@ import torch
 from leantrain import fileio
 from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
+from leantrain.machine import cpu_name
 from leantrain.train import checkpoint
 from leantrain.train.guards import Guards, NonFiniteGuard
-from leantrain.train.metrics import cpu_name
 from leantrain.train.run import execute
 
 CASES = {  # experiments/default.toml: the baseline recipe (batch 64) and the lean recipe's batch per data set

@@ -21,7 +21,8 @@ from leantrain import data as data_sets
 from leantrain.experiments.quality import quality_delta
 from leantrain.experiments.report import median_spread
 from leantrain.experiments.runner import load_experiment
-from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
+from leantrain.machine import cpu_name
+from leantrain.train.metrics import NOISY_FOREIGN_CORES
 from leantrain.train.record import time_to_target
 from leantrain.train.run import execute
 

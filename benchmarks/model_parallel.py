@@ -27,7 +27,8 @@ import torch
 
 from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
-from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
+from leantrain.machine import cpu_name
+from leantrain.train.metrics import NOISY_FOREIGN_CORES
 from leantrain.train.run import execute
 
 # Eight equal blocks: K = 2 stages get four each, so the stages are balanced and the bubble is the schedule's.

@@ -30,8 +30,9 @@ import torch
 
 from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
+from leantrain.machine import cpu_name
 from leantrain.parallel.dist import Dist
-from leantrain.train.metrics import NOISY_FOREIGN_CORES, cpu_name
+from leantrain.train.metrics import NOISY_FOREIGN_CORES
 from leantrain.train.run import execute
 
 CASES: dict[str, dict[str, Any]] = {

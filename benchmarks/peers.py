@@ -47,7 +47,8 @@ from leantrain import models
 from leantrain.experiments.quality import quality_delta
 from leantrain.experiments.report import median_spread
 from leantrain.experiments.runner import load_experiment
-from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cpu_name
+from leantrain.machine import cpu_name
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.record import time_to_target
 from leantrain.train.run import execute
 

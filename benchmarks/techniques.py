@@ -21,6 +21,7 @@ import torch
 import leantrain
 from leantrain import data as data_sets
 from leantrain import models
+from leantrain.machine import cpu_name
 from leantrain.techniques import (
     ActivationCheckpointing,
     AdaptiveAccumulation,
@@ -29,7 +30,7 @@ from leantrain.techniques import (
     MixedPrecision,
     WarmupCosine,
 )
-from leantrain.train.metrics import ForeignCpuMeter, cpu_name
+from leantrain.train.metrics import ForeignCpuMeter
 
 POLLUTED_CORES = 0.15
 

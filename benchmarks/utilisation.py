@@ -23,7 +23,8 @@ from torch.profiler import ProfilerActivity, profile
 from leantrain import data as data_sets
 from leantrain import models
 from leantrain.experiments.runner import load_experiment
-from leantrain.train.metrics import cpu_name, peak_matmul_flops
+from leantrain.machine import cpu_name
+from leantrain.train.metrics import peak_matmul_flops
 
 GROUPS = {
     "matmul": ("addmm", "aten::mm", "aten::matmul", "aten::bmm", "aten::linear"),

@@ -14,7 +14,7 @@ RANKS = {  # a module may import modules of its own rank or lower
     "leantrain.experiments.views": 1, "leantrain.experiments.tidy": 1, "leantrain.experiments.plots": 1,
     "leantrain.config": 3, "leantrain.techniques": 2, "leantrain.models": 2, "leantrain.data": 2, "leantrain.parallel": 2,
     "leantrain.tasks": 1, "leantrain.options": 1, "leantrain.registry": 1, "leantrain.errors": 0, "leantrain.fileio": 0,
-    "leantrain.naming": 0,
+    "leantrain.naming": 0, "leantrain.machine": 0,  # what this machine is: the record, tuning and caches read it
     "leantrain._torch_private": 0,
 }
 

@@ -28,12 +28,13 @@ from leantrain import models
 from leantrain.config import RunConfig
 from leantrain.data.batches import TensorBatches
 from leantrain.fileio import write_json
+from leantrain.machine import cpu_name
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import wrap_ddp
 from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.launch import cores_available, run_local_workers
 from leantrain.train.adapters import task_for
-from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cache_dir, cpu_name
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cache_dir
 from leantrain.train.optim import make_optimizer
 
 WARMUP_STEPS, TIMED_STEPS = 3, 12

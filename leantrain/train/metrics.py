@@ -15,6 +15,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from leantrain._torch_private import TorchDispatchMode, inside_backward
 from leantrain.fileio import write_json
+from leantrain.machine import cpu_name, kernel_isa
 
 
 def synchronize(device: torch.device) -> None:
@@ -187,17 +188,6 @@ _MEASURED_HERE: dict[tuple[Path, str], tuple[float, float]] = {}
 REMEASURE_S = 60.0
 
 
-def kernel_isa() -> str:
-    """The instruction sets the CPU kernels may use here: PyTorch's capability (ATEN_CPU_CAPABILITY lowers it) and
-    oneDNN's cap when one is set. One CPU capped to AVX2 is another machine: its figures must not mix."""
-    try:
-        isa = str(torch.backends.cpu.get_cpu_capability())
-    except AttributeError:  # PyTorch < 2.1
-        isa = "unknown"
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    return f"{isa}|onednn<={cap}" if cap else isa
-
-
 def _cached_peak(device: torch.device, dtype: torch.dtype) -> float:
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}|{kernel_isa()}"
@@ -266,18 +256,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
 
 
 class ForeignCpuMeter:

@@ -13,11 +13,11 @@ import torch
 from leantrain import models
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
+from leantrain.machine import cpu_name, machine_facts
 from leantrain.techniques import Technique
 from leantrain.train.allocator import allocator_setting
-from leantrain.train.metrics import cpu_name, matmul_peaks, peak_matmul_flops, training_utilisation
+from leantrain.train.metrics import matmul_peaks, peak_matmul_flops, training_utilisation
 from leantrain.train.state import TrainState
-from leantrain.tuning.machine import machine_facts
 
 SCHEMA = 1
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from leantrain.fileio import write_json
+from leantrain.machine import machine_key
 from leantrain.train.metrics import cache_dir
-from leantrain.tuning.machine import machine_key
 
 FILE = "autotune.json"
 

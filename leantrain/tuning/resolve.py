@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from leantrain import machine
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.data.streaming import head, to_device
@@ -30,7 +31,7 @@ from leantrain.train.adapters import task_for
 from leantrain.train.memory import fits_in_memory
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.optim import ADAM_KERNELS, make_optimizer
-from leantrain.tuning import cache, machine, probe
+from leantrain.tuning import cache, probe
 from leantrain.tuning.choice import Trial, choose, choose_batch, lr_rule, scaled_lr
 
 AUTO = "auto"

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import leantrain as lt
-from leantrain.train.metrics import cpu_name
+from leantrain.machine import cpu_name
 from tests.faults.helpers import LossTap, tiny_data, tiny_model
 
 GOLDEN = Path(__file__).parent / "tiny_mlp_step_losses.json"

@@ -5,9 +5,9 @@ import time
 import torch
 from torch import nn
 
+from leantrain.machine import busy_cores, cpu_flags, free_threads
 from leantrain.tasks import get_task
 from leantrain.tuning import probe
-from leantrain.tuning.machine import busy_cores, cpu_flags, free_threads
 
 CPU = torch.device("cpu")
 

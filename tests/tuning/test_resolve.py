@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import leantrain as lt
+from leantrain import machine
 from leantrain.models import build
-from leantrain.tuning import Measure, describe, machine, resolve
+from leantrain.tuning import Measure, describe, resolve
 from leantrain.tuning.choice import Trial
 
 
@@ -144,7 +145,7 @@ def test_describe_says_why_an_alternative_was_skipped():
 
 
 def test_a_cpu_capped_to_avx2_is_another_machine_for_every_cache(monkeypatch):
-    from leantrain.train.metrics import kernel_isa
+    from leantrain.machine import kernel_isa
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)

@@ -13,10 +13,31 @@ from typing import Any
 
 import torch
 
-from leantrain.train.metrics import cpu_name, kernel_isa
-
 # /proc/cpuinfo flags that decide low-precision speed on a CPU (bf16 and fp16 dot products, AMX tiles).
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def kernel_isa() -> str:
+    """The instruction sets the CPU kernels may use here: PyTorch's capability (ATEN_CPU_CAPABILITY lowers it) and
+    oneDNN's cap when one is set. One CPU capped to AVX2 is another machine: its figures must not mix."""
+    try:
+        isa = str(torch.backends.cpu.get_cpu_capability())
+    except AttributeError:  # PyTorch < 2.1
+        isa = "unknown"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return f"{isa}|onednn<={cap}" if cap else isa
 
 
 def cpu_capability() -> str:
