@@ -29,7 +29,11 @@ from leantrain.train.metrics import SavedTensorMeter
 from leantrain.train.optim import make_optimizer
 
 GIB = 2**30
-DRY_BATCHES = (2, 4)  # two sizes give the fixed part and the per-sample part of the activations
+DRY_BATCHES = (2, 8)  # two sizes give the fixed part and the per-sample part of the activations
+# Each size's peak is the larger of two dry steps: under FSDP whether a gathered layer's weights are still alive
+# when the peak is read varies from step to step (~one layer's bytes), which a line through two single
+# readings turns into a per-sample cost times the batch.
+DRY_REPEATS = 2
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -61,9 +65,10 @@ OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
-             optimizer: OptimizerFactory | None = None) -> MemoryEstimate:
+             optimizer: OptimizerFactory | None = None, data_ranks: int = 1) -> MemoryEstimate:
     """One process's memory for ``config`` (batch size, optimizer, precision) training ``model`` on ``dataset``;
-    ``optimizer``: a user's optimizer factory instead of the config's named optimizer."""
+    ``optimizer``: a user's optimizer factory instead of the config's named optimizer; ``data_ranks``: the ranks
+    that split each (global) batch, so that this one's activations are of its share."""
     params = list(model.parameters())
     param_bytes = sum(_bytes(p) for p in params)
     trainable = sum(_bytes(p) for p in params if p.requires_grad)
@@ -74,8 +79,8 @@ def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
         parameters=param_bytes, gradients=trainable,
         optimizer=_optimizer_bytes([p for p in params if p.requires_grad], config, optimizer and optimizer(model)),
         # batch_size auto: the largest batch it may choose
-        activations=activation_bytes(model, dataset, max(config.batch_candidates(len(dataset.y_train))),
-                                     config.precision),
+        activations=activation_bytes(
+            model, dataset, math.ceil(max(config.batch_candidates(len(dataset.y_train))) / data_ranks), config.precision),
         data=data, resident=resident,
     )
 
@@ -133,10 +138,13 @@ def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision:
             # Copies, as the loop's batches are: a slice's storage is the whole data set's, which the meter would count.
             x = _copy(to_device(head(dataset.x_train, size), device))
             y = dataset.y_train[:size].to(device).clone()
-            meter = SavedTensorMeter(list(model.parameters()))
-            with meter.measure(), autocast_for(device, precision):
-                task.loss_sum(task.forward(model, x, y), y).backward()
-            measured.append(meter.peak_bytes)
+            peaks = []
+            for _ in range(DRY_REPEATS):
+                meter = SavedTensorMeter(list(model.parameters()))
+                with meter.measure(), autocast_for(device, precision):
+                    task.loss_sum(task.forward(model, x, y), y).backward()
+                peaks.append(meter.peak_bytes)
+            measured.append(max(peaks))
     finally:
         model.train(was_training)
         torch.set_rng_state(rng)
@@ -173,12 +181,13 @@ def fits_in_memory(model: nn.Module, dataset: Any, config: Any, device: torch.de
 
 
 def check_memory(model: nn.Module, dataset: Any, config: Any, device: torch.device, processes: int = 1,
-                 optimizer: OptimizerFactory | None = None) -> None:
-    """Refuse, in one line, a run whose estimate exceeds the free memory. ``processes``: ranks sharing it."""
+                 optimizer: OptimizerFactory | None = None, data_ranks: int = 1) -> None:
+    """Refuse, in one line, a run whose estimate exceeds the free memory. ``processes``: ranks sharing it;
+    ``data_ranks``: the ranks splitting each batch."""
     free = available_bytes(device)
     if free is None:
         return
-    need = estimate(model, dataset, config, device, optimizer)
+    need = estimate(model, dataset, config, device, optimizer, data_ranks)
     if need.still_needed * processes <= free:
         return
     per = f" per process x {processes} processes" if processes > 1 else ""

@@ -272,7 +272,8 @@ class Run:
         # CPU ranks share the machine's memory; each GPU rank has its own.
         processes = self.ranks.world.local_world_size if self.device.type == "cpu" else 1
         config = self.tuned.config.replace(precision=self._precision())
-        check_memory(model, self.dataset, config, self.device, processes, self.request.optimizer)
+        check_memory(model, self.dataset, config, self.device, processes, self.request.optimizer,
+                     data_ranks=self.plan.data_dist.world_size)
 
     def train(self) -> None:
         self._entered("train")

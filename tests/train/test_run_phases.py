@@ -37,9 +37,9 @@ def test_the_preflight_sees_the_prepared_model_in_the_runs_precision(monkeypatch
         seen.setdefault("dry", []).append((type(getattr(model, "blocks", None)), precision))
         real_dry_forward(model, dataset, config, precision)
 
-    def check_memory(model, dataset, config, *args):
+    def check_memory(model, dataset, config, *args, **kwargs):
         seen["memory"] = (type(model.blocks), config.precision)
-        real_check_memory(model, dataset, config, *args)
+        real_check_memory(model, dataset, config, *args, **kwargs)
 
     monkeypatch.setattr(run_module, "dry_forward", dry_forward)
     monkeypatch.setattr(run_module, "check_memory", check_memory)
