@@ -17,7 +17,12 @@ Non-finite check (stop mode, the default). Each step the loop hands the guard th
 ``skip`` mode must know before each optimizer step, so it reads the loss and every gradient every step
 (one fused pass; documented cost). Under fp16 the GradScaler already checks gradients and skips
 overflowing steps (and counts them): the guard then checks only the loss, and in skip mode leaves skipping
-(and counting) to the scaler.
+(and counting) to the scaler. Skipping is for rare bad batches: an epoch that skipped more than
+``MAX_SKIPPED_FRACTION`` of its steps is divergence, and stops the run like stop mode would.
+
+Validation. A non-finite validation loss stops the run in either mode: in-memory validation data are checked
+for inf/NaN before the run (preflight.py), so it is the model's outputs diverging; streamed validation data
+are read only at each epoch's end, so it may be theirs.
 
 Spikes. Per-step losses stay on the device until the epoch's end; then each is compared with the
 median and MAD (median absolute deviation, a robust spread) of the ``window`` steps before it.
@@ -37,6 +42,7 @@ from leantrain.errors import TrainingDiverged
 
 DEVICE_CHECK_EVERY = 32
 NO_STEP = -1
+MAX_SKIPPED_FRACTION = 0.5  # skip mode: more of an epoch's steps skipped than this stops the run
 
 
 NonFiniteLoss = TrainingDiverged  # training diverged (a loss or gradient became inf/NaN): one line, exit 3
@@ -50,7 +56,7 @@ class NonFiniteGuard:
         self.loss_on_host = device.type != "cuda" and world_size == 1
         self.check_every = DEVICE_CHECK_EVERY
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
-        self.skipped = 0  # steps skipped by this guard (skip mode, fp32/bf16); fp16 skips are the scaler's
+        self.skipped = 0  # steps of this epoch skipped by this guard (skip mode, fp32/bf16); fp16's are the scaler's
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (found, one), reused
 
     def finite_now(self, step_loss: torch.Tensor, grads: list[torch.Tensor]) -> bool:
@@ -136,11 +142,31 @@ class NonFiniteGuard:
         raise NonFiniteLoss(f"the loss or gradients became non-finite (inf/NaN) at step {step} (epoch {epoch}); "
                             "training stopped. Lower the lr, check the data for NaN, or pass --on-nonfinite skip")
 
+    def end_epoch(self, state: Any, steps: int) -> int:
+        """This epoch's skipped steps (the count starts again at 0); more than ``MAX_SKIPPED_FRACTION`` of its
+        ``steps`` raise NonFiniteLoss before the epoch is recorded or saved."""
+        skipped, self.skipped = self.skipped, 0
+        if skipped > MAX_SKIPPED_FRACTION * steps:
+            raise NonFiniteLoss(f"{skipped} of {steps} steps in epoch {state.epoch + 1} were skipped for a non-finite "
+                                "(inf/NaN) loss or gradients (--on-nonfinite skip): training diverged; training "
+                                "stopped. Lower the lr, or pass --on-nonfinite stop to stop at the first bad step")
+        return skipped
+
+    @staticmethod
+    def check_validation(state: Any, record: dict[str, Any]) -> None:
+        """A non-finite validation loss stops the run (either mode: there is no update to leave out)."""
+        if record.get("val_samples") and not math.isfinite(record["val_loss"]):
+            raise NonFiniteLoss(f"the validation loss became non-finite (inf/NaN) in epoch {state.epoch + 1}: the "
+                                "model's outputs overflowed, or the validation data hold inf/NaN; training stopped. "
+                                "Check the validation data for NaN, or lower the lr")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped}
+        return {"epoch_skipped": self.skipped}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.skipped = int(saved.get("skipped", 0))
+        # A mid-epoch checkpoint continues its epoch's count. "skipped" (older checkpoints) was cumulative over
+        # epochs: not this epoch's, so not read.
+        self.skipped = int(saved.get("epoch_skipped", 0))
 
 
 class SpikeDetector:
@@ -227,8 +253,12 @@ class Guards:
         state.step_losses.extend(values)
         fields: dict[str, Any] = {"loss_spikes": self.spikes.scan(values, first_step)}
         if self.nonfinite.mode == "skip":
-            fields["nonfinite_skipped_steps"] = self.nonfinite.skipped
+            fields["nonfinite_skipped_steps"] = self.nonfinite.end_epoch(state, len(sums))
         return fields
+
+    def after_validation(self, state: Any, record: dict[str, Any]) -> None:
+        """Before the epoch is recorded, handed to the techniques or saved: no NaN validation loss in a record."""
+        self.nonfinite.check_validation(state, record)
 
     def state_dict(self) -> dict[str, Any]:
         return {"nonfinite": self.nonfinite.state_dict(), "spikes": self.spikes.state_dict()}

@@ -64,6 +64,7 @@ def train(
             if state.device.type != "cuda":
                 record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
+        guards.after_validation(state, record)  # a NaN validation loss stops the run: never recorded or saved
         record.update(_overall_rates(record))
         fire(techniques, Event.ON_EPOCH_END, state, record)
         log.end_epoch(record)
