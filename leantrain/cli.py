@@ -91,6 +91,11 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+def _flag(key: str) -> str:
+    """The train flag of a config key (``name`` is ``--run-name``: ``--name`` would read as the model's)."""
+    return "--run-name" if key == "name" else "--" + key.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from leantrain.config import config_options
 
@@ -99,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one run; write its JSON record into --out")
     for option in config_options():
-        flag = "--run-name" if option.name == "name" else option.flag
+        flag = _flag(option.name)
         parse = _parse_bool if option.base_type is bool else option.base_type
         bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}  # --save-model: true
         train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help,
@@ -143,15 +148,19 @@ def _train(args: argparse.Namespace) -> int:
     from leantrain.parallel.env import detect
     from leantrain.train import checkpoint
     from leantrain.train.run import execute
+    from leantrain.train.run_identity import check_checkpoint_name, resume_checkpoint
     from leantrain.train.worker import launch, needs_launch
 
     given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
     if args.resume:
+        run_name = given.pop("name", None)  # picks one of several interrupted runs in the folder
         if given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise UsageError(f"--resume continues with the run's saved settings; drop {flags}")
-        path = checkpoint.find(args.resume)
+            flags = ", ".join(_flag(k) for k in given)
+            raise UsageError(f"--resume continues with the run's saved settings (only --run-name may be given, to "
+                             f"pick the run); drop {flags}")
+        path = resume_checkpoint(args.resume, run_name)
         config = RunConfig.from_dict(checkpoint.load(path)["config"], where=str(path))
+        check_checkpoint_name(path, config.run_name)
         out_dir = args.resume
     else:
         config = RunConfig.from_dict(given, where="command line")

@@ -7,11 +7,14 @@
   the same run fails at once with one line. The kernel releases the lock when the process ends, however.
 - A finished result is never replaced and an interrupted run's checkpoint never restarted from scratch
   without ``force``; resuming checks that the settings match and names the keys that differ.
+- ``train --resume DIR`` continues the one interrupted run in DIR, or the one ``--run-name`` picks; a checkpoint
+  continues the run named in its own settings, so one renamed to another run's file name is refused.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +22,15 @@ from typing import Any
 
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
+from leantrain.fileio import is_temporary
 from leantrain.naming import NOT_IDENTITY, check_name, derived_name, safe_part, settings_hash
+from leantrain.train.checkpoint import SUFFIX
 
 __all__ = ["NOT_IDENTITY", "check_name", "derived_name", "safe_part", "settings_hash", "inside", "run_lock",
-           "check_existing", "check_record_settings", "differing_keys", "RunLocked"]
+           "check_existing", "check_record_settings", "differing_keys", "RunLocked", "resume_checkpoint",
+           "check_checkpoint_name"]
+
+MEMBER = re.compile(r"\.member\d+$")  # an ensemble member's checkpoint: <run>.member<rank>.ckpt
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -76,7 +84,44 @@ def check_existing(result: Path, ckpt: Path | None, *, resume: bool, force: bool
     if result.exists() and not resume:
         raise UsageError(f"{result} already exists; pass --force to overwrite it, or choose another --out or --run-name")
     if ckpt is not None and ckpt.exists() and not resume:
-        raise UsageError(f"{ckpt} holds an interrupted run; continue it with --resume, or start over with --force")
+        raise UsageError(f"{ckpt} holds an interrupted run; continue it with --resume (leantrain train --resume "
+                         f"{ckpt.parent} --run-name {checkpoint_run(ckpt)}), or start over with --force")
+
+
+def checkpoint_run(path: Path) -> str:
+    """The run a checkpoint file is named for: ``<run>.ckpt``, or ``<run>.member<rank>.ckpt`` (an ensemble's)."""
+    return MEMBER.sub("", path.name.removesuffix(SUFFIX))
+
+
+def resume_checkpoint(folder: Path, run_name: str | None) -> Path:
+    """The checkpoint ``train --resume DIR [--run-name NAME]`` continues: the one run's in DIR, or NAME's."""
+    if not folder.is_dir():
+        raise UsageError(f"--resume {folder}: no such folder")
+    found = sorted(p for p in folder.glob(f"*{SUFFIX}") if not is_temporary(p))  # not a killed writer's
+    runs = sorted({checkpoint_run(p) for p in found})
+    if run_name is not None:
+        mine = [p for p in found if checkpoint_run(p) == run_name]
+        if not mine:
+            raise UsageError(f"--resume {folder} --run-name {run_name}: no checkpoint {run_name}{SUFFIX} in "
+                             f"{folder}; its interrupted runs: {', '.join(runs) or 'none'}")
+        return mine[0]
+    if not runs:
+        raise UsageError(f"--resume {folder}: no interrupted run there (no *{SUFFIX} checkpoint)")
+    if len(runs) > 1:
+        raise UsageError(f"--resume {folder} holds {len(runs)} interrupted runs ({', '.join(runs)}); pick one with "
+                         f"--resume {folder} --run-name NAME")
+    return found[0]
+
+
+def check_checkpoint_name(path: Path, run_name: str) -> None:
+    """A checkpoint holds the run its saved settings name, and a run resumes from ``<its name>.ckpt``: a checkpoint
+    renamed to another file name would resume nothing and train its run from scratch."""
+    named = checkpoint_run(path)
+    if named != run_name:
+        member = MEMBER.search(path.name.removesuffix(SUFFIX))
+        original = f"{run_name}{member.group() if member else ''}{SUFFIX}"
+        raise UsageError(f"checkpoint {path} holds run {run_name} (the name in its saved settings), not {named}: "
+                         f"rename it back to {original}")
 
 
 def check_record_settings(record_path: Path, settings: dict[str, Any]) -> None:
