@@ -64,3 +64,18 @@ def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
     The public ``get_scale()`` returns a Python float, which waits for the device every step.
     """
     return scaler._scale if scaler.is_enabled() else None
+
+
+def compiled_entries(code: Any) -> int:
+    """How many compiled versions dynamo holds for a code object (a forward's ``__code__``); 0: none.
+
+    ``torch.compile`` says nothing when dynamo skips a frame and runs it eagerly (a frame first called under a
+    dispatch mode is skipped for the rest of the process), and its public counters do not see a cache hit (a
+    second model of the same class reuses the first one's graph). The cache itself tells both.
+    """
+    try:
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        return len(_debug_get_cache_entry_list(code))
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        return 0

@@ -4,6 +4,11 @@ Only ``state.forward`` (what the loop calls) becomes the compiled module; ``stat
 module, so checkpoints hold plain parameter names and other techniques keep editing the real model.
 Compilation happens lazily, at the first forward: if that fails (no C++ compiler, an unsupported
 op, no torch.compile at all), a warning says why and training goes on in eager mode.
+
+``torch.compile`` can also fail silently: dynamo skips a frame it cannot handle and runs it eagerly, with
+no error. So the first call is checked for what it did, not for the absence of an exception: a forward
+pre-hook notes a call that ran outside dynamo, and dynamo's cache must hold compiled code for the forward.
+Either failing, the record says ``compiled: false`` with the reason (``compile_error``), and a warning says so.
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
+from leantrain._torch_private import compiled_entries
 from leantrain.options import Option
 from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
@@ -26,6 +33,8 @@ class CompiledForward:
         self.compiled: Callable[..., Any] | None = None
         self.verified = False
         self.error: str | None = None
+        self.ran_eagerly = False  # set by the probe: a call of the model's forward outside dynamo
+        self._probe_handle: torch.utils.hooks.RemovableHandle | None = None
         compile_fn = getattr(torch, "compile", None)
         if compile_fn is None:
             self._give_up("torch.compile is not available in this PyTorch")
@@ -34,6 +43,28 @@ class CompiledForward:
             self.compiled = compile_fn(model, mode=mode)
         except Exception as e:  # noqa: BLE001  (any failure means: run eagerly)
             self._give_up(f"{type(e).__name__}: {e}")
+            return
+        if isinstance(model, nn.Module):
+            # Kept for the run (removing a hook changes what dynamo guards on, and would recompile); see close().
+            self._probe_handle = model.register_forward_pre_hook(self._probe)
+
+    def close(self) -> None:
+        """Remove the probe: the model goes back to its owner as it came."""
+        if self._probe_handle is not None:
+            self._probe_handle.remove()
+            self._probe_handle = None
+
+    def _probe(self, module: nn.Module, args: Any) -> None:
+        if not torch.compiler.is_compiling():  # traced, the branch is dropped: compiled code never sets it
+            self.ran_eagerly = True
+
+    def _traced_nothing(self) -> bool:
+        """Whether the first call ran without compiled code: eagerly, or with nothing in dynamo's cache."""
+        if self.ran_eagerly:
+            return True
+        forward = type(self.model).forward if isinstance(self.model, nn.Module) else self.model
+        code = getattr(forward, "__code__", None)
+        return code is not None and compiled_entries(code) == 0
 
     def _give_up(self, why: str) -> None:
         self.error = why.splitlines()[0][:300] if why else "unknown error"
@@ -51,6 +82,9 @@ class CompiledForward:
             self._give_up(f"{type(e).__name__}: {e}")
             return self.model(*args, **kwargs)
         self.verified = True
+        if self._traced_nothing():
+            self._give_up("dynamo compiled no graph of the forward; it ran eagerly (run with TORCH_LOGS=dynamo "
+                          "to see why)")
         return out
 
 
@@ -80,6 +114,10 @@ class Compile(Technique):
 
     def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         record["compiled"] = self.forward is not None and self.forward.compiled is not None
+        if self.forward is not None and self.forward.error:
+            record["compile_error"] = self.forward.error
 
     def on_fit_end(self, state: StepState) -> None:
+        if self.forward is not None:
+            self.forward.close()
         state.forward = state.model

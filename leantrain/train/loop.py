@@ -268,16 +268,19 @@ def _forward_backward(
     """One micro-batch; returns its summed loss (detached) and its correct units (None where the task counts
     none). The gradient is of the per-unit mean over the step: backward starts from 1 / loss_divisor rather than
     from a divided loss, which spares a kernel forward and one backward (the same numbers)."""
-    if state.forward_backward is not None:
-        with meter.measure() if meter is not None else contextlib.nullcontext():
+    measuring = meter.measure() if meter is not None else contextlib.nullcontext()
+    backward = meter.backward() if meter is not None else contextlib.nullcontext()
+    if state.forward_backward is not None:  # a pipeline schedule: forward and backward in one call (never compiled)
+        with measuring, backward:
             return state.forward_backward(x, y, loss_divisor)
-    with meter.measure() if meter is not None else contextlib.nullcontext():
+    with measuring:
         with state.precision.autocast():
             output = state.task.forward(state.forward, x, y)
             loss = state.task.loss_sum(output, y)
         correct = state.task.correct(output, y)  # an argmax count: no graph (a user's metric runs under no_grad)
         del output  # not held through backward: a language model's logits are the largest activation
-        state.precision.scale(loss).backward(state.mean_gradient(loss_divisor, loss))
+        with backward:
+            state.precision.scale(loss).backward(state.mean_gradient(loss_divisor, loss))
     return loss.detach(), correct
 
 

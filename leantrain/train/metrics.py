@@ -39,9 +39,16 @@ class SavedTensorMeter:
     Activation checkpointing (torch.utils.checkpoint, non-reentrant) hides part of that memory from the
     hooks: the segment inputs it keeps are packed through them (so they are counted), but the tensors it
     recomputes during backward are packed by its own innermost hook and never reach ours. Left alone, the
-    peak under checkpointing would miss the recomputed segment and look ~2x better than it is. So, while
-    measuring, a dispatch mode also watches ops that run with grad enabled *inside* a backward pass (that
-    is recomputation) and counts their outputs while their storages live (a C++ weak reference tells).
+    peak under checkpointing would miss the recomputed segment and look ~2x better than it is. So, around
+    the backward pass (``backward()``), a dispatch mode also watches ops that run with grad enabled *inside*
+    it (that is recomputation) and counts their outputs while their storages live (a C++ weak reference
+    tells). Only around the backward: a ``torch.compile``d forward first called under a dispatch mode is
+    skipped by dynamo, and its code stays eager for the rest of the process.
+
+        with meter.measure():
+            loss = forward(x)
+            with meter.backward():
+                loss.backward()
     """
 
     def __init__(self, exclude: list[torch.Tensor]):
@@ -92,8 +99,15 @@ class SavedTensorMeter:
 
     @contextmanager
     def measure(self) -> Iterator[SavedTensorMeter]:
+        """Counts what the forward and backward inside save for backward; wrap the backward in ``backward()``."""
         unpack = lambda held: held.tensor if isinstance(held, _Held) else held  # noqa: E731
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, unpack), _RecomputeWatch(self):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, unpack):
+            yield self
+
+    @contextmanager
+    def backward(self) -> Iterator[SavedTensorMeter]:
+        """Around a backward pass inside ``measure()``: counts what checkpointing recomputes."""
+        with _RecomputeWatch(self):
             yield self
 
 

@@ -18,7 +18,8 @@ def _step(model, x, y, meter=None):
     meter = meter or SavedTensorMeter(params)
     with meter.measure():
         loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
+        with meter.backward():
+            loss.backward()
     return loss.detach(), [p.grad.clone() for p in params], meter.peak_bytes
 
 
