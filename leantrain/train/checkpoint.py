@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from leantrain.errors import UsageError
-from leantrain.fileio import is_temporary, write_atomic
+from leantrain.fileio import write_atomic
 
 FORMAT = 2
 SUFFIX = ".ckpt"
@@ -74,17 +74,6 @@ def _check_keys(path: Path, payload: dict[str, Any]) -> None:
     if missing:
         raise UsageError(f"checkpoint {path} lacks {', '.join(map(repr, missing))} (altered, or not written by a "
                          "training run); delete it to start over, or restore a copy")
-
-
-def find(folder: Path) -> Path:
-    """The single checkpoint in a run folder (for ``--resume DIR``); a killed writer's temporaries do not count."""
-    if not folder.is_dir():
-        raise UsageError(f"--resume {folder}: no such folder")
-    found = sorted(p for p in folder.glob(f"*{SUFFIX}") if not is_temporary(p))
-    if len(found) != 1:
-        listing = ", ".join(p.name for p in found) or "none"
-        raise UsageError(f"--resume {folder}: expected one *{SUFFIX} checkpoint, found {listing}")
-    return found[0]
 
 
 def rng_states() -> dict[str, Any]:

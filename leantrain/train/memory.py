@@ -30,10 +30,6 @@ from leantrain.train.optim import make_optimizer
 
 GIB = 2**30
 DRY_BATCHES = (2, 8)  # two sizes give the fixed part and the per-sample part of the activations
-# Each size's peak is the larger of two dry steps: under FSDP whether a gathered layer's weights are still alive
-# when the peak is read varies from step to step (~one layer's bytes), which a line through two single
-# readings turns into a per-sample cost times the batch.
-DRY_REPEATS = 2
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -138,13 +134,13 @@ def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision:
             # Copies, as the loop's batches are: a slice's storage is the whole data set's, which the meter would count.
             x = _copy(to_device(head(dataset.x_train, size), device))
             y = dataset.y_train[:size].to(device).clone()
-            peaks = []
-            for _ in range(DRY_REPEATS):
-                meter = SavedTensorMeter(list(model.parameters()))
-                with meter.measure(), autocast_for(device, precision):
-                    task.loss_sum(task.forward(model, x, y), y).backward()
-                peaks.append(meter.peak_bytes)
-            measured.append(max(peaks))
+            meter = SavedTensorMeter(list(model.parameters()))
+            with meter.measure():
+                with autocast_for(device, precision):
+                    loss = task.loss_sum(task.forward(model, x, y), y)
+                with meter.backward():
+                    loss.backward()
+            measured.append(meter.peak_bytes)
     finally:
         model.train(was_training)
         torch.set_rng_state(rng)

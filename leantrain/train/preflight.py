@@ -22,22 +22,24 @@ from leantrain.train.run_identity import check_existing, inside, run_lock
 DRY_SAMPLES = 2
 
 
-def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "fp32") -> None:
+def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "fp32", check_data: bool = True) -> None:
     """The data fit the task, and one forward, loss and backward on a tiny batch run, in eval mode with the RNG
     and gradients put back: each usual mistake (float or (N, 1) labels, labels outside the model's classes,
     a float64 model on float32 data, an output shape that broadcasts against the target) fails here in one
     line naming the fix, before any folder is made or any work done.
 
     The run calls it twice: on the model as built (in fp32: does it take the data?), and in the preflight on
-    the model as it will train, in the run's ``precision`` (can this machine run it so?)."""
+    the model as it will train, in the run's ``precision`` (can this machine run it so?), then with
+    ``check_data=False``: the data were checked the first time (the inf/NaN scan reads every value)."""
     task = task_for(dataset, config.label_smoothing)
     if config.length_buckets:
         bucket_pad_index(dataset)
     name = config.model if config.model and type(model).__module__.startswith("leantrain") else type(model).__name__
     custom_loss = getattr(task, "custom_loss", False)
-    if not custom_loss:
-        check_targets(dataset)
-    check_validation(dataset, targets=not custom_loss)
+    if check_data:
+        if not custom_loss:
+            check_targets(dataset)
+        check_validation(dataset, targets=not custom_loss)
     check_dtypes(model, dataset.x_train)
     x, y = head(dataset.x_train, DRY_SAMPLES), dataset.y_train[:DRY_SAMPLES]
     device = next((p.device for p in model.parameters()), y.device)

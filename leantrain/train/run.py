@@ -260,7 +260,7 @@ class Run:
         self._entered("preflight")
         if self.plan.stage_only:
             return  # checked before the layout (see prepare)
-        dry_forward(self.model, self.dataset, self.config, self._precision())
+        dry_forward(self.model, self.dataset, self.config, self._precision(), check_data=False)
         if self.config.memory_check:  # a run that does not fit in memory fails before any file too
             self._check_memory(self.model)
 

@@ -2,6 +2,7 @@
 import pytest
 
 from leantrain.train import checkpoint
+from leantrain.train.run_identity import resume_checkpoint
 from tests.faults.helpers import cli, one_line_error
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,7 +21,7 @@ def interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
     assert cli("train", *TINY, "--checkpoint-every", "2", "--out", str(tmp_path)).returncode == 130
     monkeypatch.undo()
-    return checkpoint.find(tmp_path)
+    return resume_checkpoint(tmp_path, None)
 
 
 def test_every_checkpoint_holds_the_keys_a_resume_reads(interrupted):

@@ -9,7 +9,7 @@ import torch
 import leantrain as lt
 from leantrain.experiments.results import load_runs
 from leantrain.train import checkpoint
-from leantrain.train.run_identity import run_lock
+from leantrain.train.run_identity import resume_checkpoint, run_lock
 from tests.faults.helpers import StopAtStep, cli, one_line_error, tiny_data, tiny_model
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,7 +20,7 @@ def _interrupted(folder, at_step=5):
     with pytest.raises(KeyboardInterrupt):
         lt.fit(tiny_model(), tiny_data(), techniques=[StopAtStep(at_step)], checkpoint_dir=folder,
                checkpoint_every="2", epochs=2, batch_size=16)
-    return checkpoint.find(folder)
+    return resume_checkpoint(folder, None)
 
 
 def test_two_runs_with_different_settings_in_one_folder_write_different_files(tmp_path):
@@ -93,7 +93,7 @@ def test_a_killed_writers_temporary_never_blocks_resume_and_is_cleaned(tmp_path)
     ckpt = _interrupted(tmp_path)
     stale = tmp_path / f".{ckpt.stem}.tmp99999.ckpt"
     stale.write_bytes(ckpt.read_bytes()[:100])  # what a SIGKILL mid-write leaves
-    assert checkpoint.find(tmp_path) == ckpt
+    assert resume_checkpoint(tmp_path, None) == ckpt
     lt.fit(tiny_model(), tiny_data(), checkpoint_dir=tmp_path, checkpoint_every="2", epochs=2, batch_size=16,
            resume=True)
     assert not stale.exists() and not list(tmp_path.glob("*.ckpt")) and len(list(tmp_path.glob("*.json"))) == 1

@@ -13,6 +13,7 @@ import pytest
 import leantrain as lt
 from leantrain import fileio
 from leantrain.train import checkpoint
+from leantrain.train.run_identity import resume_checkpoint
 from tests.faults.helpers import REPO, LossTap, StopAtStep, cli, one_line_error, same_weights, tiny_data, tiny_model
 
 pytestmark = pytest.mark.timeout(90)
@@ -74,14 +75,14 @@ def test_sigterm_stops_like_ctrl_c_keeping_the_checkpoint(tmp_path):
         process.kill()
     assert process.returncode == 143, err
     assert err.strip() == "leantrain: terminated (SIGTERM); the last checkpoint is kept for --resume"
-    saved = checkpoint.load(checkpoint.find(tmp_path))
+    saved = checkpoint.load(resume_checkpoint(tmp_path, None))
     assert saved["step"] % 5 == 0 and not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("*.json"))
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         lt.fit(tiny_model(), tiny_data(), techniques=[StopAtStep(4)], checkpoint_dir=tmp_path, **OPTIONS)
-    ckpt = checkpoint.find(tmp_path)
+    ckpt = resume_checkpoint(tmp_path, None)
     before = ckpt.read_bytes()
 
     def no_space(path):

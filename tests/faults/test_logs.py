@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from leantrain.errors import UsageError
-from leantrain.train.checkpoint import find, load
+from leantrain.train.checkpoint import load
 from leantrain.train.loggers import StepLog, open_log
+from leantrain.train.run_identity import resume_checkpoint
 from tests.faults.helpers import cli, one_line_error, python_script
 
 pytestmark = pytest.mark.timeout(90)
@@ -167,7 +168,7 @@ def test_a_run_killed_and_resumed_logs_each_step_once(tmp_path, flush_every, kil
             "--out", str(tmp_path)]
     killed = python_script(KILL.format(flush_every=flush_every, kill_at=kill_at, argv=argv))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    saved = load(find(tmp_path))["step"]
+    saved = load(resume_checkpoint(tmp_path, None))["step"]
     assert saved < kill_at
     if cut_line:
         with (tmp_path / "r.log.jsonl").open("a") as f:

@@ -6,6 +6,7 @@ import torch
 
 import leantrain as lt
 from leantrain.techniques import AdaptiveAccumulation, MixedPrecision, Technique, WarmupCosine
+from leantrain.train.run_identity import resume_checkpoint
 from tests.faults.helpers import LossTap, StopAtStep, same_weights, tiny_data, tiny_model, untimed
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,5 +74,5 @@ def test_checkpoint_every_seconds_writes_mid_epoch(tmp_path):
         _run(tmp_path, extra=[SlowSteps(), StopAtStep(12)], techniques=list, checkpoint_every="0.001s")
     from leantrain.train import checkpoint
 
-    saved = checkpoint.load(checkpoint.find(tmp_path))
+    saved = checkpoint.load(resume_checkpoint(tmp_path, None))
     assert saved["progress"] is not None and saved["step"] == 12  # the last step before the stop, mid-epoch 1

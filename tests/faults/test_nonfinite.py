@@ -10,6 +10,7 @@ import leantrain as lt
 from leantrain.errors import TrainingDiverged
 from leantrain.techniques import MixedPrecision, Technique
 from leantrain.train import checkpoint
+from leantrain.train.run_identity import resume_checkpoint
 from tests.faults.helpers import cli, one_line_error, tiny_data, tiny_model
 
 pytestmark = pytest.mark.timeout(60)
@@ -60,7 +61,7 @@ def test_nan_in_the_gradients_stops_and_keeps_the_last_good_checkpoint(tmp_path)
     with pytest.raises(TrainingDiverged, match=r"at step 9 \(epoch 1\).*last good checkpoint is kept"):
         lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({8})], checkpoint_dir=tmp_path,
                checkpoint_every="3", **OPTIONS)
-    saved = checkpoint.load(checkpoint.find(tmp_path))
+    saved = checkpoint.load(resume_checkpoint(tmp_path, None))
     assert saved["step"] == 6 and all(torch.isfinite(t).all() for t in saved["model"].values())
     resumed = lt.fit(tiny_model(), tiny_data(), checkpoint_dir=tmp_path, checkpoint_every="3", resume=True, **OPTIONS)
     assert math.isfinite(resumed["epochs"][-1]["train_loss"])  # the kept checkpoint is good: training goes on
@@ -165,5 +166,5 @@ def test_a_bad_gradient_on_a_checkpoint_step_is_caught_before_the_checkpoint_is_
     with pytest.raises(TrainingDiverged, match=r"weights became non-finite.* by step 6 \(epoch 1\)"):
         lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({6})], checkpoint_dir=tmp_path,
                checkpoint_every="3", **OPTIONS)
-    saved = checkpoint.load(checkpoint.find(tmp_path))
+    saved = checkpoint.load(resume_checkpoint(tmp_path, None))
     assert saved["step"] == 3 and all(torch.isfinite(t).all() for t in saved["model"].values())

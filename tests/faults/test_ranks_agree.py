@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from leantrain.train import checkpoint
+from leantrain.train.run_identity import resume_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "scripts" / "nan_on_one_rank.py"
@@ -28,5 +29,5 @@ def test_a_nan_on_one_rank_stops_all_ranks_at_the_same_step(tmp_path, step):
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert messages[0].split(";")[0] == messages[1].split(";")[0]  # the same step and epoch on both ranks
     assert f"at step {step} (epoch {1 if step <= 32 else 2})" in messages[0]
-    saved = checkpoint.load(checkpoint.find(tmp_path / "out"))  # the last good one: before the bad step
+    saved = checkpoint.load(resume_checkpoint(tmp_path / "out", None))  # the last good one: before the bad step
     assert saved["step"] < step and all(torch.isfinite(t).all() for t in saved["model"].values())

@@ -33,9 +33,9 @@ def test_the_preflight_sees_the_prepared_model_in_the_runs_precision(monkeypatch
     seen = {}
     real_dry_forward, real_check_memory = run_module.dry_forward, run_module.check_memory
 
-    def dry_forward(model, dataset, config, precision="fp32"):
-        seen.setdefault("dry", []).append((type(getattr(model, "blocks", None)), precision))
-        real_dry_forward(model, dataset, config, precision)
+    def dry_forward(model, dataset, config, precision="fp32", check_data=True):
+        seen.setdefault("dry", []).append((type(getattr(model, "blocks", None)), precision, check_data))
+        real_dry_forward(model, dataset, config, precision, check_data)
 
     def check_memory(model, dataset, config, *args, **kwargs):
         seen["memory"] = (type(model.blocks), config.precision)
@@ -46,7 +46,8 @@ def test_the_preflight_sees_the_prepared_model_in_the_runs_precision(monkeypatch
     config = RunConfig(**{**TINY, "model": "mlp:hidden=16,depth=4", "checkpointing": "sqrt"})
     run_module.execute(config, techniques=[lt.MixedPrecision("bf16")])
     # build: the model as built, fp32; preflight: checkpointed, in the precision passed as an object
-    assert seen["dry"] == [(torch.nn.ModuleList, "fp32"), (CheckpointedBlocks, "bf16")]
+    # the data are checked once, with the model as built
+    assert seen["dry"] == [(torch.nn.ModuleList, "fp32", True), (CheckpointedBlocks, "bf16", False)]
     assert seen["memory"] == (CheckpointedBlocks, "bf16")
 
 
