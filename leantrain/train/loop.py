@@ -9,8 +9,10 @@ unscale -> BEFORE_OPTIMIZER_STEP (gradients final) -> optimizer step through the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -26,6 +28,7 @@ from leantrain.train.loggers import NO_LOG, StepLog
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
 from leantrain.train.progress import Progress
 from leantrain.train.state import EpochProgress, TrainState
+from leantrain.train.sums import EpochSums
 
 
 def train(
@@ -84,132 +87,194 @@ def train_epoch(
     measure_activations: bool = True, guards: Guards | None = None, log: StepLog = NO_LOG,
 ) -> dict[str, Any]:
     state.model.train()
-    device, task = state.device, state.task
+    device = state.device
     guards = guards or Guards(state)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # A mid-epoch checkpoint's epoch continues where it stopped: same sums, same next batch.
-    resumed, state.progress = state.progress or EpochProgress(), None
-    # Training accuracy from the forward passes the step makes anyway: an argmax and a count, no extra pass.
-    # Per-step losses and counts stay on the device, added up at the epoch's end: no kernel per step for sums.
-    correct_before = resumed.correct_sum
-    step_correct: list[torch.Tensor] = []
-    units, samples, steps, tokens = resumed.units, resumed.samples, resumed.steps, resumed.tokens
-    activation_bytes, step_losses, drawn = resumed.activation_bytes, resumed.step_losses, resumed.micro_batches
-    step_units_list = resumed.step_units
-    micro_batches = islice(batches.epoch(state.epoch), drawn, None)
+    run, state.progress = _EpochRun.resume(state.progress or EpochProgress()), None
+    micro_batches = islice(batches.epoch(state.epoch), run.drawn, None)
     foreign_cpu = ForeignCpuMeter()
     epoch_batches = len(batches)
     bar = progress.epoch_bar(state.epoch, state.total_epochs, epoch_batches)
-    start = now(device)
+    clock = _Clock(now(device))
     log.start_epoch()
-    after_first_step = start
-    first_step_samples = 0
     while True:
         fire(techniques, Event.BEFORE_STEP, state)
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
-        drawn += len(step_batches)
-        meter = SavedTensorMeter(list(state.model.parameters())) if steps == 0 and measure_activations else None
-        step_units, step_samples, step_tokens = _count(task, step_batches)
-        loss_divisor = _loss_divisor(state, step_units)
-        last = len(step_batches) - 1
-        corrects_before = len(step_correct)
-        step_loss: torch.Tensor | None = None
-        for index, (x, y) in enumerate(step_batches):
-            if index < last:
-                with state.no_sync():
-                    loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
-            else:
-                loss, correct = _forward_backward(state, x, y, loss_divisor, meter)
-                state.sync_gradients()
-            if correct is not None:
-                step_correct.append(correct)
-            step_loss = loss if step_loss is None else step_loss + loss  # no kernel at one micro-batch per step
-            fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
-        assert step_loss is not None
-        state.precision.unscale_(state.optimizer)
-        log.step(state, step_loss, step_units, step_samples, step_tokens, len(step_batches))
-        fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
-        if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
-            state.optimizer.zero_grad(set_to_none=True)
-            del step_correct[corrects_before:]
-            step_units = 0  # a step of no units: its loss is left out of the epoch's
-        else:
-            state.precision.step(state.optimizer)
-            state.optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
-        step_losses.append(step_loss)
-        step_units_list.append(step_units)
-
-        if step_tokens is not None:
-            tokens = (tokens or 0) + step_tokens
-        samples += step_samples
-        units += step_units
-        steps += 1
-        state.samples_seen += step_samples
-        if meter is not None:
-            activation_bytes = meter.peak_bytes
-        if steps - resumed.steps == 1:
-            after_first_step, first_step_samples = now(device), step_samples
+        measure = measure_activations and run.sums.steps == 0  # the epoch's first step (not a resumed epoch's)
+        step_samples = _train_step(state, run, step_batches, techniques, guards, log, measure)
+        clock.step_done(device, step_samples)
         bar.update(len(step_batches), step_samples)
-        if drawn < epoch_batches and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
-            state.progress = EpochProgress(drawn, steps, units, samples, tokens, step_losses, step_units_list,
-                                           resumed.elapsed_s + now(device) - start, activation_bytes,
-                                           _total(correct_before, step_correct))
+        if run.drawn < epoch_batches and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
+            state.progress = run.progress(now(device) - clock.start)
             guards.save(state)
             state.progress = None
     end = now(device)
     bar.close()
     guards.check(state)  # before the epoch is recorded (and checkpointed): no NaN epoch is ever saved
+    return _epoch_record(state, run, guards, foreign_cpu, clock.timed(end, exclude_warmup), end - clock.start)
 
-    time_s = end - start + resumed.elapsed_s
-    # Throughput leaves out the process's first step (allocation, kernel selection, compilation),
-    # when there is more than one step to measure; epoch time_s always counts everything.
-    # Rates count this process's share of the epoch only (a mid-epoch resume's earlier part ran elsewhere).
-    session_steps, session_samples = steps - resumed.steps, samples - resumed.samples
-    if exclude_warmup and session_steps > 1:
-        rate_time, rate_samples, rate_steps = end - after_first_step, session_samples - first_step_samples, session_steps - 1
+
+@dataclass
+class _EpochRun:
+    """One training epoch on this rank while it runs. A mid-epoch checkpoint saves it as an ``EpochProgress``
+    (state.py), from which a resume continues: the same sums, the same next batch."""
+
+    sums: EpochSums  # units, samples, steps and tokens so far; the loss and correct count are put in at the end
+    drawn: int = 0  # micro-batches drawn from ``batches.epoch(e)`` so far; a resume skips this many
+    # Per-step losses and correct counts stay on the device, added up at the epoch's end: no kernel per step for sums.
+    step_losses: list[torch.Tensor] = field(default_factory=list)
+    step_units: list[int] = field(default_factory=list)  # what each step's loss is divided by (0: a skipped step)
+    step_correct: list[torch.Tensor] = field(default_factory=list)
+    correct_before: torch.Tensor | None = None  # the resumed part's count of correct units
+    activation_bytes: int = 0
+    elapsed_before: float = 0.0  # training time before the interruption (epoch time_s adds it)
+
+    @classmethod
+    def resume(cls, saved: EpochProgress) -> _EpochRun:
+        sums = EpochSums(units=saved.units, samples=saved.samples, steps=saved.steps, tokens=saved.tokens)
+        return cls(sums, saved.micro_batches, saved.step_losses, saved.step_units, [], saved.correct_sum,
+                   saved.activation_bytes, saved.elapsed_s)
+
+    def progress(self, elapsed_s: float) -> EpochProgress:
+        """What a mid-epoch checkpoint saves, ``elapsed_s`` into this process's part of the epoch."""
+        sums = self.sums
+        return EpochProgress(self.drawn, sums.steps, sums.units, sums.samples, sums.tokens, self.step_losses,
+                             self.step_units, self.elapsed_before + elapsed_s, self.activation_bytes, self.correct())
+
+    def correct(self) -> torch.Tensor | None:
+        return _total(self.correct_before, self.step_correct)
+
+    def finish(self, step_sums: list[float], timed_samples: int) -> EpochSums:
+        """This rank's sums at the epoch's end; ``step_sums``: the per-step losses, on the host. A skipped step
+        (no units) leaves its loss out."""
+        correct = self.correct()
+        return dataclasses.replace(
+            self.sums, loss=sum(total for total, units in zip(step_sums, self.step_units) if units),
+            correct=float(correct) if correct is not None else 0.0, timed_samples=timed_samples,
+        )
+
+
+@dataclass
+class _Clock:
+    """An epoch's clock in this process: its start, and the end of the process's first step in it (the warm-up,
+    allocation, kernel selection and compilation, that throughput leaves out)."""
+
+    start: float
+    steps: int = 0  # this process's part of the epoch (a mid-epoch resume's earlier part ran elsewhere)
+    samples: int = 0
+    first_step_end: float = 0.0
+    first_step_samples: int = 0
+
+    def step_done(self, device: torch.device, samples: int) -> None:
+        self.steps += 1
+        self.samples += samples
+        if self.steps == 1:
+            self.first_step_end, self.first_step_samples = now(device), samples
+
+    def timed(self, end: float, exclude_warmup: bool) -> tuple[float, int, int]:
+        """(seconds, samples, steps) throughput is measured over: this process's part of the epoch, less its first
+        step when that is the process's first and there are more steps to measure (epoch time_s counts all)."""
+        if exclude_warmup and self.steps > 1:
+            return end - self.first_step_end, self.samples - self.first_step_samples, self.steps - 1
+        return end - self.start, self.samples, self.steps
+
+
+def _train_step(
+    state: TrainState, run: _EpochRun, step_batches: list[tuple[Any, torch.Tensor]], techniques: list[Technique],
+    guards: Guards, log: StepLog, measure: bool,
+) -> int:
+    """One optimizer step over ``step_batches``, counted into ``run``; returns its samples."""
+    run.drawn += len(step_batches)
+    meter = SavedTensorMeter(list(state.model.parameters())) if measure else None
+    step_units, step_samples, step_tokens = _count(state.task, step_batches)
+    corrects_before = len(run.step_correct)
+    step_loss = _backward_step(state, step_batches, techniques, _loss_divisor(state, step_units), meter,
+                               run.step_correct)
+    state.precision.unscale_(state.optimizer)
+    log.step(state, step_loss, step_units, step_samples, step_tokens, len(step_batches))
+    fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
+    if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
+        state.optimizer.zero_grad(set_to_none=True)
+        del run.step_correct[corrects_before:]
+        step_units = 0  # a step of no units: its loss is left out of the epoch's
     else:
-        rate_time, rate_samples, rate_steps = end - start, session_samples, session_steps
-    # Over all ranks: sums of what was processed, the slowest rank's times (one collective each per epoch).
-    # A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole.
-    dist = state.dist
-    step_sums = torch.stack(step_losses).tolist() if step_losses else []  # one host transfer for the epoch
-    loss_sum = sum(total for total, step_units in zip(step_sums, step_units_list) if step_units)
-    correct_sum = _total(correct_before, step_correct)
-    totals = state.data_dist.sum([loss_sum, units, samples, rate_samples, tokens or 0,
-                                  float(correct_sum) if correct_sum is not None else 0.0])
-    loss_total, units, samples, rate_samples = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
-    tokens = int(totals[4]) if tokens is not None else None
-    time_s, rate_time = dist.max([time_s, rate_time])
+        state.precision.step(state.optimizer)
+        state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
+    run.step_losses.append(step_loss)
+    run.step_units.append(step_units)
+    run.sums.add(units=step_units, samples=step_samples, steps=1, tokens=step_tokens)
+    state.samples_seen += step_samples
+    if meter is not None:
+        run.activation_bytes = meter.peak_bytes
+    return step_samples
+
+
+def _backward_step(
+    state: TrainState, step_batches: list[tuple[Any, torch.Tensor]], techniques: list[Technique],
+    loss_divisor: float | int, meter: SavedTensorMeter | None, correct: list[torch.Tensor],
+) -> torch.Tensor:
+    """Forward and backward over a step's micro-batches, the mode's gradient sync after the last; returns the
+    step's summed loss (detached) and appends each micro-batch's correct count (if the task counts one) to
+    ``correct``."""
+    last = len(step_batches) - 1
+    step_loss: torch.Tensor | None = None
+    for index, (x, y) in enumerate(step_batches):
+        if index < last:
+            with state.no_sync():
+                loss, counted = _forward_backward(state, x, y, loss_divisor, meter)
+        else:
+            loss, counted = _forward_backward(state, x, y, loss_divisor, meter)
+            state.sync_gradients()
+        if counted is not None:
+            correct.append(counted)
+        step_loss = loss if step_loss is None else step_loss + loss  # no kernel at one micro-batch per step
+        fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
+    assert step_loss is not None
+    return step_loss
+
+
+def _epoch_record(
+    state: TrainState, run: _EpochRun, guards: Guards, foreign_cpu: ForeignCpuMeter,
+    timed: tuple[float, int, int], session_s: float,
+) -> dict[str, Any]:
+    """The epoch's record over all ranks: sums of what was processed, the slowest rank's times (one collective
+    each). A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole."""
+    rate_time, timed_samples, rate_steps = timed
+    step_sums = torch.stack(run.step_losses).tolist() if run.step_losses else []  # one host transfer for the epoch
+    total = run.finish(step_sums, timed_samples).reduce(state.data_dist)
+    time_s, rate_time = state.dist.max([session_s + run.elapsed_before, rate_time])
     record: dict[str, Any] = {
         "epoch": state.epoch + 1,
-        "train_loss": (loss_total / units) if units else math.nan,
+        "train_loss": (total.loss / total.units) if total.units else math.nan,
         "time_s": time_s,
-        "train_steps": steps,
-        "train_samples": samples,
+        "train_steps": run.sums.steps,  # this rank's: every data rank takes the same steps
+        "train_samples": total.samples,
         "train_steps_per_s": rate_steps / rate_time if rate_time > 0 else None,
-        "samples_per_s": rate_samples / rate_time if rate_time > 0 else None,
-        "train_tokens_per_s": tokens * rate_samples / samples / rate_time if tokens and rate_time > 0 else None,
-        "train_tokens": tokens,
-        "activation_bytes": activation_bytes,
+        "samples_per_s": total.timed_samples / rate_time if rate_time > 0 else None,
+        "train_tokens_per_s": total.tokens * total.timed_samples / total.samples / rate_time
+        if total.tokens and rate_time > 0 else None,
+        "train_tokens": total.tokens,
+        "activation_bytes": run.activation_bytes,
         "flops_per_sample": flops_per_sample(state.model),
         "state_bytes": state_bytes(state.model, state.optimizer),
         "accum_steps": state.accum_steps,
         "lr": state.optimizer.param_groups[0]["lr"],
-        "foreign_cpu_cores": _foreign_cores(dist, foreign_cpu),
-        **guards.epoch_end(state, step_sums, step_units_list),
+        "foreign_cpu_cores": _foreign_cores(state.dist, foreign_cpu),
+        **guards.epoch_end(state, step_sums, run.step_units),
     }
-    if task.train_metric:
-        record[task.train_metric] = totals[5] / units if units else math.nan
-    if device.type == "cuda":
-        record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+    if state.task.train_metric:
+        record[state.task.train_metric] = total.correct / total.units if total.units else math.nan
+    if state.device.type == "cuda":
+        record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(state.device)
     else:
-        record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
-    return _with_rank_memory(dist, record)
+        record["peak_mem_bytes"] = record["state_bytes"] + run.activation_bytes
+    return _with_rank_memory(state.dist, record)
 
 
 def _count(task: Any, step_batches: list[tuple[Any, torch.Tensor]]) -> tuple[int, int, int | None]:
@@ -293,50 +358,46 @@ def evaluate(state: TrainState, x: torch.Tensor | StreamVal, y: torch.Tensor, ba
     state.model.eval()
     device, task, dist = state.device, state.task, state.data_dist
     forward = state.eval_forward or state.forward
-    if isinstance(x, StreamVal):  # read batch by batch, this rank's share
-        batches = x.batches(batch_size, dist.rank, dist.world_size)
-    else:
-        if dist.world_size > 1:
-            share = math.ceil(len(x) / dist.world_size)
-            x, y = x[dist.rank * share : (dist.rank + 1) * share], y[dist.rank * share : (dist.rank + 1) * share]
-        batches = sequential_batches(x, y, batch_size)
+    batches = _val_batches(x, y, batch_size, dist)
+    # The loss and the task's sums stay on the device until the end: no host sync per batch.
     loss_sum = torch.zeros((), device=device)
-    sums: dict[str, torch.Tensor] = {}
-    units = steps = samples = 0
-    tokens: int | None = None
+    metric_sums: dict[str, Any] = {}
+    counted = EpochSums()
     start = now(device)
     for xb, yb in batches:
         with state.precision.autocast():
             output = task.forward(forward, xb, yb)
             loss_sum += task.loss_sum(output, yb)
         for key, value in task.metric_sums(output, yb).items():
-            sums[key] = sums.get(key, 0) + value
-        units += task.units(yb)
-        batch_tokens = task.tokens(yb)
-        if batch_tokens is not None:
-            tokens = (tokens or 0) + batch_tokens
-        samples += len(yb)
-        steps += 1
+            metric_sums[key] = metric_sums.get(key, 0) + value
+        counted.add(units=task.units(yb), samples=len(yb), steps=1, tokens=task.tokens(yb))
     val_time = now(device) - start
-    if dist.active:
-        keys = sorted(sums)
-        totals = dist.sum([loss_sum.item(), units, steps, samples, tokens or 0, *(float(sums[k]) for k in keys)])
-        loss_sum = torch.tensor(totals[0])
-        units, steps, samples = int(totals[1]), int(totals[2]), int(totals[3])
-        tokens = int(totals[4]) if tokens is not None else None
-        sums = {k: torch.tensor(v) for k, v in zip(keys, totals[5:])}
-        val_time = dist.max([val_time])[0]
+    counted.loss, counted.metrics = loss_sum.item(), {k: float(v) for k, v in metric_sums.items()}
+    total = counted.reduce(dist)
+    val_time = dist.max([val_time])[0]
     record = {
-        "val_loss": loss_sum.item() / units if units else math.nan,
+        "val_loss": total.loss / total.units if total.units else math.nan,
         "val_time_s": val_time,
-        "val_steps": steps,
-        "val_samples": samples,
-        "val_tokens": tokens,
-        "val_steps_per_s": steps / val_time if val_time > 0 else None,
-        "val_tokens_per_s": tokens / val_time if tokens and val_time > 0 else None,
+        "val_steps": total.steps,
+        "val_samples": total.samples,
+        "val_tokens": total.tokens,
+        "val_steps_per_s": total.steps / val_time if val_time > 0 else None,
+        "val_tokens_per_s": total.tokens / val_time if total.tokens and val_time > 0 else None,
     }
-    record.update(task.finalize({k: float(v) for k, v in sums.items()}, units))
+    record.update(task.finalize(total.metrics, total.units))
     return record
+
+
+def _val_batches(
+    x: torch.Tensor | StreamVal, y: torch.Tensor, batch_size: int, dist: Dist
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    """This rank's contiguous share of the validation split, batch by batch (a stream is read as it goes)."""
+    if isinstance(x, StreamVal):
+        return x.batches(batch_size, dist.rank, dist.world_size)
+    if dist.world_size > 1:
+        share = math.ceil(len(x) / dist.world_size)
+        x, y = x[dist.rank * share : (dist.rank + 1) * share], y[dist.rank * share : (dist.rank + 1) * share]
+    return sequential_batches(x, y, batch_size)
 
 
 def _overall_rates(record: dict[str, Any]) -> dict[str, Any]:
