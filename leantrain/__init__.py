@@ -3,6 +3,7 @@ from leantrain import data
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.experiments.notebook import compare, epochs_frame, plot_epochs
+from leantrain.experiments.views import RESULT_VIEWS
 from leantrain.techniques import (
     ActivationCheckpointing,
     AdaptiveAccumulation,
@@ -16,6 +17,8 @@ from leantrain.techniques import (
 from leantrain.train.callbacks import Callback, EarlyStopping, KeepBest
 from leantrain.train.fit import fit
 from leantrain.train.result import FitResult
+
+FitResult.views = RESULT_VIEWS  # FitResult is data (train/); how it is shown is experiments' (docs/ARCHITECTURE.md)
 
 __version__ = "0.1.0"
 __all__ = [

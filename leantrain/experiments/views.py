@@ -1,7 +1,7 @@
 """Views of one or a few runs' epochs, for notebooks and ``FitResult``: a DataFrame, the report's epoch chart.
 
-A leaf module (it knows tasks' metric names, the tidy rows and the plots, nothing of training), so that
-``leantrain.train.result.FitResult`` can offer ``.to_pandas()`` and ``.plot()`` without importing upward.
+``FitResult`` (``train/result.py``) is data; its ``.to_pandas()`` and ``.plot()`` are these views (``RESULT_VIEWS``),
+handed to it by ``leantrain/__init__.py``, so that ``train/`` imports nothing from here.
 pandas and matplotlib are imported only when a view that needs them is asked for.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from leantrain.errors import UsageError
 from leantrain.experiments.tidy import epoch_rows, train_metric_key
+from leantrain.train.result import ResultViews
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -102,3 +103,7 @@ def task_metrics() -> dict[str, bool]:
         task = entry.builder()
         metrics[task.metric] = task.higher_is_better
     return metrics
+
+
+# What FitResult's .to_pandas() and .plot() draw; leantrain/__init__.py hands them to it.
+RESULT_VIEWS = ResultViews(frame=epochs_frame, figure=plot_epochs)

@@ -3,15 +3,27 @@
 ``FitResult`` is the run's record (the JSON document ``leantrain train`` writes) with the trained model beside it,
 so every number it shows is one the record holds. It is a ``dict`` (``result["summary"]``, ``json.dump(result)``),
 as ``fit`` returned the plain record before.
+
+It is data: how a result is shown (a DataFrame, the report's chart) is ``experiments/views.py``'s, whose views
+``leantrain/__init__.py`` hands to ``FitResult.views``, so that nothing here imports the layer above ``train/``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class ResultViews:
+    """How a result is shown; ``experiments/views.py`` draws them."""
+
+    frame: Callable[[Any], Any]  # the epochs as a pandas DataFrame
+    figure: Callable[..., Any]  # the report's per-epoch chart, a matplotlib Figure
 
 
 class FitResult(dict[str, Any]):
@@ -24,6 +36,8 @@ class FitResult(dict[str, Any]):
     - ``predict(x)``: the model's outputs on ``x`` in eval mode, batched, without gradients.
     - ``to_pandas()``: the epochs as a DataFrame; ``plot()``: the report's per-epoch chart (time, loss, metric).
     """
+
+    views: ClassVar[ResultViews | None] = None  # experiments/views.py's, set by leantrain/__init__.py
 
     def __init__(self, record: dict[str, Any], model: nn.Module, best_checkpoint: Path | None = None,
                  output: Any = None):
@@ -70,16 +84,19 @@ class FitResult(dict[str, Any]):
             self.model.train(was_training)
 
     def to_pandas(self) -> Any:
-        """One row per epoch (pandas needed: ``pip install 'leantrain[notebook]'``)."""
-        from leantrain.experiments.views import epochs_frame
-
-        return epochs_frame(self)
+        """One row per epoch (pandas needed: ``pip install 'leantrain[notebook]'``); ``lt.epochs_frame(result)``."""
+        return self._views().frame(self)
 
     def plot(self, **options: Any) -> Any:
-        """The report's per-epoch figure for this run (a matplotlib Figure)."""
-        from leantrain.experiments.views import plot_epochs
+        """The report's per-epoch figure for this run (a matplotlib Figure); ``lt.plot_epochs(result)``."""
+        return self._views().figure(self, **options)
 
-        return plot_epochs(self, **options)
+    @classmethod
+    def _views(cls) -> ResultViews:
+        if cls.views is None:  # only where leantrain/__init__.py did not run to its end
+            raise RuntimeError("FitResult has no views: leantrain/__init__.py sets FitResult.views "
+                               "(leantrain.experiments.views.RESULT_VIEWS)")
+        return cls.views
 
     def __repr__(self) -> str:
         run, summary = self["run"], self["summary"]
