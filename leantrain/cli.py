@@ -146,9 +146,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from leantrain.config import RunConfig, config_options
     from leantrain.parallel.env import detect
-    from leantrain.train import checkpoint
     from leantrain.train.run import execute
-    from leantrain.train.run_identity import check_checkpoint_name, resume_checkpoint
+    from leantrain.train.run_identity import resume_checkpoint
+    from leantrain.train.training_state import read_checkpoint
     from leantrain.train.worker import launch, needs_launch
 
     given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
@@ -159,8 +159,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume continues with the run's saved settings (only --run-name may be given, to "
                              f"pick the run); drop {flags}")
         path = resume_checkpoint(args.resume, run_name)
-        config = RunConfig.from_dict(checkpoint.load(path)["config"], where=str(path))
-        check_checkpoint_name(path, config.run_name)
+        config = RunConfig.from_dict(read_checkpoint(path)["config"], where=str(path))  # its name checked
         out_dir = args.resume
     else:
         config = RunConfig.from_dict(given, where="command line")

@@ -113,10 +113,11 @@ def resume_checkpoint(folder: Path, run_name: str | None) -> Path:
     return found[0]
 
 
-def check_checkpoint_name(path: Path, run_name: str) -> None:
-    """A checkpoint holds the run its saved settings name, and a run resumes from ``<its name>.ckpt``: a checkpoint
-    renamed to another file name would resume nothing and train its run from scratch."""
-    named = checkpoint_run(path)
+def check_checkpoint_name(path: Path, run_name: str, expected: str | None = None) -> None:
+    """A checkpoint holds the run its saved settings name (``run_name``), and a run resumes from ``<its name>.ckpt``:
+    one renamed to another run's file name would resume nothing, or resume the wrong run. ``expected``: the run it is
+    read for (by default, the one its file is named for)."""
+    named = expected or checkpoint_run(path)
     if named != run_name:
         member = MEMBER.search(path.name.removesuffix(SUFFIX))
         original = f"{run_name}{member.group() if member else ''}{SUFFIX}"

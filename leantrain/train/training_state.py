@@ -16,8 +16,20 @@ from leantrain.errors import UsageError
 from leantrain.parallel.dist import Dist
 from leantrain.techniques import Technique
 from leantrain.train import checkpoint
-from leantrain.train.run_identity import differing_keys
+from leantrain.train.run_identity import check_checkpoint_name, differing_keys
 from leantrain.train.state import EpochProgress, TrainState
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload (checked by ``checkpoint.load``), refused in one line naming both names when the run its
+    saved settings name is not the run its file is named for (renamed: it would resume nothing, or the wrong run)."""
+    saved = checkpoint.load(path)
+    check_checkpoint_name(path, saved_run_name(path, saved))
+    return saved
+
+
+def saved_run_name(path: Path, saved: dict[str, Any]) -> str:
+    return RunConfig.from_dict(saved["config"], where=str(path)).run_name
 
 
 class TrainingCheckpoint:
@@ -35,6 +47,8 @@ class TrainingCheckpoint:
             return None
         saved = checkpoint.load(self.path)
         self.check_resumable(saved)
+        # Settings first (the keys that differ say more); then a checkpoint of another run of the same settings, renamed.
+        check_checkpoint_name(self.path, saved_run_name(self.path, saved), self.config.run_name)
         return saved
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
