@@ -7,9 +7,12 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leantrain.errors import TrainingDiverged, UsageError
+
+if TYPE_CHECKING:
+    from leantrain.config import RunConfig
 
 DEFAULT_EXPERIMENT = Path("experiments/default.toml")
 
@@ -147,24 +150,20 @@ def _train(args: argparse.Namespace) -> int:
     from leantrain.config import RunConfig, config_options
     from leantrain.parallel.env import detect
     from leantrain.train.run import execute
-    from leantrain.train.run_identity import resume_checkpoint
-    from leantrain.train.training_state import read_checkpoint
+    from leantrain.train.run_identity import FinishedRecord
     from leantrain.train.worker import launch, needs_launch
 
     given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
+    world = detect()
     if args.resume:
-        run_name = given.pop("name", None)  # picks one of several interrupted runs in the folder
-        if given:
-            flags = ", ".join(_flag(k) for k in given)
-            raise UsageError(f"--resume continues with the run's saved settings (only --run-name may be given, to "
-                             f"pick the run); drop {flags}")
-        path = resume_checkpoint(args.resume, run_name)
-        config = RunConfig.from_dict(read_checkpoint(path)["config"], where=str(path))  # its name checked
-        out_dir = args.resume
+        # Launched ranks leave the finished check to rank 0's run, which holds the lock (several checks would collide).
+        resumed = _resumed_config(args.resume, given, settle=not (world.launched or args.force))
+        if resumed is None:
+            return 0  # finished: said in one line, nothing written
+        config, out_dir = resumed, args.resume
     else:
         config = RunConfig.from_dict(given, where="command line")
         out_dir = args.out
-    world = detect()
     if needs_launch(config, world.launched):
         status = launch(config, out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields={},
                         max_restarts=args.max_restarts, force=args.force)
@@ -173,9 +172,30 @@ def _train(args: argparse.Namespace) -> int:
             _print_result(config.run_name, json.loads(result.read_text()), result)
         return status
     record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet, force=args.force)
-    if world.rank == 0:
+    if world.rank == 0 and not isinstance(record, FinishedRecord):  # a finished run's line is said already
         _print_result(config.run_name, record, out_dir / (config.run_name + ".json"))
     return 0
+
+
+def _resumed_config(folder: Path, given: dict[str, Any], *, settle: bool) -> RunConfig | None:
+    """The settings of the run ``train --resume DIR [--run-name NAME]`` continues, from its checkpoint; None when
+    ``settle`` finds that run finished (said in one line; a stale checkpoint beside its record removed)."""
+    from leantrain.config import RunConfig
+    from leantrain.train.run_identity import checkpoint_run, resume_checkpoint, settle_finished
+    from leantrain.train.training_state import read_checkpoint
+
+    run_name = given.pop("name", None)  # picks one of several interrupted runs in the folder
+    if given:
+        flags = ", ".join(_flag(k) for k in given)
+        raise UsageError(f"--resume continues with the run's saved settings (only --run-name may be given, to "
+                         f"pick the run); drop {flags}")
+    if settle:
+        finished = settle_finished(folder, run_name or checkpoint_run(resume_checkpoint(folder, None)))
+        if finished is not None:
+            print(f"leantrain: {finished.message()}", file=sys.stderr)
+            return None
+    path = resume_checkpoint(folder, run_name)
+    return RunConfig.from_dict(read_checkpoint(path)["config"], where=str(path))
 
 
 def _print_result(run_name: str, record: dict, path: Path) -> None:

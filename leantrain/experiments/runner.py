@@ -188,10 +188,9 @@ def run_experiment(
     """Train every planned run (skipping finished ones made with the same settings when resuming), then
     rebuild the report. Without ``force``, an existing result is never replaced (see run_identity)."""
     from leantrain.experiments.report import write_report
-    from leantrain.experiments.results import readable_record
     from leantrain.fileio import prepare_output_dir
     from leantrain.train.run import execute
-    from leantrain.train.run_identity import check_existing, check_record_settings, inside
+    from leantrain.train.run_identity import check_existing, inside
     from leantrain.train.worker import launch, needs_launch
 
     preflight(experiment)
@@ -203,11 +202,7 @@ def run_experiment(
     for number, planned in enumerate(experiment.runs, 1):
         config = planned.config
         result_path = inside(out_dir, f"{config.run_name}.json")
-        if resume and result_path.exists() and not force:
-            # A finished run is never retrained over; a malformed record is left to the report, which names it
-            # in one warning line and leaves it out.
-            if readable_record(result_path):
-                check_record_settings(result_path, config.to_dict())
+        if resume and not force and _finished(out_dir, config):
             datasets.skip(planned)
             written.append(result_path)
             continue
@@ -226,6 +221,24 @@ def run_experiment(
         written.append(result_path)
     write_report(out_dir)
     return written
+
+
+def _finished(out_dir: Path, config: RunConfig) -> bool:
+    """Whether ``run --resume`` skips this run: its record is final (under the run's lock; a stale checkpoint a kill
+    left beside it removed, and said). Never retrained over; a malformed record is left to the report, which names
+    it in one warning line and leaves it out."""
+    from leantrain.experiments.results import readable_record
+    from leantrain.train.run_identity import check_record_settings, settle_finished
+
+    finished = settle_finished(out_dir, config.run_name)
+    if finished is None:
+        return False
+    if readable_record(finished.path):
+        check_record_settings(finished.path, config.to_dict())
+    if finished.removed:
+        print(f"leantrain: {config.run_name} is finished ({finished.path}): skipped; {finished.removed_note}",
+              file=sys.stderr)
+    return True
 
 
 class DataSets:

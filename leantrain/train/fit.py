@@ -29,6 +29,7 @@ from leantrain.train.adapters import TaskAdapter, check_adapter, select_output
 from leantrain.train.callbacks import Callback, KeepBest, SchedulerStep
 from leantrain.train.result import FitResult
 from leantrain.train.run import execute
+from leantrain.train.run_identity import FinishedRecord, settle_finished
 
 
 def fit(
@@ -72,7 +73,9 @@ def fit(
     - ``checkpoint_dir``: a checkpoint each epoch and the record at the end, named after the model class, the
       data and a hash of the model's and data's shapes and types (``name=`` to choose), so fits of different
       models or data keep separate files; ``resume=True`` continues an interrupted run (with the same settings);
-      a finished run of the same name is never trained over unless ``force=True``.
+      a finished run of the same name is never trained over unless ``force=True``: ``resume=True`` of a finished
+      run raises ``UsageError`` (its record is final and its weights are not kept; a stale checkpoint beside the
+      record is removed). Read its record with ``json.load``, or pass ``save_model=True`` to keep the weights.
 
     Bad arguments raise ``leantrain.UsageError`` in one line, before any folder is made.
     """
@@ -112,6 +115,8 @@ def fit(
             config, model=model, dataset=data, techniques=given + hooks, out_dir=out_dir, resume=resume, quiet=quiet,
             force=force, optimizer=build_optimizer, extra_run_fields={**facts, "config": recorded_config},
         )
+    if isinstance(record, FinishedRecord):  # it finished while this fit waited to start (see _check_not_finished)
+        raise UsageError(f"fit: {record.message(FIT_AGAIN)}")
     return FitResult(record, model, best if best and best.exists() else None,
                      output=(lambda out: select_output(out, output_key)) if output_key is not None else None)
 
@@ -275,12 +280,22 @@ def _place_best_checkpoints(hooks: list[Technique], out_dir: Path | None, run_na
     return best
 
 
+FIT_AGAIN = "resume=True continues only an interrupted run; pass force=True to train it again, or name= for a separate run"
+
+
 def _check_not_finished(out_dir: Path, run_name: str, *, resume: bool, force: bool) -> None:
-    result = out_dir / f"{run_name}.json"
-    if result.exists() and not force:
-        how = "resume=True continues only an interrupted run; " if resume else ""
-        raise UsageError(f"fit: {result} holds a finished run with these settings; {how}pass force=True to train it "
-                         "again, or name= for a separate run")
+    """A finished run is never trained over without force=True. Resuming one finds its record final (a stale
+    checkpoint a kill left beside it removed) and raises too: its trained weights are not kept, so returning the
+    record would hand back the model untrained."""
+    if force:
+        return
+    if resume:
+        finished = settle_finished(out_dir, run_name)
+        if finished is not None:
+            raise UsageError(f"fit: {finished.message(FIT_AGAIN)}")
+    elif (out_dir / f"{run_name}.json").exists():
+        raise UsageError(f"fit: {out_dir / f'{run_name}.json'} holds a finished run with these settings; pass "
+                         "force=True to train it again, or name= for a separate run")
 
 
 def _remove_if_only_locks(folder: Path) -> None:

@@ -1,8 +1,9 @@
 """Checks made before a run writes anything: the model takes the data, and the run's files are ours to write."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,19 @@ from leantrain.data.batches import bucket_pad_index
 from leantrain.data.streaming import head, to_device
 from leantrain.data.user import SAMPLE
 from leantrain.errors import UsageError
-from leantrain.fileio import clean_stale_temporaries, prepare_output_dir
+from leantrain.fileio import prepare_output_dir
+from leantrain.parallel.dist import Dist
 from leantrain.techniques.amp import autocast_for
-from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for
-from leantrain.train.run_identity import check_existing, inside, run_lock
+from leantrain.train.run_identity import (
+    FinishedRecord,
+    check_existing,
+    clean_run_temporaries,
+    finished_record,
+    inside,
+    run_checkpoints,
+    run_lock,
+)
 
 DRY_SAMPLES = 2
 
@@ -190,19 +199,62 @@ def check_output(output: Any, y: torch.Tensor, dataset: Any) -> None:
                          f"{tuple(y.shape)} would broadcast: make them equal (y.view(-1, 1), or squeeze the output)")
 
 
-@contextmanager
-def run_files(out_dir: Path | None, run_name: str, *, resume: bool, force: bool) -> Iterator[Path | None]:
-    """The run's checkpoint path, while this process holds the run's lock; None without a folder (or off rank 0).
+REFUSED = "refused"  # what rank 0 sends the other ranks when it cannot take the run's files
 
-    Under the lock: a killed writer's temporaries are removed, and a finished result or an interrupted run's
-    checkpoint is refused unless resuming or forced."""
+
+@contextmanager
+def run_files(out_dir: Path | None, run_name: str, ranks: Dist, *, resume: bool, force: bool
+              ) -> Iterator[FinishedRecord | None]:
+    """Rank 0 holds the run's lock (with a folder) for the whole block, taken before any rank reads the checkpoint;
+    yields the run's record, on every rank, when resuming a finished run (nothing to train or write), else None.
+
+    Rank 0 decides under the lock and the other ranks wait for its verdict before they read anything: a checkpoint it
+    finds stale is gone before they look. (They read the run's settings before the process group met, so before it.)"""
     if out_dir is None:
         yield None
         return
-    prepare_output_dir(out_dir)  # only now: a bad data set or model never leaves an empty folder
+    with ExitStack() as held:
+        found: Any = None
+        if ranks.is_main:
+            try:
+                found = held.enter_context(_own_files(out_dir, run_name, resume=resume, force=force))
+            except BaseException:
+                ranks.broadcast(REFUSED)  # the other ranks stop waiting: rank 0's error is the run's
+                raise
+        found = ranks.broadcast(found)
+        if isinstance(found, str):
+            raise UsageError("rank 0 refused to write the run (see its error)")
+        yield found
+
+
+@contextmanager
+def _own_files(out_dir: Path, run_name: str, *, resume: bool, force: bool) -> Iterator[FinishedRecord | None]:
+    """Rank 0's part: the lock; a killed writer's temporaries removed; a resumed finished run's record (its stale
+    checkpoints removed, said in one line); else a finished result or an interrupted run's checkpoint refused unless
+    resuming or forced. A folder made here holding nothing but the lock when the run fails is removed again."""
+    made = not out_dir.exists()
+    prepare_output_dir(out_dir)
     result = inside(out_dir, f"{run_name}.json")
-    ckpt = inside(out_dir, f"{run_name}{checkpoint.SUFFIX}")
-    with run_lock(out_dir, run_name):
-        clean_stale_temporaries(out_dir, run_name)
-        check_existing(result, ckpt, resume=resume, force=force)
-        yield ckpt
+    with run_lock(out_dir, run_name), _removed_if_unused(out_dir, run_name, made):
+        clean_run_temporaries(out_dir, run_name)
+        finished = finished_record(out_dir, run_name) if resume and not force else None
+        if finished is not None:
+            print(f"leantrain: {finished.message()}", file=sys.stderr)
+        else:
+            ckpts = run_checkpoints(out_dir, run_name)
+            check_existing(result, ckpts[0] if ckpts else None, resume=resume, force=force)
+        yield finished
+
+
+@contextmanager
+def _removed_if_unused(folder: Path, run_name: str, made: bool) -> Iterator[None]:
+    """A bad data set, model or setting found under the lock leaves no empty folder behind (one made for this run)."""
+    try:
+        yield
+    except BaseException:
+        lock = folder / f".{run_name}.lock"
+        if made and [p.name for p in folder.iterdir()] == [lock.name]:
+            with suppress(OSError):  # the run's own error is the one to report
+                lock.unlink()  # still held: no other writer of the run can be inside
+                folder.rmdir()
+        raise

@@ -57,6 +57,7 @@ from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
 from leantrain.train.rank_tuning import threads_per_worker, tune_on_ranks
 from leantrain.train.record import make_record
+from leantrain.train.run_identity import record_fingerprint
 from leantrain.train.state import TrainState
 from leantrain.train.training_state import TrainingCheckpoint
 
@@ -101,8 +102,9 @@ def execute(
     With ``out_dir``, checkpoint there each epoch and write ``<run>.json`` at the end (rank 0 only).
     With ``resume`` (or when torchrun restarted the workers), continue from ``<out_dir>/<run>.ckpt`` if
     it exists (else start afresh). A finished result or an interrupted run's checkpoint already there is
-    never replaced unless ``force`` (see ``run_identity``). ``optimizer`` builds the optimizer over the model
-    (a user's, from ``fit``) instead of the config's named one.
+    never replaced unless ``force`` (see ``run_identity``); resuming a finished run trains nothing and returns its
+    record as found, a ``FinishedRecord``. ``optimizer`` builds the optimizer over the model (a user's, from
+    ``fit``) instead of the config's named one.
     """
     request = RunRequest(config, model, dataset, list(techniques or []), out_dir, resume, quiet, force, optimizer,
                          extra_run_fields or {})
@@ -141,12 +143,14 @@ class Run:
         try:
             with self._process_group() as dist:
                 self.resolve(dist)
-                self.build()
-                self.prepare()
-                self.preflight()
-                out_dir = self.request.out_dir
-                with run_files(out_dir if self.ranks.is_main else None, self.config.run_name,
-                               resume=self.resume, force=self.request.force):
+                # Rank 0 holds the run's lock from before the checkpoint is read to after the record is written.
+                with run_files(self.request.out_dir, self.config.run_name, self.ranks, resume=self.resume,
+                               force=self.request.force) as finished:
+                    if finished is not None:
+                        return finished  # a finished record is final: nothing trained, nothing written
+                    self.build()
+                    self.prepare()
+                    self.preflight()
                     self.train()
                     return self.record()
         finally:
@@ -215,7 +219,8 @@ class Run:
         ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
         out_dir = request.out_dir
         self.ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
-                                       1 if ensemble else dist.world_size)
+                                       1 if ensemble else dist.world_size,
+                                       replaces=record_fingerprint(out_dir / f"{config.run_name}.json") if out_dir else None)
         self.saved = self.ckpt.read() if self.resume else None  # checked before anything is measured from it
         self.progress = Progress(quiet=request.quiet, rank=dist.rank, label=config.run_name)
         # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints

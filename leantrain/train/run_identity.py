@@ -9,26 +9,35 @@
   without ``force``; resuming checks that the settings match and names the keys that differ.
 - ``train --resume DIR`` continues the one interrupted run in DIR, or the one ``--run-name`` picks; a checkpoint
   continues the run named in its own settings, so one renamed to another run's file name is refused.
+- A finished record is final: resuming a finished run finds nothing to resume (``FinishedRecord``), and a checkpoint a
+  kill left beside the record (after it was written, before the checkpoint went) is stale and removed. A checkpoint
+  of a forced retraining over the record (``replaces``: the record's fingerprint) is not stale: it resumes.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
-from leantrain.fileio import is_temporary
+from leantrain.fileio import clean_stale_temporaries, is_temporary
 from leantrain.naming import NOT_IDENTITY, check_name, derived_name, safe_part, settings_hash
+from leantrain.train import checkpoint
 from leantrain.train.checkpoint import SUFFIX
 
 __all__ = ["NOT_IDENTITY", "check_name", "derived_name", "safe_part", "settings_hash", "inside", "run_lock",
            "check_existing", "check_record_settings", "differing_keys", "RunLocked", "resume_checkpoint",
-           "check_checkpoint_name"]
+           "check_checkpoint_name", "FinishedRecord", "finished_record", "settle_finished", "run_checkpoints",
+           "record_fingerprint", "clean_run_temporaries", "AGAIN"]
+
+AGAIN = "to train it again, drop --resume and add --force"  # what a command line does with a finished run
 
 MEMBER = re.compile(r"\.member\d+$")  # an ensemble member's checkpoint: <run>.member<rank>.ckpt
 
@@ -136,3 +145,77 @@ def check_record_settings(record_path: Path, settings: dict[str, Any]) -> None:
     if changed:
         raise UsageError(f"{record_path} was made with other settings ({', '.join(changed)}); "
                          "rerun with --force to replace it, or use another --out")
+
+
+def run_checkpoints(folder: Path, run_name: str) -> list[Path]:
+    """The run's checkpoints in ``folder``: ``<run>.ckpt``, or an ensemble's ``<run>.member<rank>.ckpt``."""
+    found = folder.glob(f"{glob.escape(run_name)}*{SUFFIX}")  # a name may hold *, ? or [
+    return sorted(p for p in found if checkpoint_run(p) == run_name and not is_temporary(p))
+
+
+def clean_run_temporaries(folder: Path, run_name: str) -> None:
+    """A killed writer's temporaries of the run (record, checkpoints, model files; an ensemble member's too).
+    Call only while holding the run's lock."""
+    for stem in (glob.escape(run_name), f"{glob.escape(run_name)}.member*"):  # stems are glob patterns
+        clean_stale_temporaries(folder, stem)
+
+
+def record_fingerprint(record: Path) -> str | None:
+    """The record's content hash, or None without one: a forced retraining's checkpoints name the record they
+    replace, so a checkpoint beside a record tells whether it came before the record (stale) or after (a retraining)."""
+    try:
+        return hashlib.sha256(record.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+class FinishedRecord(dict[str, Any]):
+    """A finished run's record as found (empty if unreadable), with its ``path`` and the stale checkpoints
+    ``removed`` beside it: what resuming a finished run gives back instead of training it again."""
+
+    def __init__(self, path: Path, removed: Sequence[Path] = ()):
+        super().__init__(_json_object(path))
+        self.path, self.removed = path, tuple(removed)
+
+    @property
+    def removed_note(self) -> str:
+        names = ", ".join(p.name for p in self.removed)
+        return f"removed the stale checkpoint {names} beside it" if self.removed else ""
+
+    def message(self, then: str = AGAIN) -> str:
+        removed = f"; {self.removed_note}" if self.removed else ""
+        return f"run {self.path.stem} in {self.path.parent} is finished ({self.path}); nothing to resume{removed}; {then}"
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def finished_record(folder: Path, run_name: str) -> FinishedRecord | None:
+    """The run's record when it is finished, its stale checkpoints removed; None when there is no record, or when a
+    checkpoint beside it is a forced retraining over it (that resumes). Call only while holding the run's lock:
+    then no writer of the run is alive, and a checkpoint older than the record is a kill's leftover."""
+    record = inside(folder, f"{run_name}.json")
+    fingerprint = record_fingerprint(record)
+    if fingerprint is None:
+        return None
+    found = run_checkpoints(folder, run_name)
+    if any(checkpoint.load(p).get("replaces") == fingerprint for p in found):
+        return None
+    for path in found:
+        path.unlink(missing_ok=True)
+    return FinishedRecord(record, found)
+
+
+def settle_finished(folder: Path, run_name: str) -> FinishedRecord | None:
+    """``finished_record`` under the run's lock (a writer of the run still alive makes it fail at once, RunLocked);
+    None, and nothing made, when the folder does not exist."""
+    if not folder.is_dir():
+        return None
+    with run_lock(folder, run_name):
+        clean_run_temporaries(folder, run_name)
+        return finished_record(folder, run_name)

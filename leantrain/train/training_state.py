@@ -5,6 +5,9 @@ gathered by ``state.plan``), only the writing rank writes, and every rank reads 
 takes its own part. The file format (a checksummed ``torch.save`` payload) is ``checkpoint.py``'s; the
 model's and optimizer's state come from the parallel plan, so a layout with its own distributed
 checkpoint (FSDP's) changes the plan, not this.
+
+Beside the training state a checkpoint keeps ``replaces``: the fingerprint of the record a forced retraining will
+replace (see ``run_identity.finished_record``).
 """
 from __future__ import annotations
 
@@ -33,10 +36,11 @@ def saved_run_name(path: Path, saved: dict[str, Any]) -> str:
 
 
 class TrainingCheckpoint:
-    """The checkpoint at ``path`` (None: the run keeps none) of a run with ``config`` on ``world_size`` workers."""
+    """The checkpoint at ``path`` (None: the run keeps none) of a run with ``config`` on ``world_size`` workers;
+    ``replaces``: see the module's doc."""
 
-    def __init__(self, path: Path | None, config: RunConfig, world_size: int):
-        self.path, self.config, self.world_size = path, config, world_size
+    def __init__(self, path: Path | None, config: RunConfig, world_size: int, *, replaces: str | None = None):
+        self.path, self.config, self.world_size, self.replaces = path, config, world_size, replaces
 
     def exists(self) -> bool:
         return self.path is not None and self.path.exists()
@@ -70,7 +74,7 @@ class TrainingCheckpoint:
             return
         payload = snapshot(state, techniques, self.config)
         if state.dist.is_main:  # under an ensemble, every member is main of its own loop
-            checkpoint.save(self.path, {**payload, **extra})
+            checkpoint.save(self.path, {**payload, "replaces": self.replaces, **extra})
 
     def restore(self, state: TrainState, techniques: list[Technique], saved: dict[str, Any]) -> None:
         """Put ``saved`` back into ``state`` and the techniques; each rank takes its own random states."""
