@@ -219,7 +219,7 @@ class Run:
         ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
         out_dir = request.out_dir
         self.ckpt = TrainingCheckpoint(out_dir / f"{ckpt_name}{checkpoint.SUFFIX}" if out_dir else None, config,
-                                       1 if ensemble else dist.world_size,
+                                       1 if ensemble else dist.world_size, run_fields=request.extra_run_fields,
                                        replaces=record_fingerprint(out_dir / f"{config.run_name}.json") if out_dir else None)
         self.saved = self.ckpt.read() if self.resume else None  # checked before anything is measured from it
         self.progress = Progress(quiet=request.quiet, rank=dist.rank, label=config.run_name)
@@ -328,7 +328,8 @@ class Run:
         self._entered("record")
         config, request, dist, ranks, state = self.config, self.request, self.dist, self.ranks, self.state
         out_dir, ckpt = request.out_dir, self.ckpt
-        extra = {**request.extra_run_fields, **self.plan.record()}
+        # A run resumed without its record fields (train --resume of an experiment's run) keeps those it started with.
+        extra = {**TrainingCheckpoint.saved_run_fields(self.saved), **request.extra_run_fields, **self.plan.record()}
         if self.tuned.record:
             extra["autotune"] = self.tuned.record
         if self.member is not None:

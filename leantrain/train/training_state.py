@@ -6,11 +6,13 @@ takes its own part. The file format (a checksummed ``torch.save`` payload) is ``
 model's and optimizer's state come from the parallel plan, so a layout with its own distributed
 checkpoint (FSDP's) changes the plan, not this.
 
-Beside the training state a checkpoint keeps ``replaces``: the fingerprint of the record a forced retraining will
-replace (see ``run_identity.finished_record``).
+Beside the training state a checkpoint keeps the run's own record fields (an experiment's ``experiment``, ``case``
+and ``recipe``), so a run resumed by ``train --resume`` keeps them, and ``replaces``: the fingerprint of the record a
+forced retraining will replace (see ``run_identity.finished_record``).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,12 @@ def saved_run_name(path: Path, saved: dict[str, Any]) -> str:
 
 class TrainingCheckpoint:
     """The checkpoint at ``path`` (None: the run keeps none) of a run with ``config`` on ``world_size`` workers;
-    ``replaces``: see the module's doc."""
+    ``run_fields``: the run's own record fields, kept for a resume; ``replaces``: see the module's doc."""
 
-    def __init__(self, path: Path | None, config: RunConfig, world_size: int, *, replaces: str | None = None):
-        self.path, self.config, self.world_size, self.replaces = path, config, world_size, replaces
+    def __init__(self, path: Path | None, config: RunConfig, world_size: int, *,
+                 run_fields: dict[str, Any] | None = None, replaces: str | None = None):
+        self.path, self.config, self.world_size = path, config, world_size
+        self.run_fields, self.replaces = run_fields or {}, replaces
 
     def exists(self) -> bool:
         return self.path is not None and self.path.exists()
@@ -54,6 +58,12 @@ class TrainingCheckpoint:
         # Settings first (the keys that differ say more); then a checkpoint of another run of the same settings, renamed.
         check_checkpoint_name(self.path, saved_run_name(self.path, saved), self.config.run_name)
         return saved
+
+    @staticmethod
+    def saved_run_fields(saved: dict[str, Any] | None) -> dict[str, Any]:
+        """The record fields the run was started with (an experiment's), as saved; {} for older checkpoints."""
+        text = (saved or {}).get("run_fields")
+        return json.loads(text) if isinstance(text, str) else {}
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
         """The checkpoint was written by this many workers with these settings; else one line saying what differs."""
@@ -73,8 +83,10 @@ class TrainingCheckpoint:
         if self.path is None:
             return
         payload = snapshot(state, techniques, self.config)
+        # JSON text: a weights-only load reads plain data only, and the fields are the record's (JSON) anyway.
+        own = {"run_fields": json.dumps(self.run_fields, default=str), "replaces": self.replaces}
         if state.dist.is_main:  # under an ensemble, every member is main of its own loop
-            checkpoint.save(self.path, {**payload, "replaces": self.replaces, **extra})
+            checkpoint.save(self.path, {**payload, **own, **extra})
 
     def restore(self, state: TrainState, techniques: list[Technique], saved: dict[str, Any]) -> None:
         """Put ``saved`` back into ``state`` and the techniques; each rank takes its own random states."""

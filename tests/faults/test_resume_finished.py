@@ -194,6 +194,18 @@ def test_a_forced_retraining_interrupted_over_a_record_resumes(tmp_path, monkeyp
     assert not ckpt.exists() and (tmp_path / "a.json").read_bytes() != old
 
 
+def test_train_resume_of_an_interrupted_experiment_run_keeps_its_experiment_fields(tmp_path, monkeypatch):
+    exp, out = tmp_path / "exp.toml", tmp_path / "out"
+    exp.write_text(EXPERIMENT.replace("batch_size = 16", "batch_size = 16\ncheckpoint_every = \"2\""))
+    _save_then(KeyboardInterrupt, monkeypatch)
+    assert cli("run", str(exp), "--out", str(out), "--quiet").returncode == 130
+    monkeypatch.undo()
+    assert cli("train", "--resume", str(out), "--quiet").returncode == 0
+    (record,) = out.glob("*.json")
+    run = json.loads(record.read_text())["run"]
+    assert run["case"] == "c" and run["recipe"] == "default" and run["experiment"]["name"] == "e"
+
+
 def test_fit_resume_refuses_a_renamed_checkpoint_naming_both(tmp_path, monkeypatch):
     """F4: fit(resume=True) trained run b from run a's checkpoint, renamed to b's."""
     _save_then(KeyboardInterrupt, monkeypatch)
