@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from leantrain.errors import TrainingDiverged, UsageError
+from leantrain import interrupts
+from leantrain.errors import JobFailed, TrainingDiverged, UsageError
 
 if TYPE_CHECKING:
     from leantrain.config import RunConfig
@@ -18,46 +16,29 @@ DEFAULT_EXPERIMENT = Path("experiments/default.toml")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    restore_signals = interrupts.install()  # first: a signal during start-up is the same one line
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a flag error already printed as one line
-        return int(e.code or 0)
-    previous = _terminate_like_interrupt()
-    try:
-        return args.handler(args)
+        parser = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, or a flag error already printed as one line
+            return int(e.code or 0)
+        return int(args.handler(args))
     except TrainingDiverged as e:
         print(f"leantrain: error: {_rank_prefix()}{e}", file=sys.stderr)
         return 3
     except UsageError as e:
         print(f"leantrain: error: {_rank_prefix()}{e}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("leantrain: terminated (SIGTERM); the last checkpoint is kept for --resume", file=sys.stderr)
-        return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
-    except KeyboardInterrupt:
-        print("leantrain: interrupted; the last checkpoint is kept for --resume", file=sys.stderr)
-        return 130
+    except JobFailed as e:  # a job of workers: its cause, said once
+        print(f"leantrain: error: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
+        print(interrupts.stopped_line(stop), file=sys.stderr)
+        return interrupts.status(stop)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers and torchrun send) unwinds like Ctrl-C: atomic writes abandon their temporaries,
-    the last complete checkpoint stays, and the exit status says which signal (143)."""
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
-def _terminate_like_interrupt() -> Any:
-    """Install the SIGTERM handler (main thread only); returns the previous one, to put back."""
-    if threading.current_thread() is threading.main_thread():
-        return signal.signal(signal.SIGTERM, _raise_terminated)
-    return None
+        restore_signals()
 
 
 def _rank_prefix() -> str:
@@ -119,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace an existing result, or start over an interrupted run's checkpoint")
     train.add_argument("--max-restarts", type=int, default=0,
                        help="with --procs: restart the workers this many times after a failure; they resume from the last checkpoint")
+    train.add_argument("--verbose", action="store_true",
+                       help="with --procs: also show the launcher's own reports (torch elastic's, Open MPI's) of a failed job")
     train.set_defaults(handler=_train)
 
     run = commands.add_parser("run", help="run an experiment file (a matrix of runs) and write its report")
@@ -164,13 +147,14 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = RunConfig.from_dict(given, where="command line")
         out_dir = args.out
+    interrupts.watch_checkpoint(out_dir, config.run_name)  # for the line a signal ends the run with
     if needs_launch(config, world.launched):
-        status = launch(config, out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields={},
-                        max_restarts=args.max_restarts, force=args.force)
+        launch(config, out_dir, resume=bool(args.resume), quiet=args.quiet, extra_run_fields={},
+               max_restarts=args.max_restarts, force=args.force, verbose=args.verbose)
         result = out_dir / f"{config.run_name}.json"
-        if status == 0 and result.is_file():
+        if result.is_file():
             _print_result(config.run_name, json.loads(result.read_text()), result)
-        return status
+        return 0
     record = execute(config, out_dir=out_dir, resume=bool(args.resume), quiet=args.quiet, force=args.force)
     if world.rank == 0 and not isinstance(record, FinishedRecord):  # a finished run's line is said already
         _print_result(config.run_name, record, out_dir / (config.run_name + ".json"))

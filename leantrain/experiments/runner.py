@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from leantrain import interrupts
 from leantrain.config import RunConfig
-from leantrain.errors import UsageError
+from leantrain.errors import JobFailed, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -211,11 +212,13 @@ def run_experiment(
         fields = {"experiment": experiment.settings, "case": planned.case, "recipe": planned.recipe}
         if needs_launch(config, launched=False):
             datasets.skip(planned)  # the workers load their own
-            status = launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields, force=force)
-            if status != 0:
-                raise UsageError(f"{config.run_name}: its {config.procs} workers failed (exit status {status}); "
-                                 "the runs before it are kept, and run --resume continues from here")
+            try:
+                launch(config, out_dir, resume=resume, quiet=quiet, extra_run_fields=fields, force=force)
+            except JobFailed as failed:
+                raise JobFailed(f"{config.run_name}: {failed}; the runs before it are kept, and run --resume "
+                                "continues from here", failed.status) from None
         else:
+            interrupts.watch_checkpoint(out_dir, config.run_name)
             execute(config, dataset=datasets.take(planned), out_dir=out_dir, resume=resume, quiet=quiet,
                     extra_run_fields=fields, force=force)
         written.append(result_path)

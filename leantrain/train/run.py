@@ -1,12 +1,13 @@
 """One run, start to finish: a ``Run`` goes through its phases in one order, here and nowhere else.
 
     resolve    the world (launcher, ranks, device), threads, and the request's own clashes
+               -- then rank 0 takes the run's lock, held to the end: a finished record is final --
     build      the data set, the model (and that it takes the data), the checkpoint to resume from, the ``auto``
                settings measured (``leantrain.tuning``) and the techniques they switch on
     prepare    the model as it will train: laid out over the ranks (FSDP shards, a pipeline's stage), then
                changed by the techniques that declare ``changes_model`` (checkpoint wrapping, precision fallbacks)
     preflight  a dry training step and the memory estimate on the *prepared* model, each rank's share
-    train      the loop, inside the run's files and lock
+    train      the loop
     record     the JSON record (rank 0), the model file, the checkpoint removed
 
 Used by the CLI (``leantrain train``), the experiment runner, the launched workers and ``leantrain.fit``.
@@ -55,11 +56,11 @@ from leantrain.train.memory import check_memory
 from leantrain.train.optim import make_optimizer
 from leantrain.train.preflight import dry_forward, run_files
 from leantrain.train.progress import Progress
-from leantrain.train.rank_tuning import threads_per_worker, tune_on_ranks
 from leantrain.train.record import make_record
 from leantrain.train.run_identity import record_fingerprint
 from leantrain.train.state import TrainState
 from leantrain.train.training_state import TrainingCheckpoint
+from leantrain.tuning import threads_per_worker, tune_on_ranks
 
 PHASES = ("resolve", "build", "prepare", "preflight", "train", "record")
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -172,7 +173,7 @@ class Run:
     @contextmanager
     def _process_group(self) -> Iterator[Dist]:
         if self.config.parallel == "mpi":
-            group = mpi_group(self.world, self.device)
+            group = mpi_group(self.world, self.device, self.config.dist_timeout)
         else:
             group = process_group(with_master_from_rank0(self.world), self.config.backend, self.device,
                                   self.config.dist_timeout)

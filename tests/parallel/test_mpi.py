@@ -13,7 +13,7 @@ from tests.parallel.helpers import run_single
 from tests.parallel.test_ddp import BASE, _compare
 
 pytest.importorskip("mpi4py", reason="needs the mpi extra: pip install 'leantrain[mpi]'")
-from leantrain.parallel.mpi import mpirun_path  # noqa: E402
+from leantrain.parallel.mpirun import mpirun_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "scripts" / "train_traced.py"
