@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parents[1] / "leantrain"
 # One run start to finish: its phases, fit and the launched workers. They call tuning; the rest of train/ must not.
 ORCHESTRATION = ("leantrain.train.run", "leantrain.train.fit", "leantrain.train.worker")
 # Old import paths kept while a caller moves, each nothing but a re-export of its new home; gone when the caller is.
-RE_EXPORTS = {"leantrain.train.rank_tuning": "leantrain.tuning.ranks"}  # run.py's import
+RE_EXPORTS: dict[str, str] = {}
 RANKS = {  # a module may import modules of its own rank or lower
     "leantrain": 9, "leantrain.__main__": 9, "leantrain.cli": 8, "leantrain.experiments": 7,
     **dict.fromkeys([*ORCHESTRATION, *RE_EXPORTS], 6),

@@ -93,9 +93,10 @@ class FitResult(dict[str, Any]):
 
     @classmethod
     def _views(cls) -> ResultViews:
-        if cls.views is None:  # only where leantrain/__init__.py did not run to its end
-            raise RuntimeError("FitResult has no views: leantrain/__init__.py sets FitResult.views "
-                               "(leantrain.experiments.views.RESULT_VIEWS)")
+        if cls.views is None:  # fit imported from its module, not as leantrain.fit
+            raise RuntimeError("FitResult has no views: they are set when leantrain.fit is first used (import "
+                               "leantrain; leantrain.fit), or by hand: FitResult.views = "
+                               "leantrain.experiments.views.RESULT_VIEWS")
         return cls.views
 
     def __repr__(self) -> str:

@@ -74,9 +74,29 @@ def test_sigterm_stops_like_ctrl_c_keeping_the_checkpoint(tmp_path):
     finally:
         process.kill()
     assert process.returncode == 143, err
-    assert err.strip() == "leantrain: terminated (SIGTERM); the last checkpoint is kept for --resume"
-    saved = checkpoint.load(resume_checkpoint(tmp_path, None))
+    kept = resume_checkpoint(tmp_path, None)
+    assert err.strip() == f"leantrain: terminated (SIGTERM); the last checkpoint is kept for --resume: {kept}"
+    saved = checkpoint.load(kept)
     assert saved["step"] % 5 == 0 and not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("after_s", [0.15, 0.4, 0.8, 1.5])
+def test_a_signal_during_start_up_is_one_line(tmp_path, signum, after_s):
+    """From the first moments (imports, data, model) on: one line, 143/130, and no claim of a checkpoint."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = ["train", "--model", "mlp", "--data", "healthcare-sim:n=20000", "--epochs", "1", "--threads", "1",
+            "--out", str(tmp_path), "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "leantrain", *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    kept = [p for p in tmp_path.glob("*.ckpt") if not p.name.startswith(".")]
+    tail = f"the last checkpoint is kept for --resume: {kept[0]}" if kept else "no checkpoint was written"
+    assert (process.returncode, err.strip()) == (128 + signum, f"leantrain: {how}; {tail}"), after_s
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
