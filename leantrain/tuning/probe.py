@@ -44,54 +44,42 @@ def _timed(stepper: _Stepper, device: torch.device, n: int = 1) -> float:
     return (now(device) - start) / n
 
 
-def _warm_up(stepper: _Stepper, device: torch.device, best: tuple[float, float] | None) -> tuple[float, float, float]:
+def _warm_up(stepper: _Stepper, device: torch.device, best: tuple[float, float] | None,
+             judge_first_step: bool = True) -> tuple[float, float, float]:
     """(first step's seconds, seconds per step once warm, how many times slower than ``best`` it gave up at).
 
-    Once warm: the better of two timed steps after the warm-up ones (one step may meet a neighbour's
-    burst). ``best`` is the fastest alternative so far as (first step, warm step); a step hopelessly slower
-    than that ends the warm-up at once, so that an emulated path ~40x slower than fp32 (fp16 convolutions
-    on most CPUs) costs a step or two, not a minute. First steps allocate state and select kernels, so a
-    first step is only held against another first step, with a wider allowance.
+    ``WARMUP_STEPS`` steps are taken before any is held against a warm time (allocation, kernel selection and
+    lazily made state happen in them: a fused Adam kernel's second step once took 3.5x the loop's warm step, and
+    the kernel 4x faster once warm was dropped). Once warm: the better of two timed steps (one step may meet a
+    neighbour's burst). ``best`` is the fastest alternative so far as (first step, warm step). With
+    ``judge_first_step``, a first step hopelessly slower than ``best``'s first step ends the warm-up at once, so
+    that an emulated path ~40x slower than fp32 (fp16 convolutions on most CPUs) costs a step, not a minute;
+    first steps are only held against first steps, with a wider allowance.
     """
-    times: list[float] = []
-    for i in range(WARMUP_STEPS + 2):
-        times.append(_timed(stepper, device))
-        if best is None:
-            continue
-        if i == 0 and times[0] > 2 * HOPELESS * best[0]:
-            return times[0], times[0], times[0] / best[0]
-        if i >= 1 and min(times[1:]) > HOPELESS * best[1]:
-            return times[0], min(times[1:]), min(times[1:]) / best[1]
+    times = [_timed(stepper, device)]
+    if judge_first_step and best is not None and times[0] > 2 * HOPELESS * best[0]:
+        return times[0], times[0], times[0] / best[0]
+    times += [_timed(stepper, device) for _ in range(WARMUP_STEPS + 1)]
     return times[0], min(times[WARMUP_STEPS:]), 0.0
 
 
-def _race(steppers: Mapping[str, _Stepper], device: torch.device, rounds: int | None) -> dict[str, Trial]:
-    """Warm up each, drop the hopeless, then time the rest in rotating order, round by round."""
+def _race(steppers: Mapping[str, _Stepper], device: torch.device, rounds: int | None,
+          judge_first_step: bool = True) -> dict[str, Trial]:
+    """Warm up each, drop the hopeless (judged warm, or on a first step when ``judge_first_step``), then time the
+    rest in rotating order, round by round. The first is the reference (fp32, torch's default Adam): never dropped
+    for its speed, as its loss judges the others' and it is what a choice falls back to."""
     rounds = ROUNDS if rounds is None else rounds
     trials = {name: Trial() for name in steppers}
-    warm: dict[str, tuple[float, float]] = {}
-    slower: dict[str, float] = {}
-    leader = ""
-    failed: dict[str, str] = {}
-    for name, stepper in steppers.items():
-        try:
-            first, steady, slower[name] = _warm_up(stepper, device, warm[leader] if leader else None)
-        except (RuntimeError, NotImplementedError) as e:  # e.g. an op without a kernel for this dtype, or OOM
-            if not warm:
-                raise  # the reference itself: the run would fail the same way, so say so now
-            failed[name] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-            continue
-        warm[name] = (first, steady)
-        if not slower[name] and (not leader or steady < warm[leader][1]):
-            leader = name
+    warm, slower, failed = _warm_all(steppers, device, judge_first_step)
+    leader = min((name for name in warm if not slower[name]), key=lambda name: warm[name][1])
     fastest = warm[leader][1]
     alive = []
-    for name in steppers:
+    for index, name in enumerate(steppers):
         if name in failed:
             trials[name].skipped = failed[name]
             continue
         ratio = slower[name] or warm[name][1] / fastest
-        if ratio > HOPELESS:
+        if ratio > HOPELESS and index > 0:
             trials[name].ms_per_step = [1e3 * warm[name][1]]
             trials[name].skipped = f"{ratio:.1f}x slower than {leader} in warm-up"
         else:
@@ -103,6 +91,29 @@ def _race(steppers: Mapping[str, _Stepper], device: torch.device, rounds: int | 
     for name in alive:
         trials[name].loss = steppers[name].loss()
     return trials
+
+
+def _warm_all(steppers: Mapping[str, _Stepper], device: torch.device, judge_first_step: bool
+              ) -> tuple[dict[str, tuple[float, float]], dict[str, float], dict[str, str]]:
+    """Each alternative warmed up in turn, against the fastest so far: (first, warm) seconds, how many times
+    slower it gave up at (0: it did not), and why each that raised failed."""
+    warm: dict[str, tuple[float, float]] = {}
+    slower: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    leader = ""
+    for name, stepper in steppers.items():
+        try:
+            first, steady, slower[name] = _warm_up(stepper, device, warm[leader] if leader else None,
+                                                   judge_first_step)
+        except (RuntimeError, NotImplementedError) as e:  # e.g. an op without a kernel for this dtype, or OOM
+            if not warm:
+                raise  # the reference itself: the run would fail the same way, so say so now
+            failed[name] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            continue
+        warm[name] = (first, steady)
+        if not slower[name] and (not leader or steady < warm[leader][1]):
+            leader = name
+    return warm, slower, failed
 
 
 class _TrainSteps(_Stepper):
@@ -171,13 +182,14 @@ def optimizer_trials(
     """Time each optimizer implementation's step over the model's trainable parameters.
 
     Only the step differs between them (the same Adam update, as a loop, a foreach or a fused kernel),
-    so only the step is timed: forward and backward would add their noise and nothing else.
+    so only the step is timed: forward and backward would add their noise and nothing else. Each kernel is judged
+    warm only (its first step is not held against another's: a step costs a millisecond, so waiting is cheap).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(0)  # private: the run's random stream is not touched
     grads = [1e-3 * torch.randn(p.shape, generator=gen).to(device=device, dtype=p.dtype) for p in params]
     steppers = {name: _OptimizerSteps(params, grads, f) for name, f in factories.items()}
-    return _race(steppers, device, rounds)
+    return _race(steppers, device, rounds, judge_first_step=False)
 
 
 def _untouched_rng(device: torch.device) -> AbstractContextManager:
