@@ -16,6 +16,7 @@ padding (attention masks, ``ignore_index``) are unchanged.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -48,6 +49,30 @@ def rank_slice(order: Tensor, rank: int, world_size: int, samples_per_rank: int)
     return order[rank::world_size][:samples_per_rank]
 
 
+def batch_too_large(batch_size: int, samples: int, world_size: int = 1) -> str | None:
+    """What a batch larger than a rank's share of the training split does, in one line; None when it fits. Such a
+    batch is not an error (full-batch training is a choice) but never silent: the issue's batch_size=100000 on
+    1,437 samples trained one step an epoch to val_acc 0.11 with no word."""
+    share = samples // world_size
+    if not 0 < share < batch_size:
+        return None
+    if world_size == 1:
+        held, per = f"the training split ({samples} samples)", ""
+    else:
+        held, per = f"a worker's share of the training split ({share} of {samples} samples, over {world_size} workers)", \
+            " (per worker)"
+    return (f"batch_size {batch_size}{per} is larger than {held}: every epoch is a single step of {share}; use "
+            f"batch_size {share} or less for more steps an epoch")
+
+
+def say_if_batch_outgrows_share(batch_size: int, samples: int, world_size: int, rank: int) -> None:
+    """Rank 0 says when the batch outgrows each rank's share but not the whole split (the preflight, which knows
+    only the split, said that case)."""
+    message = batch_too_large(batch_size, samples, world_size)
+    if message and rank == 0 and batch_size <= samples:
+        print(f"leantrain: warning: {message}", file=sys.stderr, flush=True)
+
+
 BUCKET_WINDOW = 64  # global batches sorted together: wide enough to group lengths, narrow enough to stay random
 
 
@@ -74,6 +99,7 @@ class TensorBatches:
     ):
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        say_if_batch_outgrows_share(batch_size, len(x), world_size, rank)
         self.samples_per_rank = len(x) // world_size
         self.lengths: tuple[Tensor, Tensor] | None = None
         if pad_index is not None:
@@ -124,6 +150,7 @@ class DataLoaderBatches:
     ):
         self.dataset, self.batch_size, self.shuffle, self.seed = TensorDataset(x, y), batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        say_if_batch_outgrows_share(batch_size, len(x), world_size, rank)
         self.samples_per_rank = len(x) // world_size
         self.device = x.device
 

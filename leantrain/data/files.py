@@ -2,9 +2,10 @@
 
 Each reads into memory and holds out a seeded ``val_fraction`` for validation (``npy`` also takes
 ``x_val=``/``y_val=``; a ``.pt`` file may hold ``x_val``/``y_val``). ``task`` is ``classification`` (integer
-labels 0..C-1) or ``regression`` (float targets); it is never guessed: a CSV target column with fractional
-values under classification is refused, naming ``task=regression``. Paths with ``,`` or ``:`` cannot be written
-in a spec; rename or link the file.
+labels 0..C-1) or ``regression`` (float targets). Not given, it is classification, except that targets with
+fractional values are refused naming ``task=regression``, and whole numbers that read as a quantity (many
+distinct values, few samples each or a sparse range: ``targets.py``) are refused naming both tasks. Paths with
+``,`` or ``:`` cannot be written in a spec; rename or link the file.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import torch
 
 from leantrain.data.dataset import Dataset
 from leantrain.data.registry import DATASETS
-from leantrain.data.user import as_tensor, check_task, tensors_dataset
+from leantrain.data.targets import check_task, resolve_task
+from leantrain.data.user import as_tensor, tensors_dataset
 from leantrain.errors import UsageError
 
 
@@ -30,9 +32,11 @@ def _file(kind: str, key: str, path: str) -> Path:
     return file
 
 
-def _targets(kind: str, y: torch.Tensor, task: str, what: str) -> torch.Tensor:
-    """Labels as int64 for classification (only when every value is a whole number); floats for regression."""
-    check_task(task)
+def _targets(kind: str, y: torch.Tensor, task: str | None, what: str) -> torch.Tensor:
+    """Labels as int64 for classification, given or not (only when every value is a whole number); floats for
+    regression."""
+    if task is not None:
+        check_task(task)
     if task == "regression":
         return y.float() if not y.is_floating_point() else y
     if y.is_floating_point():
@@ -44,7 +48,7 @@ def _targets(kind: str, y: torch.Tensor, task: str, what: str) -> torch.Tensor:
 
 
 @DATASETS.register("csv", "your CSV file with a header row: csv:path=FILE,target=COLUMN[,task=regression,val_fraction=0.2]")
-def csv_file(*, seed: int = 0, path: str = "", target: str = "", task: str = "classification",
+def csv_file(*, seed: int = 0, path: str = "", target: str = "", task: str | None = None,
              val_fraction: float = 0.2) -> Dataset:
     """Every column but ``target`` is a feature (numbers only); regression targets have shape (N, 1)."""
     file = _file("csv", "path", path)
@@ -68,6 +72,7 @@ def csv_file(*, seed: int = 0, path: str = "", target: str = "", task: str = "cl
     column = header.index(target)
     x = torch.from_numpy(np.delete(values, column, axis=1)).float()
     y = _targets("csv", torch.from_numpy(values[:, column]), task, f"column {target!r}")
+    task = resolve_task(task, y, f"data set 'csv': column {target!r} of {file.name}", quote="")
     if task == "regression":
         y = y.float()[:, None]
     return tensors_dataset(x, y, val=None, val_fraction=val_fraction, seed=seed, name=file.stem, task=task)
@@ -91,8 +96,9 @@ def _load_npy(key: str, path: str) -> torch.Tensor:
 
 @DATASETS.register("npy", "your numpy arrays: npy:x=X.npy,y=Y.npy[,x_val=...,y_val=...,task=regression]")
 def npy_files(*, seed: int = 0, x: str = "", y: str = "", x_val: str = "", y_val: str = "",
-              task: str = "classification", val_fraction: float = 0.2) -> Dataset:
+              task: str | None = None, val_fraction: float = 0.2) -> Dataset:
     inputs, targets = _load_npy("x", x), _targets("npy", _load_npy("y", y), task, "y")
+    task = resolve_task(task, targets, f"data set 'npy': y={Path(y).name}", quote="")
     val = None
     if x_val or y_val:
         val = (_load_npy("x_val", x_val), _targets("npy", _load_npy("y_val", y_val), task, "y_val"))
@@ -100,7 +106,7 @@ def npy_files(*, seed: int = 0, x: str = "", y: str = "", x_val: str = "", y_val
 
 
 @DATASETS.register("pt", "your tensors saved with torch.save: pt:path=FILE holding {'x', 'y'[, 'x_val', 'y_val']} or (x, y)")
-def pt_file(*, seed: int = 0, path: str = "", task: str = "classification", val_fraction: float = 0.2) -> Dataset:
+def pt_file(*, seed: int = 0, path: str = "", task: str | None = None, val_fraction: float = 0.2) -> Dataset:
     file = _file("pt", "path", path)
     try:
         saved: Any = torch.load(file, weights_only=True, map_location="cpu")  # tensors only: no code runs
@@ -112,8 +118,9 @@ def pt_file(*, seed: int = 0, path: str = "", task: str = "classification", val_
     if not isinstance(saved, dict) or not {"x", "y"} <= saved.keys():
         raise UsageError(f"data set 'pt': {file.name} must hold a dict with 'x' and 'y' (and optionally 'x_val', "
                          "'y_val'), or an (x, y) pair")
+    y = _targets("pt", as_tensor(saved["y"], "y"), task, "y")
+    task = resolve_task(task, y, f"data set 'pt': y of {file.name}", quote="")
     val = None
     if "x_val" in saved or "y_val" in saved:
         val = (saved.get("x_val"), _targets("pt", as_tensor(saved.get("y_val"), "y_val"), task, "y_val"))
-    y = _targets("pt", as_tensor(saved["y"], "y"), task, "y")
     return tensors_dataset(saved["x"], y, val=val, val_fraction=val_fraction, seed=seed, name=file.stem, task=task)

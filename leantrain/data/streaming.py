@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from leantrain.data.batches import epoch_generator, rank_slice
+from leantrain.data.batches import epoch_generator, rank_slice, say_if_batch_outgrows_share
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -86,6 +86,8 @@ class StreamBatches:
                  rank: int = 0, world_size: int = 1):
         self.stream, self.batch_size, self.device, self.shuffle, self.seed = stream, batch_size, device, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        if not stream.iterable:  # an iterable one is counted only by reading it through
+            say_if_batch_outgrows_share(batch_size, len(stream), world_size, rank)
 
     def __len__(self) -> int:
         if self.stream.iterable:

@@ -1,6 +1,7 @@
 """Checks made before a run writes anything: the model takes the data, and the run's files are ours to write."""
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
@@ -10,12 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantrain.data.batches import bucket_pad_index
+from leantrain.data.batches import batch_too_large, bucket_pad_index
 from leantrain.data.streaming import head, to_device
 from leantrain.data.user import SAMPLE
 from leantrain.errors import UsageError
 from leantrain.fileio import prepare_output_dir
 from leantrain.parallel.dist import Dist
+from leantrain.parallel.env import detect
 from leantrain.techniques.amp import autocast_for
 from leantrain.train.adapters import task_for
 from leantrain.train.run_identity import (
@@ -49,6 +51,7 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "f
         if not custom_loss:
             check_targets(dataset)
         check_validation(dataset, targets=not custom_loss)
+        check_batch(dataset, config)
     check_dtypes(model, dataset.x_train)
     x, y = head(dataset.x_train, DRY_SAMPLES), dataset.y_train[:DRY_SAMPLES]
     device = next((p.device for p in model.parameters()), y.device)
@@ -86,6 +89,9 @@ def check_targets(dataset: Any) -> None:
     """Targets of the right kind for the task, over the whole data set (labels in range on both splits)."""
     y, where = dataset.y_train, f"data {dataset.name}"
     if dataset.task == "classification":
+        if math.prod(y.shape[1:]) > 1:  # rows, before the dtype: y.long() keeps them and squeeze(1) cannot
+            raise UsageError(f"{where}: classification targets must be class indices of shape (N,), got (N, "
+                             f"{', '.join(map(str, y.shape[1:]))}); {_rows_advice(y)}")
         if y.is_floating_point() or y.is_complex():
             raise UsageError(f"{where}: classification targets must be integer class indices, got {y.dtype}; "
                              "for real-valued targets use task='regression', for labels pass y.long()")
@@ -97,6 +103,33 @@ def check_targets(dataset: Any) -> None:
             raise UsageError(f"{where}: class labels must be 0..C-1, got {low}; remap them (e.g. y - y.min())")
     elif dataset.task == "regression" and not y.is_floating_point():
         raise UsageError(f"{where}: regression targets must be floating point, got {y.dtype}; pass y.float()")
+
+
+def is_one_hot(y: torch.Tensor) -> bool:
+    """Rows of 0s and a single 1, one per sample (what F.one_hot and to_categorical give) over 2+ classes."""
+    if y.dim() != 2 or y.shape[1] < 2 or y.numel() == 0 or y.is_complex():
+        return False
+    return bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all())
+
+
+def _rows_advice(y: torch.Tensor) -> str:
+    """How to reach one class index a sample from targets holding a row (or more) per sample."""
+    if is_one_hot(y):
+        return "these are one-hot rows: pass y.argmax(1)"
+    return ("pass one class index a sample (y.argmax(1) for per-class scores); several labels a sample need a "
+            "loss_fn of your own, e.g. torch.nn.BCEWithLogitsLoss()")
+
+
+def check_batch(dataset: Any, config: Any) -> None:
+    """A given batch_size larger than the training split trains, said in one line (each rank's share is checked
+    where the batches are made, data/batches.py; auto chooses within it). An iterable stream is counted only by
+    reading it through: left out."""
+    if not isinstance(config.batch_size, int) or (dataset.streams is not None and dataset.streams[0].iterable):
+        return
+    samples = len(dataset.streams[0]) if dataset.streams is not None else len(dataset.y_train)
+    message = batch_too_large(config.batch_size, samples)
+    if message and detect().rank == 0:  # every rank builds the data: one says it
+        print(f"leantrain: warning: data {dataset.name}: {message}", file=sys.stderr, flush=True)
 
 
 def check_validation(dataset: Any, *, targets: bool = True) -> None:

@@ -134,8 +134,9 @@ def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: t
         raise UsageError(f"batch_size auto times batches of data held in memory; {dataset.name} is streamed: give a number")
     task = task_for(dataset)
     # Each rank's share of an epoch, and only the batches the memory holds (a CPU's OOM kills, it does not raise).
-    candidates = [b for b in config.batch_candidates(len(dataset.y_train) // data_ranks)
-                  if b == config.lr_batch or fits_in_memory(model, dataset, config.replace(batch_size=b), device)]
+    sizes = _candidates_within(config, len(dataset.y_train) // data_ranks)
+    candidates = [b for b in sizes  # the smallest is always timed: the run needs one
+                  if b == sizes[0] or fits_in_memory(model, dataset, config.replace(batch_size=b), device)]
     precision = config.precision if config.precision != AUTO else "fp32"  # the precision is chosen at this batch next
     optimizer = config.replace(optimizer="adam") if config.optimizer == AUTO_ADAM else config
 
@@ -151,6 +152,12 @@ def _batch_size(config: RunConfig, model: nn.Module, dataset: Dataset, device: t
     return {**entry, "lr": scaled_lr(config.lr, entry["choice"], config.lr_batch, config.optimizer),
             "lr_given": config.lr, "lr_batch": config.lr_batch, "lr_rule": lr_rule(config.optimizer),
             "probe_precision": precision}
+
+
+def _candidates_within(config: RunConfig, share: int) -> list[int]:
+    """The config's candidates no larger than a rank's ``share`` of the training split (a larger batch would make
+    every epoch one step of the share); the share itself where even lr_batch is larger."""
+    return [b for b in config.batch_candidates(share) if b <= share] or [max(share, 1)]
 
 
 def _input_signature(x: Any) -> str:
