@@ -213,12 +213,14 @@ def _report(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from leantrain.data import DATASETS
     from leantrain.models import MODELS
+    from leantrain.parallel.strategy import describe_modes
     from leantrain.techniques.registry import techniques
 
     for title, rows in (
         ("models", [(e.name, e.summary) for e in MODELS]),
         ("data sets", [(e.name, e.summary) for e in DATASETS]),
         ("techniques", [(t.name, f"{t.summary} (keys: {', '.join(o.name for o in t.options)})") for t in techniques()]),
+        ("parallel modes (--parallel)", describe_modes()),
     ):
         print(f"{title}:")
         width = max(len(name) for name, _ in rows)

@@ -9,7 +9,6 @@ a validated RunConfig.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +17,11 @@ import torch
 
 from leantrain.errors import UsageError
 from leantrain.options import Option
+from leantrain.parallel.composition import check_parallel_mode
 from leantrain.techniques import registry as techniques
 
 LOADERS = ("tensor", "dataloader")
 OPTIMIZERS = ("adam", "foreach-adam", "fused-adam", "auto-adam", "adamw", "sgd")
-PARALLELS = ("none", "ddp", "mpi", "fsdp", "pipeline", "ensemble")  # and hybrids dpAxppB (e.g. dp2xpp2)
 PIPELINE_SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("auto", "gloo", "nccl")
 DDP_COMPRESSION = ("none", "bf16", "fp16")
@@ -34,19 +33,10 @@ MIN_STEPS_PER_EPOCH = 8  # batch_size auto never leaves an epoch fewer optimizer
 
 
 def parallel_mode(parallel: str) -> str:
-    """The mode a ``parallel`` value names: ``dp2xpp2`` is a hybrid, the rest name themselves."""
-    return "hybrid" if _hybrid_match(parallel) else parallel
+    """The mode a ``parallel`` value names (``dp2xpp2`` is a hybrid); the value itself when no mode takes it."""
+    from leantrain.parallel.strategy import modes
 
-
-def hybrid_shape(parallel: str) -> tuple[int, int]:
-    """(data-parallel replicas, pipeline stages) of a ``dpAxppB`` value."""
-    match = _hybrid_match(parallel)
-    assert match, parallel
-    return int(match.group(1)), int(match.group(2))
-
-
-def _hybrid_match(parallel: str) -> re.Match[str] | None:
-    return re.fullmatch(r"dp([1-9][0-9]*)xpp([2-9]|[1-9][0-9]+)", str(parallel))
+    return next((name for name, cls in modes().items() if cls.accepts(parallel)), parallel)
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -81,11 +71,12 @@ class RunConfig:
     )
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (launched workers use cuda:LOCAL_RANK)")
     parallel: str = _opt(
-        "none", "none (one process); ddp: DistributedDataParallel over the launched processes; mpi: seed 003's "
-        "flat-buffer gradient Allreduce over mpi4py (mpirun); ensemble: a different model per worker, predictions "
-        "combined; fsdp: parameters, gradients and optimizer state sharded per block (FSDP2); pipeline: the "
-        "model's blocks split into one stage per worker; dpAxppB (e.g. dp2xpp2): A data-parallel replicas of a "
-        "B-stage pipeline; batch_size is per worker (per pipeline replica under pipeline and dpAxppB)",
+        "none", "the parallel mode (one file each in leantrain/parallel/modes/; `leantrain list` shows them all): none "
+        "(one process); ddp: DistributedDataParallel over the launched processes; mpi: seed 003's flat-buffer "
+        "gradient Allreduce over mpi4py (mpirun); ensemble: a different model per worker, predictions combined; "
+        "fsdp: parameters, gradients and optimizer state sharded per block (FSDP2); pipeline: the model's blocks "
+        "split into one stage per worker; dpAxppB (e.g. dp2xpp2): A data-parallel replicas of a B-stage pipeline; "
+        "batch_size is per worker (per pipeline replica under pipeline and dpAxppB)",
     )
     ddp_bucket_mb: float = _opt(25.0, "ddp: megabytes of gradients per all-reduce bucket (DDP's bucket_cap_mb)")
     ddp_static_graph: bool = _opt(False, "ddp: declare the graph static (DDP's static_graph: the same parameters "
@@ -235,9 +226,6 @@ class RunConfig:
             raise UsageError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.length_buckets and self.loader != "tensor":
             raise UsageError(f"{where}: length_buckets needs loader tensor, got loader {self.loader}")
-        if self.length_buckets and parallel_mode(self.parallel) in ("pipeline", "hybrid"):
-            raise UsageError(f"{where}: length_buckets varies batch shapes, which a pipeline's stages cannot take; "
-                             f"drop it under parallel {self.parallel}")
         if isinstance(self.threads, str) and self.threads.isdigit():
             self.threads = int(self.threads)  # from the command line, a count arrives as text
         if self.threads is not None and self.threads != "auto" and not (isinstance(self.threads, int) and self.threads > 0):
@@ -246,9 +234,6 @@ class RunConfig:
             self.procs = int(self.procs)  # from the command line, a count arrives as text
         if isinstance(self.procs, str) and self.procs != "auto":
             raise UsageError(f"{where}: procs must be a positive integer or auto, got {self.procs!r}")
-        if self.procs == "auto" and self.parallel != "ddp":
-            raise UsageError(f"{where}: procs auto chooses between processes and threads for --parallel ddp, "
-                             f"not {self.parallel}")
         if isinstance(self.procs, int) and self.procs <= 0:
             raise UsageError(f"{where}: procs must be a positive integer, got {self.procs}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -265,7 +250,7 @@ class RunConfig:
         self._validate_techniques(where)
         self._validate_parallel(where)
         try:
-            techniques.check_parallel_mode(techniques.from_config(self), parallel_mode(self.parallel))
+            check_parallel_mode(techniques.from_config(self), parallel_mode(self.parallel))
         except UsageError as e:
             raise UsageError(f"{where}: {e}") from None
         for f in _core_fields():
@@ -278,65 +263,27 @@ class RunConfig:
                              "use fp16 on the CPU's gloo")
         if self.backend == "nccl" and device.type != "cuda":
             raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
-        if isinstance(self.procs, int) and self.procs > 1 and self.parallel == "none":
-            raise UsageError(f"{where}: procs {self.procs} with parallel none would train {self.procs} separate copies; "
-                             "add --parallel ddp")
         check_spec(DATASETS, self.data, "seed")
         if is_import_spec(self.model):
             load_class(self.model)  # importable, and its options are the constructor's
         else:
             check_spec(MODELS, self.model, "data")
-        self._validate_members(where)
         return self
 
     def _validate_auto_batch(self, where: str) -> None:
         """batch_size auto is chosen at run start by timing; refused where a batch must be known before that."""
         if self.procs == "auto":
             raise UsageError(f"{where}: batch_size auto and procs auto each time the other's choice; fix one of them")
-        if parallel_mode(self.parallel) in ("pipeline", "hybrid"):
-            raise UsageError(f"{where}: batch_size auto is not for parallel {self.parallel} (the batch must be a "
-                             "multiple of microbatches); give a number")
 
     def _validate_parallel(self, where: str) -> None:
-        mode = parallel_mode(self.parallel)
-        if mode not in PARALLELS + ("hybrid",):
-            raise UsageError(f"{where}: parallel {self.parallel!r} is not one of: {', '.join(PARALLELS)}, "
-                             "or dpAxppB (A data-parallel replicas x B pipeline stages, e.g. dp2xpp2)")
+        """The parallel mode's own rules (leantrain/parallel/modes/), after the ranges of its options."""
+        from leantrain.parallel.strategy import strategy_for
+
         if not self.ddp_bucket_mb > 0:
             raise UsageError(f"{where}: ddp_bucket_mb must be > 0 megabytes, got {self.ddp_bucket_mb}")
         if self.microbatches <= 0:
             raise UsageError(f"{where}: microbatches must be a positive integer, got {self.microbatches}")
-        if mode in ("pipeline", "hybrid"):
-            if isinstance(self.batch_size, int) and self.batch_size % self.microbatches:
-                raise UsageError(f"{where}: batch_size {self.batch_size} is not a multiple of microbatches "
-                                 f"{self.microbatches}; each micro-batch must be the same size")
-            if mode == "pipeline" and isinstance(self.procs, int) and self.procs < 2:
-                raise UsageError(f"{where}: a pipeline needs at least 2 stages: procs {self.procs}")
-            stages = hybrid_shape(self.parallel)[1] if mode == "hybrid" else self.procs
-            if self.schedule_pp == "1f1b" and isinstance(stages, int) and self.microbatches < stages:
-                raise UsageError(f"{where}: schedule 1f1b needs at least one micro-batch per stage: microbatches "
-                                 f"{self.microbatches} < {stages} stages; raise microbatches or use gpipe")
-        if mode == "hybrid":
-            dp, pp = hybrid_shape(self.parallel)
-            if isinstance(self.procs, int) and self.procs != dp * pp:
-                raise UsageError(f"{where}: parallel {self.parallel} is {dp} x {pp} = {dp * pp} processes, "
-                                 f"but procs is {self.procs}")
-        if self.shard_optimizer:
-            self._validate_sharding(where)
-        if mode in ("fsdp", "pipeline", "hybrid") and self.technique_options.get("precision") == "fp16":
-            raise UsageError(f"{where}: precision fp16 with parallel {self.parallel}: the loss scaler would decide "
-                             "on each shard or stage alone; use bf16")
-
-    def _validate_sharding(self, where: str) -> None:
-        if self.parallel != "mpi":
-            raise UsageError(f"{where}: shard_optimizer is for parallel mpi (the updated slices are gathered over MPI), "
-                             f"not parallel {self.parallel}; fsdp shards the optimizer's state over torch.distributed")
-        if self.technique_options.get("precision") == "fp16":
-            raise UsageError(f"{where}: precision fp16 with shard_optimizer: the loss scaler would check only this "
-                             "rank's slice of the gradients; use bf16")
-        if self.technique_options.get("complexity", "off") != "off":
-            raise UsageError(f"{where}: complexity matching rebuilds the model's layers, which a sharded optimizer's "
-                             "flat buffer cannot follow; drop shard_optimizer or complexity")
+        strategy_for(self.parallel, where).check(self, where)
 
     def _validate_checkpoint_every(self, where: str) -> None:
         text = str(self.checkpoint_every).strip()
@@ -365,24 +312,6 @@ class RunConfig:
             raise UsageError(f"{where}: log tensorboard needs the tensorboard package: "
                              "pip install 'leantrain[tensorboard]'")
         self.log = ",".join(dict.fromkeys(self.loggers)) or None  # one spelling: the record and a resume agree
-
-    def _validate_members(self, where: str) -> None:
-        from leantrain.models.registry import MODELS
-        from leantrain.parallel.ensemble import split_members
-        from leantrain.registry import check_spec
-
-        if self.members is None:
-            return
-        if self.parallel != "ensemble":
-            raise UsageError(f"{where}: members are for --parallel ensemble, not {self.parallel}")
-        try:
-            specs = split_members(self.members)
-            for spec in specs:
-                check_spec(MODELS, spec, "data")
-        except UsageError as e:
-            raise UsageError(f"{where}: members: {e}") from None
-        if isinstance(self.procs, int) and len(specs) != self.procs:
-            raise UsageError(f"{where}: members names {len(specs)} models for procs {self.procs}; give one per worker")
 
     def _validate_techniques(self, where: str) -> None:
         """Each technique's keys by their own checks, then the technique's checks across keys."""

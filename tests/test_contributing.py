@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from leantrain.cli import main
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.models.registry import MODELS
+from leantrain.parallel.composition import composition_table
+from leantrain.parallel.strategy import mode_names, unregister_mode
 from leantrain.techniques import from_config, unregister
-from leantrain.techniques.registry import composition_table
 
 ROOT = Path(__file__).parents[1]
 BLOCKS = dict(re.findall(r"```python file=(\S+)\n(.*?)```", (ROOT / "CONTRIBUTING.md").read_text(), re.S))
@@ -48,8 +50,18 @@ def logreg(tmp_path):
     del sys.modules[module.__name__]
 
 
+@pytest.fixture
+def allreduce_mode(tmp_path):
+    mode_names()  # the built-in modes first, as the package's discovery imports them
+    module = _import_block("leantrain/parallel/modes/allreduce.py", tmp_path)
+    yield module
+    unregister_mode("allreduce")
+    del sys.modules[module.__name__]
+
+
 def test_the_walkthroughs_name_files_in_the_right_folders():
-    assert set(BLOCKS) == {"leantrain/techniques/early_stopping.py", "leantrain/models/logreg.py"}
+    assert set(BLOCKS) == {"leantrain/techniques/early_stopping.py", "leantrain/models/logreg.py",
+                           "leantrain/parallel/modes/allreduce.py"}
     assert not any((ROOT / path).exists() for path in BLOCKS)  # examples, not shipped code
 
 
@@ -80,3 +92,22 @@ def test_a_model_in_one_file_appears_everywhere(logreg, capsys, tmp_path):
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["run"]["model"] == "logreg" and record["run"]["flops_per_sample"] == 2.0 * 128 * 5
     assert record["epochs"][0]["train_loss"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_parallel_mode_in_one_file_trains_like_one_process(allreduce_mode, capsys, tmp_path):
+    from tests.parallel.helpers import run_single, run_workers
+
+    assert "allreduce" in mode_names()
+    assert RunConfig.from_dict({"parallel": "allreduce", "procs": 2}).parallel == "allreduce"
+    assert main(["list"]) == 0 and "data parallel: gradients averaged in one flat all-reduce" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="--parallel allreduce does not compose with: precision"):
+        RunConfig.from_dict({"parallel": "allreduce", "precision": "bf16"})
+    base = {"model": "mlp:hidden=32", "data": "healthcare-sim:n=512", "epochs": 2, "seed": 3, "device": "cpu",
+            "threads": 1, "loader": "tensor"}
+    one = run_single({**base, "batch_size": 64})
+    two = run_workers(2, tmp_path, {**base, "batch_size": 32, "parallel": "allreduce"})
+    assert two[0]["record"]["run"]["world_size"] == 2 and len(two[0]["steps"]) == len(one["steps"])
+    for rank in two:  # each step's parameters, on every rank, as one process at the global batch
+        for got, want in zip(rank["steps"], one["steps"]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -32,9 +32,6 @@ from torch import nn
 from leantrain.options import Option
 from leantrain.techniques.amp import Precision
 
-# Every way of running across workers (docs/ARCHITECTURE.md); a technique lists those it composes with.
-PARALLEL_MODES = ("none", "ddp", "mpi", "fsdp", "pipeline", "hybrid", "ensemble")
-
 
 class Event(enum.Enum):
     """The hooks a technique can implement; the value is the method's name."""
@@ -116,8 +113,8 @@ class Technique:
     runs_after: ClassVar[tuple[str, ...]] = ()
     # The parallel modes it composes with. A registered technique must list them itself (``register`` checks), so
     # a mode added later is refused until the technique names it; a hook that only observes (a callback, a
-    # user's probe passed to ``fit``) composes with every mode.
-    parallel_modes: ClassVar[frozenset[str]] = frozenset(PARALLEL_MODES)
+    # user's probe passed to ``fit``) composes with every mode (None). The modes: leantrain/parallel/modes/.
+    parallel_modes: ClassVar[frozenset[str] | None] = None
     # Capabilities the run reads instead of technique names. ``changes_model``: ``prepare`` changes the module.
     # ``sets_lr``: it sets the optimizer's learning rate while training (so a user's LR scheduler is refused).
     changes_model: ClassVar[bool] = False

@@ -16,8 +16,8 @@ Used by the CLI (``leantrain train``), the experiment runner, the launched worke
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from torch import nn
 
 from leantrain import data as data_sets
 from leantrain import models, tuning
-from leantrain.config import RunConfig, hybrid_shape, parallel_mode, resolve_device
+from leantrain.config import RunConfig, resolve_device
 from leantrain.data.batches import BatchSource, DataLoaderBatches, TensorBatches, bucket_pad_index
 from leantrain.data.dataset import Dataset
 from leantrain.data.streaming import StreamBatches, StreamVal
@@ -36,16 +36,15 @@ from leantrain.fileio import write_json
 from leantrain.inference.model_file import SUFFIX as MODEL_SUFFIX
 from leantrain.inference.model_file import save_model
 from leantrain.parallel import env as parallel_env
-from leantrain.parallel.ddp import DataParallel
-from leantrain.parallel.dist import Dist, process_group
-from leantrain.parallel.ensemble import EnsembleMember, member_spec
+from leantrain.parallel.composition import check_parallel_mode
+from leantrain.parallel.dist import Dist
 from leantrain.parallel.env import World
-from leantrain.parallel.mpi import MpiDataParallel, ShardedOptimizerPlan, mpi_group, with_master_from_rank0
 from leantrain.parallel.plan import ParallelPlan
+from leantrain.parallel.strategy import ParallelStrategy, strategy_for
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.precision import MixedPrecision
-from leantrain.techniques.registry import check_parallel_mode, switched_on
+from leantrain.techniques.registry import switched_on
 from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for
 from leantrain.train.allocator import keep_freed_memory
@@ -119,6 +118,7 @@ class Run:
         self.request, self.config = request, request.config
         self.trace: list[str] = []
         self.world: World = parallel_env.detect()
+        self.strategy: ParallelStrategy = strategy_for(self.config.parallel)  # the mode: parallel/modes/
         self.device = resolve_device(self.config.device)
         if self.device.type == "cuda" and self.world.launched:
             self.device = torch.device("cuda", self.world.local_rank)
@@ -170,15 +170,8 @@ class Run:
                              "or drop shard_optimizer")
         check_world(config, self.world)
 
-    @contextmanager
-    def _process_group(self) -> Iterator[Dist]:
-        if self.config.parallel == "mpi":
-            group = mpi_group(self.world, self.device, self.config.dist_timeout)
-        else:
-            group = process_group(with_master_from_rank0(self.world), self.config.backend, self.device,
-                                  self.config.dist_timeout)
-        with group as dist:
-            yield dist
+    def _process_group(self) -> AbstractContextManager[Dist]:
+        return self.strategy.process_group(self.world, self.config, self.device)
 
     def _entered(self, phase: str) -> None:
         self.trace.append(phase)
@@ -199,8 +192,7 @@ class Run:
             torch.set_num_threads(config.threads)
         elif dist.world_size > 1:
             torch.set_num_threads(threads_per_worker(dist.world))  # "auto" too: see tune_on_ranks
-        if config.parallel == "ensemble":
-            self.member = member_spec(config.model, config.members, dist.rank, dist.world_size)
+        self.member = self.strategy.member_model(config, dist)
 
     def build(self) -> None:
         """Data, model, the state to resume from, the measured ``auto`` settings and the techniques."""
@@ -210,9 +202,7 @@ class Run:
         # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
         _seed_everything(config.seed + (dist.rank if ensemble else 0))
         self.dataset = request.dataset if request.dataset is not None else data_sets.load(config.data, seed=config.seed)
-        if ensemble and self.dataset.task != "classification":
-            raise UsageError(f"--parallel ensemble combines class probabilities; {config.data} is a "
-                             f"{self.dataset.task} task")
+        self.strategy.check_data(config, self.dataset)
         self.model = request.model if request.model is not None else models.build(self.member or config.model,
                                                                                   self.dataset)
         dry_forward(self.model, self.dataset, config)  # a model that does not take the data fails before any work
@@ -229,29 +219,17 @@ class Run:
                                    self.saved.get("autotune") if self.saved else None, self.progress.message,
                                    own_model=ensemble)
         techniques = from_config(self.tuned.config) + request.techniques
-        check_parallel_mode(techniques, parallel_mode(config.parallel))
-        self.techniques = in_hook_order(techniques + self._mode_hooks())
-
-    def _mode_hooks(self) -> list[Technique]:
-        """The parallel mode's own part in the loop (DDP's wrap, MPI's averaging, an ensemble member's vote)."""
-        config = self.config
-        if config.parallel == "ddp":
-            return [DataParallel(bucket_cap_mb=config.ddp_bucket_mb, static_graph=config.ddp_static_graph,
-                                 gradient_as_bucket_view=config.ddp_grad_as_bucket_view, compress=config.ddp_compress)]
-        if config.parallel == "mpi":
-            return [MpiDataParallel()]
-        if self.member is not None:
-            member = EnsembleMember(self.dist, self.member, self.dataset.x_val.to(self.device),
-                                    self.dataset.y_val.cpu(), config.eval_batch_size, config.seed)
-            # A member trains alone: the loop's sums and batches are its own, not reduced or sharded over ranks.
+        check_parallel_mode(techniques, self.strategy.name)
+        # The mode's own part in the loop (DDP's wrap, MPI's averaging, an ensemble member's vote).
+        mode_hooks = self.strategy.hooks(config, self.dist, self.dataset, self.member)
+        if self.strategy.trains_alone:  # the loop's sums and batches are the member's own, not over the ranks
             self.dist = Dist(device=self.device)
-            return [member]
-        return []
+        self.techniques = in_hook_order(techniques + mode_hooks)
 
     def prepare(self) -> None:
         """The model as it will train: laid out over the ranks, then changed by the techniques that change it."""
         self._entered("prepare")
-        self.plan = make_plan(self.config, self.dist)
+        self.plan = self.strategy.plan(self.config, self.dist)
         if self.config.memory_check and self.plan.stage_only:
             # A stage cannot take a dry step alone: estimated on the whole model (an upper bound per rank).
             self._check_memory(self.model)
@@ -370,24 +348,6 @@ def check_given_once(config: RunConfig, given: list[Technique]) -> None:
     clashes = switched_on(config) & {t.name for t in given}
     if clashes:
         raise UsageError(f"{', '.join(sorted(clashes))} given both as an option and in techniques=; use one")
-
-
-def make_plan(config: RunConfig, dist: Dist) -> ParallelPlan:
-    """How this run lays the model out over its ranks (see leantrain/parallel/plan.py)."""
-    # Imported here: FSDP2 and pipelining need a newer torch than one-process runs do.
-    from leantrain.parallel.fsdp import FsdpPlan
-    from leantrain.parallel.pipeline import PipelinePlan
-
-    mode = parallel_mode(config.parallel)
-    if config.shard_optimizer:
-        return ShardedOptimizerPlan(dist)
-    if mode == "fsdp":
-        return FsdpPlan(dist)
-    if mode == "pipeline":
-        return PipelinePlan(dist, 1, dist.world_size, config.microbatches, config.schedule_pp)
-    if mode == "hybrid":
-        return PipelinePlan(dist, *hybrid_shape(config.parallel), config.microbatches, config.schedule_pp)
-    return ParallelPlan(dist)
 
 
 def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSource:

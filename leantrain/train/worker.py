@@ -21,6 +21,7 @@ from leantrain.fileio import prepare_output_dir, write_json
 from leantrain.parallel import failures
 from leantrain.parallel.launch import WorkersFailed, cores_available, run_local_workers
 from leantrain.parallel.mpirun import run_mpirun
+from leantrain.parallel.strategy import strategy_for
 
 
 def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra_run_fields: dict[str, Any],
@@ -55,7 +56,8 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
                 _run_workers(config, procs, ["-m", "leantrain.train.worker", str(spec)], max_restarts, verbose)
                 return 0
             except WorkersFailed as failed:
-                if config.parallel != "mpi" or attempt == max_restarts or failed.status in (2, 3):
+                # torch elastic restarts its workers itself; an mpirun job is relaunched here
+                if strategy_for(config.parallel).launcher != "mpirun" or attempt == max_restarts or failed.status in (2, 3):
                     raise JobFailed(f"{failed}; {interrupts.checkpoint_note()}", failed.status) from None
                 print(f"leantrain: {failed}; restarting the workers from the last checkpoint "  # --quiet too: a warning
                       f"({attempt + 1} of --max-restarts {max_restarts})", file=sys.stderr)
@@ -67,7 +69,7 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
 def _run_workers(config: RunConfig, procs: int, args: list[str], max_restarts: int, verbose: bool) -> None:
     """One job of ``procs`` workers: under mpirun for ``--parallel mpi`` (restarts are relaunches, see launch),
     else torch elastic's launcher (which restarts the workers itself)."""
-    if config.parallel == "mpi":
+    if strategy_for(config.parallel).launcher == "mpirun":
         run_mpirun(procs, args, cores_available(), verbose=verbose)
     else:
         run_local_workers(procs, args, max_restarts=max_restarts, verbose=verbose)

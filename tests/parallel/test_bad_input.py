@@ -41,7 +41,7 @@ def test_nccl_on_cpu_is_refused(capsys, tmp_path):
 
 
 def test_an_unknown_parallel_mode_lists_the_known_ones(capsys, tmp_path):
-    assert "parallel 'zero3' is not one of: none, ddp, mpi, fsdp, pipeline, ensemble, or dpAxppB" in _fails(
+    assert "parallel 'zero3' is not one of: none, ddp, mpi, fsdp, pipeline, dpAxppB (e.g. dp2xpp2), ensemble" in _fails(
         capsys, tmp_path, "--parallel", "zero3")
 
 

@@ -8,8 +8,8 @@ from leantrain.cli import main
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.options import Option
+from leantrain.parallel.composition import check_parallel_mode, composition_table
 from leantrain.techniques import Technique, from_config, register, unregister
-from leantrain.techniques.registry import check_parallel_mode, composition_table
 
 
 def _every(n: int) -> int:
@@ -104,7 +104,7 @@ def test_readme_table_is_the_generated_one():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert composition_table() in readme, (
         "README.md's composition table is stale; paste the output of "
-        "python -c 'from leantrain.techniques.registry import composition_table; print(composition_table())'"
+        "python -c 'from leantrain.parallel.composition import composition_table; print(composition_table())'"
     )
 
 
@@ -120,8 +120,8 @@ def test_a_technique_that_lists_no_parallel_modes_is_refused():
 
 def test_a_mode_a_technique_does_not_list_is_refused_in_one_line():
     from leantrain.errors import UsageError
+    from leantrain.parallel.composition import check_parallel_mode
     from leantrain.techniques import Compile
-    from leantrain.techniques.registry import check_parallel_mode
 
     with pytest.raises(UsageError, match="--parallel fsdp does not compose with: compile"):
         check_parallel_mode([Compile()], "fsdp")

@@ -44,7 +44,7 @@ class Faults(Technique):
 
 
 trace = ParamTrace()
-config = RunConfig.from_dict({**BASE, "batch_size": batch, "parallel": parallel, "threads": 1, "dist_timeout": 10,
+config = RunConfig.from_dict({**BASE, "batch_size": batch, "parallel": parallel, "threads": 1, "dist_timeout": 60,
                               **{k: _value(v) for k, v in options.items()}})
 try:
     record = execute(config, techniques=[trace, Faults()], quiet=True, out_dir=out_dir, resume="resume" in flags)
