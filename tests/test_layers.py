@@ -154,3 +154,13 @@ def test_no_import_cycles_between_layers():
     for start in sorted(graph):
         cycle = visit(start, [])
         assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_function_is_over_80_lines():
+    """A function longer than a screen does several jobs (issue 24): split it before it lands."""
+    long = []
+    for name, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long

@@ -79,13 +79,9 @@ def fit(
 
     Bad arguments raise ``leantrain.UsageError`` in one line, before any folder is made.
     """
-    _check_model_and_data(model, data)
+    _check_arguments(model, data, checkpoint_dir, epochs)
     given = [_fresh(t) for t in _checked_techniques(techniques, "techniques")]
     hooks = _checked_techniques(callbacks, "callbacks")
-    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, Path)):
-        raise UsageError(f"fit: checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise UsageError(f"fit: epochs must be an integer, got {epochs!r}")
     adapter = check_adapter(TaskAdapter(loss_fn, metrics if metrics is not None else {}, output_key), data.task)
     data = dataclasses.replace(data, adapter=adapter)
     build_optimizer, optimizer_label = _optimizer(model, optimizer, options)
@@ -97,12 +93,9 @@ def fit(
                              optimizer=optimizer_label, scheduler=_label(scheduler))
     if data.streams is not None:
         _check_streamed(data, options)
-    placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
-    config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
+    config = _run_config(epochs, options, facts)
     if scheduler is not None:
         _check_lr_has_one_owner(config, given)
-    if not options.get("name"):
-        config = config.replace(name=_run_name(facts))
     out_dir = Path(checkpoint_dir) if checkpoint_dir else None
     best = _place_best_checkpoints(hooks, out_dir, config.run_name)
     if out_dir is not None:
@@ -119,6 +112,21 @@ def fit(
         raise UsageError(f"fit: {record.message(FIT_AGAIN)}")
     return FitResult(record, model, best if best and best.exists() else None,
                      output=(lambda out: select_output(out, output_key)) if output_key is not None else None)
+
+
+def _check_arguments(model: nn.Module, data: Dataset, checkpoint_dir: Any, epochs: Any) -> None:
+    _check_model_and_data(model, data)
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, Path)):
+        raise UsageError(f"fit: checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise UsageError(f"fit: epochs must be an integer, got {epochs!r}")
+
+
+def _run_config(epochs: int, options: dict[str, Any], facts: dict[str, Any]) -> RunConfig:
+    """The run's settings: the options, named after what is trained unless ``name=`` says otherwise."""
+    placeholders = {"model": "mlp", "data": "imagenet-sim"}  # RunConfig's registered names; unused with a model
+    config = RunConfig.from_dict({**placeholders, "epochs": epochs, **options}, where="fit")
+    return config if options.get("name") else config.replace(name=_run_name(facts))
 
 
 def _what_is_trained(model: nn.Module, data: Dataset, **labels: Any) -> dict[str, Any]:
