@@ -9,7 +9,7 @@ memory estimate and optimizers (``train/metrics.py``, ``memory.py``, ``optim.py`
 orchestration (``train/run.py``) calls it. No other module of ``train/`` imports it (``tests/test_layers.py``).
 """
 from leantrain.tuning.ranks import threads_per_worker, tune_on_ranks
-from leantrain.tuning.resolve import AUTO, AUTO_ADAM, Measure, Tuned, auto_knobs, describe, resolve
+from leantrain.tuning.resolve import AUTO, AUTO_ADAM, Measure, Tuned, auto_knobs, decided_once, describe, resolve
 
-__all__ = ["AUTO", "AUTO_ADAM", "Measure", "Tuned", "auto_knobs", "describe", "resolve", "threads_per_worker",
+__all__ = ["AUTO", "AUTO_ADAM", "Measure", "Tuned", "auto_knobs", "decided_once", "describe", "resolve", "threads_per_worker",
            "tune_on_ranks"]

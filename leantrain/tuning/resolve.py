@@ -15,7 +15,8 @@ the same precision it started with. The choices go into the run record and one p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,7 @@ def resolve(
         elif saved and knob in saved:
             entry = {**saved[knob], "source": saved_from}
         elif knob == "threads":
-            entry = _threads(measure)
+            entry = _decide_once(f"threads|{machine.machine_key(device)}", lambda: _threads(measure))
         elif knob == "batch_size":
             entry = _batch_size(config.replace(**changes), model, dataset, device, measure, data_ranks)
         elif knob == "optimizer":
@@ -197,9 +198,44 @@ def precision_candidates(device: torch.device) -> tuple[list[str], dict[str, str
     return ["fp32", "bf16"], {"fp16": "no fp16 arithmetic on this CPU (no avx512_fp16 or amx_fp16): emulated, ~16x slower"}
 
 
+# Within ``decided_once``: every choice made so far, by its cache key (None: outside, each run decides anew).
+_decided: dict[str, dict[str, Any]] | None = None
+
+
+@contextmanager
+def decided_once() -> Iterator[None]:
+    """Each ``auto`` choice is made once within (per key: knob, machine, model, data shape) and reused, measured
+    or not: an experiment's seeds of one recipe train one configuration, even when a busy machine kept the first
+    measurement out of the cache (seed 0 chose bf16 and seed 1 fp32 once). Nests: the outermost scope holds."""
+    global _decided
+    outermost = _decided is None
+    if outermost:
+        _decided = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _decided = None
+
+
+def _decide_once(key: str, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if _decided is not None and key in _decided:
+        return {**_decided[key], "source": "experiment"}
+    entry = decide()
+    if _decided is not None:
+        _decided[key] = entry
+    return entry
+
+
 def _measured(key: str, run_trials: Callable[[], Mapping[Any, Trial]], measure: Measure,
               chooser: Callable[[Any], tuple[Any, dict[str, str]]]) -> dict[str, Any]:
-    """The cached entry for ``key``, or a new measurement (cached when no other process disturbed it)."""
+    """The choice already made for ``key`` in this experiment, the cached entry, or a new measurement (cached when
+    no other process disturbed it)."""
+    return _decide_once(key, lambda: _cached_or_measured(key, run_trials, measure, chooser))
+
+
+def _cached_or_measured(key: str, run_trials: Callable[[], Mapping[Any, Trial]], measure: Measure,
+                        chooser: Callable[[Any], tuple[Any, dict[str, str]]]) -> dict[str, Any]:
     cached = cache.load(key)
     if cached is not None:
         return {**cached, "source": "cache"}
@@ -222,7 +258,8 @@ def _measured(key: str, run_trials: Callable[[], Mapping[Any, Trial]], measure: 
 def describe(knob: str, entry: dict[str, Any]) -> str:
     """One line, e.g. ``precision auto -> fp32 (fp32 12.1 ms/step, bf16 71.3 ms: 5.9x slower ..., fp16 skipped: ...)``."""
     label = {"optimizer": AUTO_ADAM}.get(knob, AUTO)
-    source = {"cache": ", cached", "checkpoint": ", from the checkpoint", "rank 0": ", from rank 0"}.get(
+    source = {"cache": ", cached", "checkpoint": ", from the checkpoint", "rank 0": ", from rank 0",
+              "experiment": ", decided earlier in this experiment"}.get(
         entry.get("source", ""), "")
     if knob == "threads" and "workers" in entry:
         return f"threads {label} -> {entry['choice']} ({entry['cpus']} CPUs shared by {entry['workers']} local workers)"
