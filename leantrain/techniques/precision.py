@@ -123,6 +123,7 @@ class MixedPrecision(Technique):
             raise ValueError(f"precision {precision!r} is not one of: {', '.join(DTYPES)}")
         self.precision, self.init_scale, self.growth_interval = precision, init_scale, growth_interval
         self._skipped: torch.Tensor | int = 0  # a device tensor once counting starts
+        self._skipped_before_epoch = 0  # the count when this epoch began: an epoch's record has its own count
         self._saved_scaler: dict[str, Any] | None = None  # from a checkpoint, applied in on_fit_start
         self._precision: Precision | None = None  # the run's, once fp16 has configured it
         self.kept_fp32: list[str] = []  # layers this machine cannot run in the low-precision type
@@ -132,7 +133,7 @@ class MixedPrecision(Technique):
 
     @property
     def skipped_steps(self) -> int:
-        """Optimizer steps skipped for inf/NaN gradients so far (reading it syncs with the device)."""
+        """Optimizer steps skipped for inf/NaN gradients so far, every epoch's (reading it syncs with the device)."""
         return int(self._skipped)
 
     def prepare(self, model: nn.Module, device: torch.device) -> None:
@@ -161,14 +162,18 @@ class MixedPrecision(Technique):
             record["kept_fp32"] = self.kept_fp32
         if self.precision == "fp16":
             record["loss_scale"] = state.precision.loss_scale()
-            record["skipped_steps"] = self.skipped_steps
+            total = self.skipped_steps
+            record["skipped_steps"] = total - self._skipped_before_epoch  # this epoch's, as nonfinite_skipped_steps
+            self._skipped_before_epoch = total
 
     def state_dict(self) -> dict[str, Any]:
         scaler = self._precision.scaler.state_dict() if self._precision else None
-        return {"skipped_steps": self.skipped_steps, "grad_scaler": scaler}
+        return {"skipped_steps": self.skipped_steps, "skipped_before_epoch": self._skipped_before_epoch,
+                "grad_scaler": scaler}
 
     def load_state_dict(self, saved: dict[str, Any], state: StepState) -> None:
         self._skipped = saved["skipped_steps"]
+        self._skipped_before_epoch = saved.get("skipped_before_epoch", 0)  # absent from older checkpoints
         self._saved_scaler = saved["grad_scaler"]
 
 

@@ -117,3 +117,40 @@ def test_recurrent_layers_that_run_in_bf16_are_left_alone(monkeypatch):
     model = _Recurrent()
     assert precision.keep_unsupported_in_fp32(model, torch.device("cpu"), torch.bfloat16) == []
     assert type(model.lstm) is nn.LSTM
+
+
+class InfAtSteps(Technique):
+    """inf in one gradient on each of the given optimizer steps."""
+
+    name = "inf-at-steps"
+
+    def __init__(self, steps, stop_at=None):
+        self.steps, self.stop_at = set(steps), stop_at
+
+    def before_step(self, state):
+        if state.step == self.stop_at:
+            raise KeyboardInterrupt
+
+    def after_micro_backward(self, state, micro_index):
+        if state.step in self.steps:
+            next(state.model.parameters()).grad[0, 0] = float("inf")
+
+
+def test_fp16_skipped_steps_are_each_epochs_own_count_across_a_resume(tmp_path):
+    """An epoch record's skipped_steps is that epoch's (it was the running total), and a resume mid-epoch continues
+    the epoch's count; the technique's skipped_steps stays the run's total."""
+    steps_per_epoch = 409 // 32  # 80% of 512 for training, whole batches of 32
+    bad = {3, steps_per_epoch + 2}
+
+    def run(out, stop_at=None, resume=False):
+        precision = MixedPrecision("fp16", init_scale=1024.0)
+        record = leantrain.fit(_model(), _data(), epochs=2, batch_size=32, device="cpu", checkpoint_dir=out,
+                               checkpoint_every="2", resume=resume, techniques=[precision, InfAtSteps(bad, stop_at)])
+        return precision, record
+
+    precision, whole = run(tmp_path / "whole")
+    assert [e["skipped_steps"] for e in whole["epochs"]] == [1, 1] and precision.skipped_steps == 2
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", stop_at=steps_per_epoch + 5)  # mid-epoch 2, after its bad step's checkpoint
+    _, resumed = run(tmp_path / "cut", resume=True)
+    assert [e["skipped_steps"] for e in resumed["epochs"]] == [1, 1]
