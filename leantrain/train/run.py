@@ -15,6 +15,7 @@ Used by the CLI (``leantrain train``), the experiment runner, the launched worke
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -298,9 +299,14 @@ class Run:
         except NonFiniteLoss as e:
             kept = f"the last good checkpoint is kept: {self.ckpt.path}" if self.ckpt.exists() else \
                 "no checkpoint was written before it"
+            with contextlib.suppress(Exception):  # the divergence is what to report (exit 3), not a log's full disk
+                log.close()
             raise NonFiniteLoss(f"{e}; {kept}") from None
-        finally:
-            log.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # likewise a signal (143/130) or the run's own error
+                log.close()
+            raise
+        log.close()
 
     def record(self) -> dict[str, Any]:
         """The record, written by rank 0; the model file; then the checkpoint goes."""

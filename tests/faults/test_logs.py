@@ -199,3 +199,19 @@ def test_tensorboard_hides_the_steps_after_the_checkpoint(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("step/loss")] == list(range(1, 13))
     assert [e.value for e in events.Scalars("step/loss")] == list(range(1, 13))
+
+
+def test_a_log_that_cannot_close_does_not_hide_why_the_run_stopped(tmp_path, monkeypatch):
+    """A run stopped by Ctrl-C (or SIGTERM, or divergence) whose log then fails to close (a full disk) ends as it was
+    stopped (130), not as the log's error (2): the first failure is the one reported."""
+    import leantrain as lt
+    from leantrain.train import loggers
+    from tests.faults.helpers import StopAtStep, tiny_data, tiny_model
+
+    def full(self: StepLog) -> None:
+        raise UsageError(f"no space left on the device writing {tmp_path / 'r.log.jsonl'}")
+
+    monkeypatch.setattr(loggers.StepLog, "close", full)
+    with pytest.raises(KeyboardInterrupt):
+        lt.fit(tiny_model(), tiny_data(), techniques=[StopAtStep(4)], checkpoint_dir=tmp_path, log="jsonl",
+               epochs=2, batch_size=16, device="cpu")
