@@ -14,6 +14,7 @@ split, the class probabilities are gathered on every rank, and two combiners are
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -59,10 +60,14 @@ def stacked_accuracy(log_probs: list[torch.Tensor], y: torch.Tensor, fit_idx: to
                      score_idx: torch.Tensor) -> float:
     """Logistic regression on the members' concatenated log-probabilities: fitted on fit_idx only."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     features = torch.cat(log_probs, dim=1).numpy()
     labels = y.numpy()
-    learner = LogisticRegression(max_iter=5000)  # log-probabilities are badly scaled; let lbfgs converge
+    # Log-probabilities are badly scaled (down to -30): unscaled, lbfgs took hundreds to thousands of iterations,
+    # up to a minute an epoch on gpt3-sim's 10,000 x 40 features (17 iterations, 0.2 s, standardised; same score).
+    learner = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     learner.fit(features[fit_idx.numpy()], labels[fit_idx.numpy()])
     return float(learner.score(features[score_idx.numpy()], labels[score_idx.numpy()]))
 
@@ -104,12 +109,17 @@ class EnsembleMember(ModeHooks):
         y = self.y_val.cpu()
         mean_probs = torch.stack([lp.exp() for lp in log_probs]).mean(dim=0)
         fit_idx, score_idx = stacking_split(len(y), self.seed)
+        start = time.perf_counter()
+        # One meta-learner, fitted by rank 0 and shared: every rank fitting its own copy competed for the same cores.
+        stacked = self.world.broadcast(stacked_accuracy(log_probs, y, fit_idx, score_idx) if self.world.rank == 0 else None)
+        stacking_s = time.perf_counter() - start
         on_score = [_accuracy(lp[score_idx].exp(), y[score_idx]) for lp in log_probs]
         record["members"] = members
         record["ensemble"] = {
             "average_acc": _accuracy(mean_probs, y),
             "best_member_acc": max(m["val_acc"] for m in members),
-            "stacked_acc_on_held_out_half": stacked_accuracy(log_probs, y, fit_idx, score_idx),
+            "stacked_acc_on_held_out_half": stacked,
+            "stacking_s": stacking_s,
             "average_acc_on_held_out_half": _accuracy(mean_probs[score_idx], y[score_idx]),
             "best_member_acc_on_held_out_half": max(on_score),
             "stack_fit_samples": len(fit_idx), "stack_score_samples": len(score_idx),

@@ -27,15 +27,15 @@ def test_stacked_meta_learner_never_sees_its_scoring_split(monkeypatch):
     assert not set(fit_idx.tolist()) & set(score_idx.tolist())
     assert sorted(fit_idx.tolist() + score_idx.tolist()) == list(range(101))
     seen = {}
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
 
-    original_fit = LogisticRegression.fit
+    original_fit = Pipeline.fit
 
     def spy(self, x, y):
         seen["rows"] = x.copy()
         return original_fit(self, x, y)
 
-    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    monkeypatch.setattr(Pipeline, "fit", spy)
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (101,), generator=g)
     log_probs = [torch.randn(101, 3, generator=g).log_softmax(1) for _ in range(2)]
