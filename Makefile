@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev,mpi]"
+	$(BIN)/pip install --quiet -e ".[dev,mpi,slurm]"
 	touch $@
 
 setup: $(VENV)/.installed

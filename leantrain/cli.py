@@ -11,6 +11,7 @@ from leantrain.errors import JobFailed, TrainingDiverged, UsageError
 
 if TYPE_CHECKING:
     from leantrain.config import RunConfig
+    from leantrain.experiments.runner import Executor
 
 DEFAULT_EXPERIMENT = Path("experiments/default.toml")
 
@@ -110,7 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="skip finished runs; continue interrupted ones")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--force", action="store_true", help="rerun and replace existing results")
+    run.add_argument("--executor", choices=("local", "slurm"), default="local",
+                     help="where the runs train: here, one after another (default), or one Slurm job per case "
+                          "(submitit; the results folder must be shared with the nodes)")
+    run.add_argument("--partition", help="with --executor slurm: the jobs' partition (default: the cluster's)")
+    run.add_argument("--time", help="with --executor slurm: each job's time limit, minutes or [D-]HH:MM:SS (default 60)")
+    run.add_argument("--cpus-per-task", type=int, metavar="N",
+                     help="with --executor slurm: CPUs per job (default: the case's procs, else 1)")
     run.set_defaults(handler=_run)
+
+    _add_slurm_script(commands)
 
     report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
     report.add_argument("dir", type=_folder)
@@ -125,6 +135,62 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="registered models, data sets and techniques")
     listing.set_defaults(handler=_list)
     return parser
+
+
+def _add_slurm_script(commands: Any) -> None:
+    from leantrain.config import config_options
+
+    script = commands.add_parser("slurm-script", help="write a Slurm batch script that trains one run (train's flags) "
+                                 "with srun; sbatch it")
+    for option in config_options():  # train's run flags, as train takes them
+        parse = _parse_bool if option.base_type is bool else option.base_type
+        bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}
+        script.add_argument(_flag(option.name), dest=option.name, type=parse, default=None, choices=option.choices,
+                            help=option.help, **bare)
+    script.add_argument("--out", type=_folder, default=Path("results/train"),
+                        help="results folder, shared with the nodes (default results/train; made now)")
+    job = script.add_argument_group("the job (#SBATCH lines)")
+    job.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    job.add_argument("--ntasks-per-node", type=int, default=1, help="ranks per node (default 1)")
+    job.add_argument("--cpus-per-task", type=int, help="CPUs per rank; the run's --threads unless given")
+    job.add_argument("--time", help="time limit: minutes or [D-]HH:MM:SS (default: the partition's)")
+    job.add_argument("--partition", help="partition (default: the cluster's)")
+    job.add_argument("--account", help="account to charge")
+    job.add_argument("--gpus-per-node", type=int, help="GPUs per node")
+    job.add_argument("--job-name", help="job name (default: the run's name)")
+    job.add_argument("--requeue", action="store_true", help="let Slurm requeue the job (node failure, preemption)")
+    job.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                     help="any other sbatch option, as written (--sbatch=--mem=8G); repeatable")
+    script.add_argument("--script", type=Path, metavar="FILE", help="write the script here (default: standard output)")
+    script.set_defaults(handler=_slurm_script)
+
+
+def _slurm_script(args: argparse.Namespace) -> int:
+    from leantrain.config import RunConfig, config_options
+    from leantrain.experiments.slurm_script import JobSettings, job_script
+    from leantrain.fileio import prepare_output_dir
+
+    given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
+    if args.cpus_per_task is not None and "threads" not in given:
+        given["threads"] = args.cpus_per_task  # Slurm's CPUs for each rank are the rank's threads
+    config = RunConfig.from_dict(given, where="command line")
+    train_args = [text for key, value in given.items()
+                  for text in (_flag(key), str(value).lower() if isinstance(value, bool) else str(value))]
+    job = JobSettings(nodes=args.nodes, ntasks_per_node=args.ntasks_per_node, cpus_per_task=args.cpus_per_task,
+                      time=args.time, partition=args.partition, account=args.account, gpus_per_node=args.gpus_per_node,
+                      job_name=args.job_name, requeue=args.requeue, extra=tuple(args.sbatch))
+    text = job_script(config, train_args, args.out, job, script_name=str(args.script or "job.sh"))
+    prepare_output_dir(args.out)  # Slurm opens the job's output file there before anything runs
+    if args.script is None:
+        sys.stdout.write(text)
+        return 0
+    from leantrain.fileio import write_atomic
+
+    write_atomic(args.script, text)
+    args.script.chmod(0o755)
+    print(f"wrote {args.script}: sbatch {args.script} trains {config.run_name} (record: "
+          f"{args.out.resolve() / (config.run_name + '.json')}); sbatch {args.script} --resume continues it")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -191,11 +257,28 @@ def _print_result(run_name: str, record: dict, path: Path) -> None:
 def _run(args: argparse.Namespace) -> int:
     from leantrain.experiments.runner import load_experiment, run_experiment
 
+    executor = _executor(args)
     experiment = load_experiment(args.file)
     out_dir = args.out or Path("results") / experiment.name
-    run_experiment(experiment, out_dir, resume=args.resume, quiet=args.quiet, force=args.force)
+    run_experiment(experiment, out_dir, resume=args.resume, quiet=args.quiet, force=args.force, executor=executor)
     print(f"results: {out_dir}/ (summary.md, plots, one JSON per run)")
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Executor | None:
+    """``--executor``: None runs here; slurm, the Slurm executor with its job settings (only it takes them)."""
+    if args.executor == "local":
+        given = [flag for flag, value in (("--partition", args.partition), ("--time", args.time),
+                                          ("--cpus-per-task", args.cpus_per_task)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} set the Slurm jobs of --executor slurm; add it, or drop them")
+        return None
+    from leantrain.experiments.executors import DEFAULT_TIME_MIN, SlurmExecutor, parse_time
+
+    if args.cpus_per_task is not None and args.cpus_per_task < 1:
+        raise UsageError(f"--cpus-per-task must be a positive integer, got {args.cpus_per_task}")
+    return SlurmExecutor(partition=args.partition, time_min=parse_time(args.time) if args.time else DEFAULT_TIME_MIN,
+                         cpus_per_task=args.cpus_per_task)
 
 
 def _report(args: argparse.Namespace) -> int:

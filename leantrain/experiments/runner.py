@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from leantrain import interrupts
 from leantrain.config import RunConfig
@@ -183,21 +183,40 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class Executor(Protocol):
+    """Where an experiment's runs train (``--executor``): here, one after another (``run_runs``), or elsewhere,
+    such as one Slurm job per case (executors.py); either way the records land in ``out_dir``."""
+
+    def run(self, experiment: Experiment, out_dir: Path, *, resume: bool, quiet: bool, force: bool) -> list[Path]: ...
+
+
 def run_experiment(
     experiment: Experiment, out_dir: Path, *, resume: bool = False, quiet: bool = False, force: bool = False,
+    executor: Executor | None = None,
 ) -> list[Path]:
-    """Train every planned run (skipping finished ones made with the same settings when resuming), then
-    rebuild the report. Without ``force``, an existing result is never replaced (see run_identity)."""
+    """Train every planned run (skipping finished ones made with the same settings when resuming), here or by
+    ``executor``, then rebuild the report. Without ``force``, an existing result is never replaced (see run_identity)."""
     from leantrain.experiments.report import write_report
     from leantrain.fileio import prepare_output_dir
-    from leantrain.train.run import execute
     from leantrain.train.run_identity import check_existing, inside
-    from leantrain.train.worker import launch, needs_launch
 
     preflight(experiment)
     for planned in experiment.runs:  # before any run trains: never stop halfway on a result already there
         check_existing(inside(out_dir, f"{planned.config.run_name}.json"), None, resume=resume, force=force)
     prepare_output_dir(out_dir)
+    train = executor.run if executor is not None else run_runs
+    written = train(experiment, out_dir, resume=resume, quiet=quiet, force=force)
+    write_report(out_dir)
+    return written
+
+
+def run_runs(experiment: Experiment, out_dir: Path, *, resume: bool, quiet: bool, force: bool) -> list[Path]:
+    """Train the planned runs here, in their order (a case's recipes and seeds interleaved as planned); the paths of
+    their records."""
+    from leantrain.train.run import execute
+    from leantrain.train.run_identity import inside
+    from leantrain.train.worker import launch, needs_launch
+
     written = []
     datasets = DataSets(experiment.runs)
     for number, planned in enumerate(experiment.runs, 1):
@@ -222,7 +241,6 @@ def run_experiment(
             execute(config, dataset=datasets.take(planned), out_dir=out_dir, resume=resume, quiet=quiet,
                     extra_run_fields=fields, force=force)
         written.append(result_path)
-    write_report(out_dir)
     return written
 
 

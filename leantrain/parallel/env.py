@@ -8,6 +8,10 @@ where rank 0 listens) from the variables it sets. Detection tries them in order;
     Slurm (srun)                       SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NNODES, SLURM_NODELIST
 torchrun is tried first: under ``srun torchrun ...`` or ``mpirun torchrun ...`` its variables are the
 ones that describe the worker processes.
+
+How MPI's ranks can find each other is a separate question (``World.pmi``): the process-management interface
+the launcher set up. ``srun --mpi=pmix`` sets PMIX_RANK (as Open MPI 5's mpirun does), ``srun --mpi=pmi2`` and
+MPICH's mpiexec set PMI_RANK and PMI_FD, and a plain ``srun`` sets neither: its ranks would each start MPI alone.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class World:
     master_port: int | None = None
     restart_count: int = 0  # torchrun's restarts of this worker group (a restarted group resumes)
     init_method: str | None = None  # LEANTRAIN_INIT_METHOD, e.g. file:///shared/rendezvous: instead of a TCP port
+    pmi: str | None = None  # "pmix" or "pmi2": how MPI can join these ranks (None: the launcher set up neither)
 
     @property
     def nodes(self) -> int:
@@ -49,8 +54,16 @@ def detect(env: Mapping[str, str] | None = None) -> World:
             if not 0 <= world.rank < world.world_size or not 0 <= world.local_rank < world.local_world_size:
                 raise UsageError(f"{world.launcher} says rank {world.rank} (local {world.local_rank}) of "
                                  f"{world.world_size} (local {world.local_world_size}): not a valid place in the world")
-            return dataclasses.replace(world, init_method=env.get("LEANTRAIN_INIT_METHOD") or None)
+            return dataclasses.replace(world, init_method=env.get("LEANTRAIN_INIT_METHOD") or None, pmi=_pmi_kind(env))
     return World("none")
+
+
+def _pmi_kind(env: Mapping[str, str]) -> str | None:
+    if "PMIX_RANK" in env:
+        return "pmix"
+    if "PMI_RANK" in env or "PMI_FD" in env:
+        return "pmi2"
+    return None
 
 
 def _int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
@@ -100,9 +113,23 @@ def _pmi(env: Mapping[str, str]) -> World | None:
     )
 
 
+# Set by a process that Slurm started as one task but that starts its runs' workers itself (an experiment's job under
+# --executor slurm): its value names that step, "<job id>.<step id>", which is then no launch of ranks. A step started
+# inside it (another srun) has another id and is a launch again.
+NOT_A_LAUNCH = "LEANTRAIN_SLURM_STEP_NOT_A_LAUNCH"
+
+
+def slurm_step(env: Mapping[str, str]) -> str:
+    """This Slurm step's "<job id>.<step id>" ("" outside one)."""
+    job, step = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_ID")
+    return f"{job}.{step}" if job and step else ""
+
+
 def _slurm(env: Mapping[str, str]) -> World | None:
     # An interactive allocation (salloc) sets SLURM_JOB_ID but not SLURM_PROCID: that is not a launch.
     if "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return None
+    if env.get(NOT_A_LAUNCH) and env.get(NOT_A_LAUNCH) == slurm_step(env):
         return None
     size, nodes = _int(env, "SLURM_NTASKS"), _int(env, "SLURM_NNODES", 1)
     addr = env.get("MASTER_ADDR") or first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST", ""))

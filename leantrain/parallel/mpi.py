@@ -122,20 +122,38 @@ class MpiDist(Dist):
             self.watchdog.close()
 
 
+SRUN_HINT = "srun --mpi=pmix (srun --mpi=list must name pmix: Slurm's mpi/pmix plugin, on Debian libpmix-dev)"
+
+
 @contextlib.contextmanager
 def mpi_group(world: World, device: torch.device, timeout_s: float | None = None) -> Iterator[Dist]:
-    """The MPI world as a Dist; with ``timeout_s``, a rank that waits longer in a collective ends the job."""
-    if world.launcher != "mpi":
-        raise UsageError("--parallel mpi runs under mpirun: launch with mpirun -n N python -m leantrain train ..., "
-                         "or add --procs N and leantrain calls mpirun for you")
+    """The MPI world as a Dist; with ``timeout_s``, a rank that waits longer in a collective ends the job. The ranks
+    come from mpirun, or from srun with an interface MPI can join them through (``srun --mpi=pmix``)."""
+    if world.launcher == "slurm" and world.pmi is None:
+        # Each rank would start MPI alone (a world of 1) and train apart from the others: refuse before MPI starts.
+        raise UsageError(f"--parallel mpi under srun needs an MPI interface, and this srun set up none: launch with "
+                         f"{SRUN_HINT}")
+    if world.launcher not in ("mpi", "slurm"):
+        raise UsageError("--parallel mpi runs under mpirun or srun --mpi=pmix: launch with mpirun -n N python -m "
+                         "leantrain train ..., or add --procs N and leantrain calls mpirun for you")
     dist = MpiDist(world, device, timeout_s)
     if dist.comm.Get_size() != world.world_size:
-        raise UsageError(f"mpirun says {world.world_size} ranks but MPI's COMM_WORLD has {dist.comm.Get_size()}: "
-                         "mpi4py is built against another MPI than the mpirun that launched it")
+        raise UsageError(_world_mismatch(world, dist.comm.Get_size(), dist.MPI))
     try:
         yield dist
     finally:
         dist.close()
+
+
+def _world_mismatch(world: World, size: int, mpi: Any) -> str:
+    """Why MPI's COMM_WORLD is not the world the launcher started, and what launches it right."""
+    library = mpi.Get_library_version().strip().splitlines()[0].split(",")[0]  # "Open MPI v5.0.11"
+    if world.pmi == "pmi2" and "Open MPI" in library and not library.startswith("Open MPI v4"):
+        return (f"PMI-2 (srun --mpi=pmi2) started {world.world_size} ranks but {library} speaks PMIx only, so each "
+                f"rank is alone in MPI's COMM_WORLD (size {size}); launch with {SRUN_HINT}")
+    launcher = "srun" if world.launcher == "slurm" else "mpirun"
+    return (f"{launcher} says {world.world_size} ranks but MPI's COMM_WORLD has {size}: mpi4py's MPI ({library}) "
+            f"cannot join ranks through {world.pmi or 'this launcher'}; launch with this MPI's own mpirun, or {SRUN_HINT}")
 
 
 class GradientBuffer:
