@@ -62,6 +62,8 @@ def slurm() -> Iterator[sc.Cluster]:
     yield cluster
     with _locked(cluster) as sessions:
         (sessions / str(os.getpid())).unlink(missing_ok=True)
-        others = [p for p in sessions.iterdir() if p.name.isdigit() and _alive(int(p.name))]
+        for gone in [p for p in sessions.iterdir() if not (p.name.isdigit() and _alive(int(p.name)))]:
+            gone.unlink(missing_ok=True)  # a session that was killed before its teardown
+        others = list(sessions.iterdir())
         if not others and (cluster.folder / "started-by-tests").exists():
             sc.down(cluster)
