@@ -66,6 +66,9 @@ def train(
             record["activation_bytes"] = activation_bytes
             if state.device.type != "cuda":
                 record["peak_mem_bytes"] = record["state_bytes"] + activation_bytes
+                if "state_bytes_per_rank" in record:  # each rank's figure, and their largest, as a measured epoch has
+                    per_rank = [b + activation_bytes for b in record["state_bytes_per_rank"]]
+                    record["peak_mem_bytes_per_rank"], record["peak_mem_bytes"] = per_rank, max(per_rank)
         record.update(evaluate(state, val_x, val_y, eval_batch_size))
         guards.after_validation(state, record)  # a NaN validation loss stops the run: never recorded or saved
         record.update(_overall_rates(record))
@@ -104,7 +107,9 @@ def train_epoch(
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
-        measure = measure_activations and run.sums.steps == 0  # the epoch's first step (not a resumed epoch's)
+        # The epoch's first step; or, resumed, its first step here when the saved part carries no figure (it was
+        # not this epoch that measured, in the interrupted process)
+        measure = measure_activations and clock.steps == 0 and (run.sums.steps == 0 or run.activation_bytes == 0)
         step_samples = _train_step(state, run, step_batches, techniques, guards, log, measure)
         clock.step_done(device, step_samples)
         bar.update(len(step_batches), step_samples)

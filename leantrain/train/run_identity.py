@@ -156,7 +156,8 @@ def run_checkpoints(folder: Path, run_name: str) -> list[Path]:
 def clean_run_temporaries(folder: Path, run_name: str) -> None:
     """A killed writer's temporaries of the run (record, checkpoints, model files; an ensemble member's too).
     Call only while holding the run's lock."""
-    for stem in (glob.escape(run_name), f"{glob.escape(run_name)}.member*"):  # stems are glob patterns
+    run = glob.escape(run_name)  # stems are glob patterns
+    for stem in (run, f"{run}.member*", f"{run}.model", f"{run}.member*.model"):  # model files: .<run>.model.tmp*
         clean_stale_temporaries(folder, stem)
 
 

@@ -84,7 +84,8 @@ def needs_launch(config: RunConfig, launched: bool) -> bool:
 
 def main(argv: list[str]) -> int:
     """A worker: train the launch file's run as this process's rank; every way out is an exit status, and a reason
-    in one line (to the launcher that collects them, see parallel/failures.py)."""
+    in one line (to the launcher that collects them, see parallel/failures.py). A rank whose collective failed
+    ends the process at once (``exit_now``)."""
     interrupts.install()  # kept to the end: a signal while the process exits still ends it as 143/130
     rank = 0
     try:
@@ -106,14 +107,16 @@ def main(argv: list[str]) -> int:
             print(interrupts.stopped_line(stop), file=sys.stderr)
         return interrupts.status(stop)
     except RuntimeError as e:
+        # Ended here, inside the handler: released, the exception frees the broken process group, whose gloo
+        # destructor can wait forever for its own thread (seen once in ten: a rank that never ended).
         if failures.timed_out(e):
             failures.report(rank, f"a collective waited longer than --dist-timeout for the other ranks, one of which "
                                   f"is hung or too slow ({_first_line(e)}); every rank is stopped", 1)
-            return 1
+            exit_now(1)
         if failures.lost_peer(e):  # a consequence: the rank that died is the cause, and its launcher says so
             if not failures.collected():
                 failures.report(rank, f"lost contact with another rank, which stopped or died ({_first_line(e)})", 1)
-            return 1
+            exit_now(1)
         raise
 
 
