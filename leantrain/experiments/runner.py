@@ -213,6 +213,13 @@ def run_experiment(
 def run_runs(experiment: Experiment, out_dir: Path, *, resume: bool, quiet: bool, force: bool) -> list[Path]:
     """Train the planned runs here, in their order (a case's recipes and seeds interleaved as planned); the paths of
     their records."""
+    from leantrain.tuning import decided_once
+
+    with decided_once():  # one recipe's seeds train one configuration: each auto setting is decided once
+        return _run_each(experiment, out_dir, resume=resume, quiet=quiet, force=force)
+
+
+def _run_each(experiment: Experiment, out_dir: Path, *, resume: bool, quiet: bool, force: bool) -> list[Path]:
     from leantrain.train.run import execute
     from leantrain.train.run_identity import inside
     from leantrain.train.worker import launch, needs_launch
