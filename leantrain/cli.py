@@ -82,18 +82,12 @@ def _flag(key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from leantrain.config import config_options
 
     parser = _Parser(prog="leantrain", description="Measure which optimizations speed up training, and by how much.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one run; write its JSON record into --out")
-    for option in config_options():
-        flag = _flag(option.name)
-        parse = _parse_bool if option.base_type is bool else option.base_type
-        bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}  # --save-model: true
-        train.add_argument(flag, dest=option.name, type=parse, default=None, choices=option.choices, help=option.help,
-                           **bare)
+    _add_run_flags(train)
     train.add_argument("--out", type=_folder, default=Path("results/train"), help="results folder (default results/train)")
     train.add_argument("--resume", type=_folder, metavar="DIR", help="continue the interrupted run whose checkpoint is in DIR")
     train.add_argument("--quiet", action="store_true", help="no progress output")
@@ -137,16 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_slurm_script(commands: Any) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig setting (``--batch-size``), unset unless given."""
     from leantrain.config import config_options
+
+    for option in config_options():
+        parse = _parse_bool if option.base_type is bool else option.base_type
+        bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}  # --save-model: true
+        parser.add_argument(_flag(option.name), dest=option.name, type=parse, default=None, choices=option.choices,
+                            help=option.help, **bare)
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunConfig settings given as flags (the others stay the config's defaults)."""
+    from leantrain.config import config_options
+
+    return {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
+
+
+def _add_slurm_script(commands: Any) -> None:
 
     script = commands.add_parser("slurm-script", help="write a Slurm batch script that trains one run (train's flags) "
                                  "with srun; sbatch it")
-    for option in config_options():  # train's run flags, as train takes them
-        parse = _parse_bool if option.base_type is bool else option.base_type
-        bare: dict[str, Any] = {"nargs": "?", "const": True} if option.base_type is bool else {}
-        script.add_argument(_flag(option.name), dest=option.name, type=parse, default=None, choices=option.choices,
-                            help=option.help, **bare)
+    _add_run_flags(script)  # train's run flags, as train takes them
     script.add_argument("--out", type=_folder, default=Path("results/train"),
                         help="results folder, shared with the nodes (default results/train; made now)")
     job = script.add_argument_group("the job (#SBATCH lines)")
@@ -166,11 +173,11 @@ def _add_slurm_script(commands: Any) -> None:
 
 
 def _slurm_script(args: argparse.Namespace) -> int:
-    from leantrain.config import RunConfig, config_options
+    from leantrain.config import RunConfig
     from leantrain.experiments.slurm_script import JobSettings, job_script
     from leantrain.fileio import prepare_output_dir
 
-    given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
+    given = _given_settings(args)
     if args.cpus_per_task is not None and "threads" not in given:
         given["threads"] = args.cpus_per_task  # Slurm's CPUs for each rank are the rank's threads
     config = RunConfig.from_dict(given, where="command line")
@@ -196,13 +203,13 @@ def _slurm_script(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from leantrain.config import RunConfig, config_options
+    from leantrain.config import RunConfig
     from leantrain.parallel.env import detect
     from leantrain.train.run import execute
     from leantrain.train.run_identity import FinishedRecord
     from leantrain.train.worker import launch, needs_launch
 
-    given = {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
+    given = _given_settings(args)
     world = detect()
     if args.resume:
         # Launched ranks leave the finished check to rank 0's run, which holds the lock (several checks would collide).
@@ -286,10 +293,11 @@ def _report(args: argparse.Namespace) -> int:
     from leantrain.experiments.results import load_runs
     from leantrain.experiments.tidy import write_csv
 
-    print(f"wrote {write_report(args.dir)}")
+    runs = load_runs(args.dir)  # read once: a malformed record is one warning, not one per output
+    print(f"wrote {write_report(args.dir, runs)}")
     if args.csv is not None:
         path = args.dir / "epochs.csv" if args.csv is True else args.csv
-        print(f"wrote {write_csv(load_runs(args.dir), path)}")
+        print(f"wrote {write_csv(runs, path)}")
     return 0
 
 

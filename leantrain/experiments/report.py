@@ -39,8 +39,9 @@ class Case:
         return train_metric_key([e for runs in self.recipes.values() for r in runs for e in r["epochs"]])
 
 
-def write_report(folder: Path) -> Path:
-    runs = load_runs(folder)
+def write_report(folder: Path, runs: list[dict[str, Any]] | None = None) -> Path:
+    """summary.md and the plots in ``folder``, from its records (or ``runs``, already read from it)."""
+    runs = load_runs(folder) if runs is None else runs
     cases = group_cases(runs)
     write_atomic(folder / "summary.md", render_summary(runs, cases))
     plots.draw([epoch_curves(c) for c in cases], speedup_bars(cases), folder)

@@ -90,3 +90,10 @@ def test_run_resume_leaves_a_malformed_record_alone_and_reports_the_rest(finishe
     _warned_once(result.stderr, results, case)
     assert (results / BAD).read_bytes() == before  # a finished run is never trained over without --force
     assert (results / "summary.md").exists()
+
+
+def test_report_with_csv_warns_once_too(finished, tmp_path):
+    results = _damaged(finished, tmp_path, "val_acc null")
+    result = cli("report", str(results), "--csv")
+    assert result.returncode == 0 and (results / "epochs.csv").exists()
+    _warned_once(result.stderr, results, "val_acc null")  # the records are read once for both outputs
