@@ -92,3 +92,57 @@ def one_line_error(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("leantrain: error:") and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def leantrain_process(*args: str) -> subprocess.Popen:
+    """``python -m leantrain ARGS`` started in its own session, no launcher variables inherited: a user's command
+    whose workers the test finds (``worker_pids``) and signals."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "OMPI_COMM"))}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "leantrain", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (Linux's /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """rank -> pid of the launcher's worker processes (their rank read from their environment)."""
+    ranks = {}
+    for pid in descendants(launcher.pid):
+        try:
+            if b"leantrain.train.worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        rank = env.get(b"RANK") or env.get(b"OMPI_COMM_WORLD_RANK")
+        if rank is not None:
+            ranks[int(rank)] = pid
+    return ranks
+
+
+def mpi_available() -> bool:
+    """mpi4py and an mpirun to launch it (the ``leantrain[mpi]`` extra)."""
+    try:
+        import mpi4py  # noqa: F401
+
+        from leantrain.parallel.mpirun import mpirun_path
+
+        mpirun_path()
+    except Exception:
+        return False
+    return True
+

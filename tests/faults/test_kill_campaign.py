@@ -37,7 +37,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -55,7 +54,16 @@ from leantrain.techniques import Technique
 from leantrain.train import checkpoint, metrics, run_identity
 from leantrain.train.run import Run, execute
 from leantrain.train.training_state import TrainingCheckpoint
-from tests.faults.helpers import REPO, StopAtStep, tiny_data, tiny_model, untimed
+from tests.faults.helpers import (
+    StopAtStep,
+    descendants,
+    leantrain_process,
+    mpi_available,
+    tiny_data,
+    tiny_model,
+    untimed,
+    worker_pids,
+)
 from tests.parallel.helpers import world_env
 
 pytestmark = pytest.mark.timeout(240)
@@ -567,55 +575,6 @@ def test_two_ddp_ranks_one_killed_anywhere_resume_bit_for_bit(tmp_path, ddp_whol
 # --- mpi, two ranks under mpirun, through the command line ------------------------------------------------
 
 
-def _mpi_available() -> bool:
-    try:
-        import mpi4py  # noqa: F401
-
-        from leantrain.parallel.mpirun import mpirun_path
-
-        mpirun_path()
-    except Exception:
-        return False
-    return True
-
-
-def _leantrain(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "OMPI_COMM"))}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "leantrain", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _descendants(root: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _workers(launcher: subprocess.Popen) -> dict[int, int]:
-    """rank -> pid of the launcher's worker processes (their rank read from their environment)."""
-    ranks = {}
-    for pid in _descendants(launcher.pid):
-        try:
-            if b"leantrain.train.worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-        except OSError:
-            continue
-        rank = env.get(b"RANK") or env.get(b"OMPI_COMM_WORLD_RANK")
-        if rank is not None:
-            ranks[int(rank)] = pid
-    return ranks
-
-
 def _alive(pids: set[int]) -> set[int]:
     alive = set()
     for pid in pids:
@@ -640,7 +599,7 @@ def _end(job: subprocess.Popen, timeout: float = 90) -> tuple[int, str]:
     try:
         _, err = job.communicate(timeout=timeout)
     finally:
-        _kill_all(_descendants(job.pid) | {job.pid})  # nothing may outlive the test, whatever failed
+        _kill_all(descendants(job.pid) | {job.pid})  # nothing may outlive the test, whatever failed
     return job.returncode, err
 
 
@@ -719,11 +678,11 @@ def _killed_launch(job: subprocess.Popen, launch: list[tuple[str, int]], ckpt: P
             _kill_all(orphans)
             pytest.fail(f"{context}: the job ended before the kill ({job.returncode})")
         time.sleep(rng.uniform(0, 0.02))
-        workers = workers or _workers(job)
+        workers = workers or worker_pids(job)
         assert sorted(workers) == [0, 1], (context, workers)
         after = step
         if who == "launcher":
-            orphans = _descendants(job.pid)
+            orphans = descendants(job.pid)
             os.kill(job.pid, signal.SIGKILL)
             job.wait()
             if n == first + len(launch) - 1:  # its job goes on without it, and must finish
@@ -738,22 +697,22 @@ def _killed_launch(job: subprocess.Popen, launch: list[tuple[str, int]], ckpt: P
         assert (_checkpoint_step(ckpt) or -1) >= step and not _visible(ckpt.parent, "*.json"), context
 
 
-@pytest.mark.skipif(not _mpi_available(), reason="mpi4py/mpirun absent")
+@pytest.mark.skipif(not mpi_available(), reason="mpi4py/mpirun absent")
 @pytest.mark.timeout(400)
 def test_two_mpi_ranks_killed_at_random_moments_resume_to_the_same_record(tmp_path):
     rng = random.Random(f"{SEED}-mpi")
     # The uninterrupted job runs beside the first killed one: a launch is mostly imports, partly on one core.
-    uninterrupted = _leantrain(*MPI_TRAIN, "--out", str(tmp_path / "whole"))
+    uninterrupted = leantrain_process(*MPI_TRAIN, "--out", str(tmp_path / "whole"))
     out = tmp_path / "killed"
     command, resumed_mid_epoch, kills, ckpt = [*MPI_TRAIN, "--out", str(out)], [], 0, None
     try:
         for launch in _mpi_launches(rng, MPI_STEPS):
             if ckpt is None:  # its name is the run's: known once the first job has written one
-                job = _leantrain(*command)
+                job = leantrain_process(*command)
                 ckpt = _first_checkpoint(job, out)
             else:
                 resumed_mid_epoch.append(_resumed_from(out)[0])
-                job = _leantrain(*command)
+                job = leantrain_process(*command)
             _killed_launch(job, launch, ckpt, rng, kills)
             kills += len(launch)
             command = ["train", "--resume", str(out), "--quiet"]
@@ -766,7 +725,7 @@ def test_two_mpi_ranks_killed_at_random_moments_resume_to_the_same_record(tmp_pa
     resumed_mid_epoch.append(_resumed_from(out)[0])
     if not ckpt.exists():  # the killed launcher's job finished the run: its record is final
         command += ["--run-name", run]
-    status, err = _end(_leantrain(*command))
+    status, err = _end(leantrain_process(*command))
     assert status == 0, (f"LEANTRAIN_KILL_SEED={SEED}: the last resume", err[-2000:])
     got = json.loads((out / f"{run}.json").read_text())
     first_mid_epoch = min((e for e in resumed_mid_epoch if e is not None), default=None)

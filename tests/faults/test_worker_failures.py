@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import REPO, untimed
+from tests.faults.helpers import descendants, leantrain_process, mpi_available, untimed, worker_pids
 
 pytestmark = pytest.mark.timeout(120)
 TIMEOUT_S = 5
@@ -22,56 +21,11 @@ TRAIN = ["train", "--model", "mlp:hidden=32", "--data", "healthcare-sim:n=12000"
          "--checkpoint-every", "5", "--threads", "1", "--procs", "2", "--dist-timeout", str(TIMEOUT_S), "--quiet"]
 
 
-def _mpi_available() -> bool:
-    try:
-        import mpi4py  # noqa: F401
-
-        from leantrain.parallel.mpirun import mpirun_path
-
-        mpirun_path()
-    except Exception:
-        return False
-    return True
-
-
-MODES = ["ddp", pytest.param("mpi", marks=pytest.mark.skipif(not _mpi_available(), reason="mpi4py/mpirun absent"))]
+MODES = ["ddp", pytest.param("mpi", marks=pytest.mark.skipif(not mpi_available(), reason="mpi4py/mpirun absent"))]
 
 
 def _start(out: Path, mode: str, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "OMPI_COMM"))}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "leantrain", *TRAIN, "--parallel", mode, "--out", str(out), *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _descendants(root: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _workers(launcher: subprocess.Popen) -> dict[int, int]:
-    """rank -> pid of the launcher's worker processes (their rank read from their environment)."""
-    ranks = {}
-    for pid in _descendants(launcher.pid):
-        try:
-            if b"leantrain.train.worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-        except OSError:
-            continue
-        rank = env.get(b"RANK") or env.get(b"OMPI_COMM_WORLD_RANK")
-        if rank is not None:
-            ranks[int(rank)] = pid
-    return ranks
+    return leantrain_process(*TRAIN, "--parallel", mode, "--out", str(out), *extra)
 
 
 def _under_way(launcher: subprocess.Popen, out: Path) -> dict[int, int]:
@@ -81,7 +35,7 @@ def _under_way(launcher: subprocess.Popen, out: Path) -> dict[int, int]:
         assert launcher.poll() is None, launcher.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "no checkpoint within 60 s"
         time.sleep(0.05)
-    workers = _workers(launcher)
+    workers = worker_pids(launcher)
     assert sorted(workers) == [0, 1], workers
     return workers
 
@@ -90,7 +44,7 @@ def _end(launcher: subprocess.Popen, since: float) -> tuple[int, str, float]:
     try:
         _, err = launcher.communicate(timeout=60)
     finally:
-        for pid in _descendants(launcher.pid) | {launcher.pid}:  # nothing may outlive the test, whatever failed
+        for pid in descendants(launcher.pid) | {launcher.pid}:  # nothing may outlive the test, whatever failed
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -159,7 +113,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_first(tmp_path, mode, signu
     _checkpoint_kept(tmp_path, line)
 
 
-@pytest.mark.skipif(not _mpi_available(), reason="mpi4py/mpirun absent")
+@pytest.mark.skipif(not mpi_available(), reason="mpi4py/mpirun absent")
 def test_mpi_restarts_a_killed_job_and_ends_as_if_uninterrupted(tmp_path):
     slack = ("--dist-timeout", "60")  # not about hangs: a 5 s timeout could fire on a busy machine's slow write
     clean = _start(tmp_path / "clean", "mpi", *slack)
