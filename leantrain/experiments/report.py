@@ -15,6 +15,7 @@ from leantrain.experiments.machine_report import autotune_lines, machine_line
 from leantrain.experiments.quality import QUALITY_BAND, quality_delta
 from leantrain.experiments.results import load_runs
 from leantrain.experiments.tidy import train_metric_key
+from leantrain.experiments.wall_report import wall_table
 from leantrain.fileio import write_atomic
 from leantrain.train.metrics import NOISY_FOREIGN_CORES as NOISY_CPU_CORES
 from leantrain.train.record import time_to_target
@@ -163,7 +164,7 @@ def _case_section(case: Case) -> list[str]:
     for missing in settings.get("unavailable", []):
         if missing["case"] == case.label:
             lines.append(f"| {missing['recipe']} | {missing['why']} |" + " |" * (len(header) - 2))
-    lines += ["", *_findings(case), *_epoch_table(case), ""]
+    lines += ["", *_findings(case), *_epoch_table(case), "", *wall_table(case.recipes)]
     for recipe, runs in case.recipes.items():
         lines += _ensemble_table(recipe, runs[0])
     return lines

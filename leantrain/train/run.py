@@ -60,6 +60,7 @@ from leantrain.train.record import make_record
 from leantrain.train.run_identity import record_fingerprint
 from leantrain.train.state import TrainState
 from leantrain.train.training_state import TrainingCheckpoint
+from leantrain.train.wall_clock import WallClock
 from leantrain.tuning import threads_per_worker, tune_on_ranks
 
 PHASES = ("resolve", "build", "prepare", "preflight", "train", "record")
@@ -118,6 +119,7 @@ class Run:
     def __init__(self, request: RunRequest):
         self.request, self.config = request, request.config
         self.trace: list[str] = []
+        self.clock = WallClock()  # the record says where the wall time went (wall_clock.py)
         self.world: World = parallel_env.detect()
         self.strategy: ParallelStrategy = strategy_for(self.config.parallel)  # the mode: parallel/modes/
         self.device = resolve_device(self.config.device)
@@ -143,6 +145,7 @@ class Run:
         self.check_request()
         threads_before = torch.get_num_threads()  # restored at the end: the next run in this process starts alike
         try:
+            self.clock.begin("process_group")
             with self._process_group() as dist:
                 self.resolve(dist)
                 # Rank 0 holds the run's lock from before the checkpoint is read to after the record is written.
@@ -176,6 +179,7 @@ class Run:
 
     def _entered(self, phase: str) -> None:
         self.trace.append(phase)
+        self.clock.begin(phase)
 
     def resolve(self, dist: Dist) -> None:
         """The ranks, threads, and what the config and the given techniques must agree on."""
@@ -202,7 +206,8 @@ class Run:
         ensemble = self.member is not None
         # The same on every rank (the same data and initial weights), except that ensemble members differ by rank.
         _seed_everything(config.seed + (dist.rank if ensemble else 0))
-        self.dataset = request.dataset if request.dataset is not None else data_sets.load(config.data, seed=config.seed)
+        with self.clock.part("data"):
+            self.dataset = request.dataset if request.dataset is not None else data_sets.load(config.data, seed=config.seed)
         self.strategy.check_data(config, self.dataset)
         self.model = request.model if request.model is not None else models.build(self.member or config.model,
                                                                                   self.dataset)
@@ -216,9 +221,10 @@ class Run:
         self.saved = self.ckpt.read() if self.resume else None  # checked before anything is measured from it
         self.progress = Progress(quiet=request.quiet, rank=dist.rank, label=config.run_name)
         # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
-        self.tuned = tune_on_ranks(config, dist, self.model, self.dataset, self.device,
-                                   self.saved.get("autotune") if self.saved else None, self.progress.message,
-                                   own_model=ensemble)
+        with self.clock.part("probes"):
+            self.tuned = tune_on_ranks(config, dist, self.model, self.dataset, self.device,
+                                       self.saved.get("autotune") if self.saved else None, self.progress.message,
+                                       own_model=ensemble)
         techniques = from_config(self.tuned.config) + request.techniques
         check_parallel_mode(techniques, self.strategy.name)
         # The mode's own part in the loop (DDP's wrap, MPI's averaging, an ensemble member's vote).
@@ -329,6 +335,7 @@ class Run:
                     out_dir / (ckpt.path.name.removesuffix(checkpoint.SUFFIX) + MODEL_SUFFIX), weights,
                     model_spec=self.member or config.model, data_spec=config.data, data=self.dataset,
                     record=f"{config.run_name}.json").name
+        record["run"]["wall"] = self.clock.summary(state.records)  # to here: the record's own write is all it leaves out
         if out_dir and ranks.is_main:
             write_json(out_dir / f"{config.run_name}.json", record)
         ranks.barrier()  # the result is on disk before any checkpoint goes, and before any rank leaves the group
