@@ -64,6 +64,8 @@ class RunConfig:
     weight_decay: float = _opt(0.0, "weight decay")
     label_smoothing: float = _opt(0.0, "cross-entropy tasks: train against targets smoothed by this much (0.1 puts "
                                        "0.9 on the true class); validation losses stay unsmoothed")
+    output_key: str | None = _opt(None, "a model returning a dict (a Hugging Face ModelOutput) or a tuple: the key, "
+                                        "or the index, of the tensor the loss takes (logits, 0)")
     length_buckets: bool = _opt(False, "padded token sequences (seq2seq): batch samples of similar length together "
                                        "and trim each batch's padding; the batch order stays random")
     loader: str = _opt(

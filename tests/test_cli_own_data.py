@@ -34,6 +34,18 @@ class SizedFromData(nn.Module):
         return self.body(x)
 
 
+class DictOut(nn.Module):
+    """A Hugging Face-like model: the scores under ``logits`` of a dict, beside other outputs."""
+
+    def __init__(self, data, as_tuple=False):
+        super().__init__()
+        self.head, self.as_tuple = nn.Linear(data.input_shape[0], data.num_classes), as_tuple
+
+    def forward(self, x):
+        logits = self.head(x)
+        return (logits, x) if self.as_tuple else {"logits": logits, "hidden": x}
+
+
 HERE = __name__  # the module name pytest imported this file under
 
 
@@ -150,3 +162,15 @@ def test_a_model_module_in_the_current_folder_is_found_as_the_console_script_run
     assert main(["train", "--model", "my_models_here:Tiny:width=2", "--data", "npy:x=x.npy,y=y.npy", "--epochs", "1",
                  "--quiet", "--out", "out"]) == 0, capsys.readouterr().err
     assert _record(tmp_path / "out")["run"]["params"] == 3 * 2 + 2
+
+
+@pytest.mark.parametrize("model, key", [("DictOut", "logits"), ("DictOut:as_tuple=true", "0")])
+def test_output_key_picks_the_tensor_the_loss_takes_from_the_command_line(tmp_path, capsys, model, key):
+    argv = ["train", "--model", f"{HERE}:{model}", "--data", "healthcare-sim:n=300", "--epochs", "1", "--device", "cpu",
+            "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "without")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--output-key {'logits' if key == 'logits' else '0'} on the command line" in err
+    assert not (tmp_path / "without").exists()
+    assert main([*argv, "--output-key", key, "--out", str(tmp_path / "with")]) == 0
+    assert _record(tmp_path / "with")["epochs"][0]["val_acc"] is not None

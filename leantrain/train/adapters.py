@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,14 +69,23 @@ def call_model(model: Callable[..., Any], x: Any) -> Any:
     return model(x)
 
 
+def with_output_key(dataset: Any, output_key: str | None) -> Any:
+    """The data set with the command line's or experiment file's ``output_key`` (a digit string: a tuple index);
+    ``fit`` sets its own adapter, which is kept."""
+    if output_key is None or dataset.adapter is not None:
+        return dataset
+    key: str | int = int(output_key) if output_key.isdigit() else output_key
+    return dataclasses.replace(dataset, adapter=check_adapter(TaskAdapter(output_key=key), dataset.task))
+
+
 def select_output(output: Any, key: str | int | None) -> Any:
     if key is None:
         if isinstance(output, Mapping):
-            raise UsageError(f"the model returns a dict with keys {sorted(map(str, output))}: pass output_key= "
-                             "naming the tensor the loss takes (e.g. output_key='logits')")
+            raise UsageError(f"the model returns a dict with keys {sorted(map(str, output))}: name the tensor the "
+                             "loss takes with output_key='logits' in fit, --output-key logits on the command line")
         if isinstance(output, (tuple, list)):
-            raise UsageError(f"the model returns a {type(output).__name__} of {len(output)}: pass output_key= with "
-                             "the index of the tensor the loss takes (e.g. output_key=0)")
+            raise UsageError(f"the model returns a {type(output).__name__} of {len(output)}: give the index of the "
+                             "tensor the loss takes with output_key=0 in fit, --output-key 0 on the command line")
         return output
     try:
         return output[key]

@@ -19,7 +19,7 @@ from leantrain.fileio import prepare_output_dir
 from leantrain.parallel.dist import Dist
 from leantrain.parallel.env import detect
 from leantrain.techniques.amp import autocast_for
-from leantrain.train.adapters import task_for
+from leantrain.train.adapters import select_output, task_for
 from leantrain.train.run_identity import (
     FinishedRecord,
     check_existing,
@@ -63,6 +63,7 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "f
         with autocast_for(device, precision):
             output = task.forward(model, x, y)
         if not custom_loss:
+            select_output(output, None)  # a dict or tuple without output_key: say which key to give
             check_output(output, y, dataset)
         loss = task.loss_sum(output, y)
         if loss.requires_grad:

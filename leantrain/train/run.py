@@ -47,7 +47,7 @@ from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.precision import MixedPrecision
 from leantrain.techniques.registry import switched_on
 from leantrain.train import checkpoint
-from leantrain.train.adapters import task_for
+from leantrain.train.adapters import task_for, with_output_key
 from leantrain.train.allocator import keep_freed_memory
 from leantrain.train.guards import NonFiniteLoss
 from leantrain.train.loggers import open_log
@@ -208,6 +208,7 @@ class Run:
         _seed_everything(config.seed + (dist.rank if ensemble else 0))
         with self.clock.part("data"):
             self.dataset = request.dataset if request.dataset is not None else data_sets.load(config.data, seed=config.seed)
+        self.dataset = with_output_key(self.dataset, config.output_key)
         self.strategy.check_data(config, self.dataset)
         self.model = request.model if request.model is not None else models.build(self.member or config.model,
                                                                                   self.dataset)

@@ -92,7 +92,7 @@ def test_a_dict_output_without_output_key_names_the_keys():
         def forward(self, x):
             return {"logits": self.lin(x), "features": x}
 
-    with pytest.raises(lt.UsageError, match=r"keys \['features', 'logits'\]: pass output_key=") as e:
+    with pytest.raises(lt.UsageError, match=r"keys \['features', 'logits'\]: name the tensor the loss takes with output_key='logits'") as e:
         lt.fit(Dict(), lt.data.from_tensors(*_data()), epochs=1)
     _one_line(e)
 
