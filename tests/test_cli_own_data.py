@@ -123,7 +123,7 @@ batch_size = 128
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--model", f"{__name__}:Nett:in_features=3"], "has no model 'Nett'; its nn.Module classes: Net, SizedFromData"),
+    (["--model", f"{__name__}:Nett:in_features=3"], "has no model 'Nett'; its nn.Module classes: DictOut, Net, SizedFromData"),
     (["--model", "no_such_module_xyz:Net"], "cannot import module 'no_such_module_xyz'"),
     (["--model", f"{__name__}:Net:in_featurez=3"], "takes no option 'in_featurez'"),
     (["--model", f"{__name__}:Net"], "missing 1 required positional argument: 'in_features'"),
