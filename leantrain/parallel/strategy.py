@@ -139,7 +139,6 @@ class ParallelStrategy:
 
 S = TypeVar("S", bound=type[ParallelStrategy])
 _MODES: dict[str, type[ParallelStrategy]] = {}
-_discovered = False
 
 
 def register_mode(cls: S) -> S:
@@ -157,17 +156,10 @@ def unregister_mode(name: str) -> None:
     del _MODES[name]
 
 
-def _discover() -> None:
-    """Import every file of ``parallel/modes/`` once: each registers its mode (a new file needs no list edited)."""
-    global _discovered
-    if not _discovered:
-        _discovered = True
-        importlib.import_module(MODES_PACKAGE)
-
-
 def modes() -> dict[str, type[ParallelStrategy]]:
-    """Every known mode, in its ``order``."""
-    _discover()
+    """Every known mode, in its ``order``. The package imports each file of ``parallel/modes/`` (once: Python keeps
+    imported modules), and each registers its mode: a new file needs no list edited."""
+    importlib.import_module(MODES_PACKAGE)
     return dict(sorted(_MODES.items(), key=lambda item: (item[1].order, item[0])))
 
 

@@ -303,15 +303,13 @@ class Run:
             train(state, batches, val_x, dataset.y_val, techniques=self.techniques,
                   eval_batch_size=config.eval_batch_size, progress=self.progress, on_epoch_saved=save,
                   checkpoint_every=config.checkpoint_interval, log=log)
-        except NonFiniteLoss as e:
-            kept = f"the last good checkpoint is kept: {self.ckpt.path}" if self.ckpt.exists() else \
-                "no checkpoint was written before it"
-            with contextlib.suppress(Exception):  # the divergence is what to report (exit 3), not a log's full disk
+        except BaseException as e:
+            with contextlib.suppress(Exception):  # what stopped the run is reported (3, 143/130), not a log's full disk
                 log.close()
-            raise NonFiniteLoss(f"{e}; {kept}") from None
-        except BaseException:
-            with contextlib.suppress(Exception):  # likewise a signal (143/130) or the run's own error
-                log.close()
+            if isinstance(e, NonFiniteLoss):
+                kept = f"the last good checkpoint is kept: {self.ckpt.path}" if self.ckpt.exists() else \
+                    "no checkpoint was written before it"
+                raise NonFiniteLoss(f"{e}; {kept}") from None
             raise
         log.close()
 
