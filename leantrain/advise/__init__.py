@@ -1,0 +1,1 @@
+"""leantrain advise: which techniques speed up your model, measured here."""
