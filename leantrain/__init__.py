@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "data": "leantrain.data",
     "fit": "leantrain.train.fit",
+    "advise": "leantrain.advise.api",
     "compare": "leantrain.experiments.notebook",
     "epochs_frame": "leantrain.experiments.notebook",
     "plot_epochs": "leantrain.experiments.notebook",
@@ -27,7 +28,7 @@ _EXPORTS = {
     "FitResult": "leantrain.train.result",
 }
 __all__ = [
-    "data", "fit", "compare", "epochs_frame", "plot_epochs",
+    "data", "fit", "advise", "compare", "epochs_frame", "plot_epochs",
     "RunConfig", "UsageError", "Technique", "MixedPrecision", "GradClip", "ActivationCheckpointing",
     "AdaptiveAccumulation", "WarmupCosine", "ComplexityMatching", "Compile", "Callback", "EarlyStopping", "KeepBest",
     "FitResult", "__version__",
@@ -61,6 +62,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from leantrain import data
+    from leantrain.advise.api import advise
     from leantrain.config import RunConfig
     from leantrain.errors import UsageError
     from leantrain.experiments.notebook import compare, epochs_frame, plot_epochs

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --executor slurm: CPUs per job (default: the case's procs, else 1)")
     run.set_defaults(handler=_run)
 
+    _add_advise(commands)
     _add_slurm_script(commands)
 
     report = commands.add_parser("report", help="rebuild summary.md and plots from the JSON records in DIR")
@@ -147,6 +148,36 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     from leantrain.config import config_options
 
     return {o.name: getattr(args, o.name) for o in config_options() if getattr(args, o.name) is not None}
+
+
+def _add_advise(commands: Any) -> None:
+    advise = commands.add_parser("advise", help="which techniques speed up your model here, by how much, at what "
+                                 "cost: measured within a time budget; writes advice.md and the recipe to keep")
+    _add_run_flags(advise)  # train's flags: the recipe you use now is the baseline
+    advise.add_argument("--budget", default="15m", help="wall time for the whole advice: 15m, 90s, 1h30m (default 15m)")
+    advise.add_argument("--tolerance", type=float, default=0.005,
+                        help="the target is the baseline's final metric less this (default 0.005); --target sets "
+                             "it instead")
+    advise.add_argument("--out", type=_folder, default=Path("results/advise"),
+                        help="folder for advice.md, the plot, the recipe files and each run's record "
+                             "(default results/advise)")
+    advise.add_argument("--techniques", metavar="NAME[,NAME...]",
+                        help="try only these: precision, optimizer, batch_size, loader, schedule, compile, "
+                             "checkpointing, accumulation, complexity, threads, processes (default: every one)")
+    advise.add_argument("--force", action="store_true", help="replace an advice already in --out")
+    advise.add_argument("--quiet", action="store_true", help="no progress output")
+    advise.set_defaults(handler=_advise)
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from leantrain.advise.api import advise, summary_lines
+
+    given = _given_settings(args)
+    model, data = given.pop("model", "mlp"), given.pop("data", "imagenet-sim")
+    result = advise(model, data, budget=args.budget, baseline=given, out=args.out, target=given.get("target"),
+                    tolerance=args.tolerance, techniques=args.techniques, force=args.force, quiet=args.quiet)
+    print("\n".join(summary_lines(result)))
+    return 0
 
 
 def _add_slurm_script(commands: Any) -> None:

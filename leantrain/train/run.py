@@ -161,6 +161,21 @@ class Run:
         finally:
             torch.set_num_threads(threads_before)
 
+    def dry_run(self) -> tuning.Tuned:
+        """The phases up to the preflight, then stop: a candidate screened by ``leantrain advise`` (nothing is
+        written, nothing trained). Returns the ``auto`` settings' choices."""
+        self.check_request()
+        threads_before = torch.get_num_threads()
+        try:
+            with self._process_group() as dist:
+                self.resolve(dist)
+                self.build()
+                self.prepare()
+                self.preflight()
+                return self.tuned
+        finally:
+            torch.set_num_threads(threads_before)
+
     @property
     def resume(self) -> bool:
         return self.request.resume or self.world.restart_count > 0

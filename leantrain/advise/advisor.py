@@ -1,0 +1,296 @@
+"""``leantrain advise`` start to finish: screen, measure within the budget, combine the winners, judge, write.
+
+    screening      every candidate (and auto setting) for one dry step; what does not apply, with why
+    baseline       the user's recipe, once: its final metric sets the target, its wall time the cost of a run
+    round 1        each applicable candidate once, the baseline's seed, stopped early when clearly behind
+    combination    the winners added one at a time (greedy), each kept only if it beats the last
+    repeats        further seeds, interleaved (baseline, then the contenders), while the budget holds
+    the answer     the ranked table, the recommendation, the recipe to keep (report.py, recipe.py)
+
+A run starts only if its expected cost fits in what is left of the budget; what did not fit is listed.
+Every ``auto`` choice is made once (``tuning.decided_once``) and reused by every repeat.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from leantrain.advise.budget import Budget, render_seconds
+from leantrain.advise.candidates import Candidate, Machine, candidates
+from leantrain.advise.measure import Measurement, StopWhenHopeless, measure
+from leantrain.advise.recommend import BASELINE, Advice, Goal, judge
+from leantrain.advise.screen import Screened, auto_candidates, concrete, one_line, screen
+from leantrain.config import RunConfig, resolve_device
+from leantrain.data.dataset import Dataset
+from leantrain.errors import UsageError
+from leantrain.train.run import RunRequest
+
+BEHIND_MARGIN = 1.5  # a candidate past 1.5x the baseline's time to target without reaching it is stopped
+DEFAULT_TOLERANCE = 0.005  # the target: the baseline's final metric less this (experiments' baseline-final)
+MAX_COMBINED = 3  # winners combined greedily, at most
+MAX_REPEATS = 5  # seeds per recipe, at most: beyond, the budget buys little the spread does not already say
+
+
+@dataclass
+class AdviseRequest:
+    baseline: dict[str, Any]  # the user's recipe, RunConfig.to_dict()
+    budget: Budget
+    runs_dir: Path  # each measured run's record goes here
+    target: float | None = None  # the user's target; None: the baseline's final metric less the tolerance
+    tolerance: float = DEFAULT_TOLERANCE
+    model_factory: Callable[[], nn.Module] | None = None  # lt.advise: the user's model, built afresh per run
+    dataset: Dataset | None = None  # lt.advise: the user's data
+    only: tuple[str, ...] = ()  # try only these techniques (candidates.GENERATORS' names); () tries every one
+    say: Callable[[str], None] = lambda line: print(f"leantrain advise: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Findings:
+    """What the advice is made of: screening, measurements, the judgement, what the budget left out."""
+
+    screened: list[Screened]
+    measurements: list[Measurement]
+    goal: Goal
+    advice: Advice
+    not_fitted: list[str] = field(default_factory=list)
+    combinations: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined recipe -> its changes
+    budget_s: float = 0.0
+    spent_s: float = 0.0
+
+    def changes_of(self, recipe: str) -> dict[str, Any]:
+        if recipe in self.combinations:
+            return self.combinations[recipe]
+        return next((s.candidate.changes for s in self.screened if s.candidate.name == recipe), {})
+
+
+class Advisor:
+    def __init__(self, request: AdviseRequest):
+        self.request, self.budget, self.say = request, request.budget, request.say
+        self.baseline = RunConfig.from_dict(request.baseline, where="baseline").validated("baseline")
+        self._datasets: dict[int, Dataset] = {}
+        self.measurements: list[Measurement] = []
+        self.not_fitted: list[str] = []
+        self.combinations: dict[str, dict[str, Any]] = {}
+
+    # -- the runs' inputs --------------------------------------------------------------------------------------
+    def request_for(self, config: RunConfig) -> RunRequest:
+        """A fresh run of ``config``: its seed's data set (loaded once), the user's model built afresh and seeded."""
+        model = None
+        if self.request.model_factory is not None:
+            torch.manual_seed(config.seed)
+            model = self.request.model_factory()
+        return RunRequest(config, model=model, dataset=self._dataset(config.seed), quiet=True)
+
+    def _dataset(self, seed: int) -> Dataset:
+        if self.request.dataset is not None:
+            return self.request.dataset
+        if seed not in self._datasets:
+            from leantrain import data as data_sets
+
+            self._datasets[seed] = data_sets.load(self.baseline.data, seed=seed)
+        return self._datasets[seed]
+
+    # -- the phases ---------------------------------------------------------------------------------------------
+    def run(self) -> Findings:
+        from leantrain.tuning import decided_once
+
+        with decided_once():
+            screened = self.screen_all()
+            first, goal = self.measure_baseline()
+            usable = [s for s in screened if s.applies]
+            self.round(usable, seed=self.baseline.seed, goal=goal, base=first)
+            self.combine(usable, goal, first)
+            self.repeat(usable, goal, first)
+        advice = judge(self.measurements, goal)
+        return Findings(screened, self.measurements, goal, advice, self.not_fitted, self.combinations,
+                        self.budget.seconds, self.budget.spent)
+
+    def screen_all(self) -> list[Screened]:
+        """The baseline must take a dry step (else the advice has nothing to stand on); then every candidate."""
+        base = self.baseline.to_dict()
+        own = screen(Candidate(BASELINE, BASELINE, {}, "your recipe"), base, self.request_for)
+        if not own.applies:
+            raise UsageError(f"your recipe does not train: {own.reason}")
+        machine = Machine(resolve_device(self.baseline.device).type, os.cpu_count() or 1)
+        found = candidates(base, machine)
+        found += auto_candidates(base, found)
+        if self.request.only:
+            found = [c for c in found if c.technique in self.request.only]
+        self.say(f"screening {len(found)} candidates for one dry step each")
+        screened = [screen(c, base, self.request_for) for c in found]
+        for s in screened:
+            self.say(f"  {s.candidate.name}: " + (f"applies{_chose(s)}" if s.applies else f"not applicable ({s.reason})"))
+        return self._with_auto_choices(screened)
+
+    def _with_auto_choices(self, screened: list[Screened]) -> list[Screened]:
+        """An auto setting is measured as the concrete values it chose (what a user keeps), unless those are the
+        user's own or a candidate tries them already."""
+        tried = [s.candidate.changes for s in screened if not s.chose]
+        out = []
+        for s in screened:
+            if s.chose and s.applies:
+                values = concrete(s)
+                if _same(values, self.request.baseline) or any(_same(values, t) and _same(t, values) for t in tried):
+                    out.append(Screened(s.candidate, None, f"chose {_values(s.chose)}: your own setting, or a candidate "
+                                        "above", s.seconds, s.chose))
+                    continue
+                candidate = Candidate(f"{s.candidate.name} ({_values(s.chose)})", s.candidate.technique, values,
+                                      s.candidate.what)
+                config = RunConfig.from_dict({**self.request.baseline, **values}, where=candidate.name)
+                s = Screened(candidate, config, None, s.seconds, s.chose)
+            out.append(s)
+        return out
+
+    def measure_baseline(self) -> tuple[Measurement, Goal]:
+        config = self._measured_config(BASELINE, self.baseline, self.baseline.seed)
+        spent_before = self.budget.spent
+        guard = StopWhenHopeless(self.budget, None, None, "", True)
+        self.say(f"baseline: {self.baseline.epochs} epochs")
+        first = measure(BASELINE, config, self.request_for, guard, self.request.runs_dir)
+        if first.stopped:
+            raise UsageError(self._budget_too_small(first, spent_before))
+        if first.failure or first.record is None:
+            raise UsageError(f"your recipe failed when measured: {first.failure}")
+        self.measurements.append(first)
+        self.say(f"baseline: {render_seconds(first.wall_s)}")
+        return first, self._goal(first)
+
+    def _budget_too_small(self, stopped: Measurement, spent_before: float) -> str:
+        record = stopped.record or {"epochs": []}
+        done = max(1, len(record["epochs"]))
+        projected = stopped.wall_s / done * self.baseline.epochs
+        minimum = spent_before + 2 * projected  # the screening, the baseline and one candidate
+        return (f"budget {render_seconds(self.budget.seconds)} is too small: one baseline run takes about "
+                f"{render_seconds(projected)} here, and the advice needs it and at least one candidate; give at "
+                f"least --budget {int(minimum // 60) + 1}m (or fewer --epochs)")
+
+    def _goal(self, first: Measurement) -> Goal:
+        record = first.record or {}
+        metric, higher = record["run"]["metric"], bool(record["run"].get("higher_is_better", True))
+        final = first.final(metric)
+        target = self.request.target
+        if target is None and final is not None:
+            target = final - self.request.tolerance if higher else final + self.request.tolerance
+        if target is not None and first.time_to(metric, target, higher) is None:
+            return Goal(metric, higher, None, f"the baseline never reached {metric} {target:g}: recipes are compared "
+                                              f"on equal epochs (training time to the last epoch) instead")
+        goal = Goal(metric, higher, target)
+        self._baseline_measured(goal, first)
+        return goal
+
+    def _baseline_measured(self, goal: Goal, m: Measurement) -> None:
+        """Without a target of the user's, each seed's target is that seed's baseline's final less the tolerance."""
+        final = m.final(goal.metric)
+        if self.request.target is None and goal.target is not None and final is not None and m.finished:
+            goal.per_seed[m.seed] = final - self.request.tolerance if goal.higher_is_better else final + self.request.tolerance
+
+    def _measured_config(self, recipe: str, config: RunConfig, seed: int) -> RunConfig:
+        # The memory check ran in the screening: measured runs skip its second dry step.
+        slug = "".join(c if c.isalnum() else "-" for c in recipe.lower()).strip("-")
+        return config.replace(seed=seed, memory_check=False, name=f"{slug}-s{seed}")
+
+    def _expected(self, base: Measurement, config: RunConfig) -> float:
+        return base.wall_s * (2.0 if config.procs is not None else 1.0)  # workers start their own processes
+
+    def _run_one(self, recipe: str, config: RunConfig, seed: int, goal: Goal, base: Measurement) -> Measurement | None:
+        measured = self._measured_config(recipe, config, seed)
+        if not self.budget.fits(self._expected(base, measured)):
+            self.not_fitted.append(f"{recipe} (seed {seed})")
+            return None
+        base_time = goal.time(base)
+        guard = StopWhenHopeless(self.budget, None if base_time is None else BEHIND_MARGIN * base_time, goal.target,
+                                 goal.metric, goal.higher_is_better)
+        m = measure(recipe, measured, self.request_for, guard, self.request.runs_dir)
+        if guard.out_of_budget:  # the budget's doing, not the recipe's: listed, never judged
+            self.not_fitted.append(f"{recipe} (seed {seed}): {m.stopped}")
+            self.say(f"{recipe} (seed {seed}): {m.stopped}")
+            return None
+        self.measurements.append(m)
+        if recipe == BASELINE:
+            self._baseline_measured(goal, m)
+        status = m.failure or m.stopped or f"{render_seconds(m.wall_s)}"
+        self.say(f"{recipe} (seed {seed}): {status}")
+        return m
+
+    def round(self, usable: list[Screened], seed: int, goal: Goal, base: Measurement) -> None:
+        for s in usable:
+            assert s.config is not None
+            self._run_one(s.candidate.name, s.config, seed, goal, base)
+
+    def combine(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
+        """Greedy: start from the fastest winner, add the next while the combination beats the last one kept."""
+        advice = judge(self.measurements, goal)
+        by_name = {s.candidate.name: s for s in usable}
+        winners = [r.recipe for r in advice.rows if r.recipe in by_name and r is not None and _is_winner(r, advice)]
+        if len(winners) < 2:
+            return
+        kept_name, kept = winners[0], dict(by_name[winners[0]].candidate.changes)
+        for name in winners[1:MAX_COMBINED + 1]:
+            changes = by_name[name].candidate.changes
+            if set(changes) & set(kept):
+                continue  # two values for one setting (two Adam kernels): not a combination
+            combined_name = f"{kept_name} + {name}"
+            merged = {**kept, **changes}
+            try:
+                config = RunConfig.from_dict({**self.baseline.to_dict(), **merged}, where=combined_name).validated()
+            except UsageError as e:
+                self.say(f"{combined_name}: not combined ({one_line(e)})")
+                continue
+            self.combinations[combined_name] = merged
+            m = self._run_one(combined_name, config, self.baseline.seed, goal, base)
+            if m is None:
+                return
+            now = judge(self.measurements, goal)
+            if now.recommended is not None and now.recommended.recipe == combined_name:
+                kept_name, kept = combined_name, merged
+
+    def repeat(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
+        """Further seeds while a whole round of the contenders fits: baseline first, then the best so far."""
+        seed = self.baseline.seed
+        while seed < self.baseline.seed + MAX_REPEATS - 1:
+            seed += 1
+            advice = judge(self.measurements, goal)
+            contenders = [r.recipe for r in advice.rows if r.recipe != BASELINE and r.problem is None][:4]
+            if not contenders:
+                return  # nothing left worth a repeat
+            configs = {**{s.candidate.name: s.config for s in usable},
+                       **{n: RunConfig.from_dict({**self.baseline.to_dict(), **c}) for n, c in self.combinations.items()}}
+            wanted = [BASELINE, *contenders]
+            if not self.budget.fits(len(wanted) * base.wall_s):
+                self.not_fitted.append(f"repeat with seed {seed} ({len(wanted)} runs)")
+                return
+            for recipe in wanted:
+                config = self.baseline if recipe == BASELINE else configs[recipe]
+                assert config is not None
+                if self._run_one(recipe, config, seed, goal, base) is None:
+                    return
+
+
+def _is_winner(row: Any, advice: Advice) -> bool:
+    from leantrain.advise.recommend import beats
+
+    base = next(r for r in advice.rows if r.recipe == BASELINE)
+    return beats(row, base)
+
+
+def _same(values: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether ``other`` holds every value of ``values`` (floats to 1e-9: a scaled lr computed two ways)."""
+    def equal(a: Any, b: Any) -> bool:
+        return abs(a - b) <= 1e-9 * max(abs(a), abs(b)) if isinstance(a, float) and isinstance(b, float) else a == b
+    return all(k in other and equal(v, other[k]) for k, v in values.items())
+
+
+def _chose(s: Screened) -> str:
+    return f", chose {_values(s.chose)}" if s.chose else ""
+
+
+def _values(chose: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in chose.items())
+

@@ -1,0 +1,95 @@
+"""Screening: each candidate tried for one dry step on the user's model, data and machine, before any is measured.
+
+The dry step is a run's own phases up to its preflight (``Run.dry_run``): the settings validated, the model built
+and prepared as it would train (checkpoint wrapping, precision fallbacks), one training step in the run's precision
+and the memory estimate. A candidate that fails there is listed with its one-line reason and never measured.
+``auto`` settings are screened the same way: their probes measure, and the choice is shown.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from leantrain.advise.candidates import Candidate
+from leantrain.config import RunConfig
+from leantrain.errors import UsageError
+from leantrain.train.run import Run, RunRequest
+
+# The auto settings screened beside the candidates: their probes choose on this machine, for this model.
+AUTO_SETTINGS = {"precision": "auto", "optimizer": "auto-adam", "threads": "auto", "batch_size": "auto"}
+
+
+@dataclass(frozen=True)
+class Screened:
+    candidate: Candidate
+    config: RunConfig | None  # the candidate's run configuration; None where it does not apply
+    reason: str | None = None  # why it does not apply (one line)
+    seconds: float = 0.0
+    chose: dict[str, Any] = field(default_factory=dict)  # an auto setting's choice: {"precision": "bf16"}
+
+    @property
+    def applies(self) -> bool:
+        return self.config is not None
+
+
+RequestFor = Callable[[RunConfig], RunRequest]
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as the one line a user reads: its own message's first line, the type where it is not a usage error."""
+    text = (str(error).strip().splitlines() or [""])[0][:300]
+    if isinstance(error, UsageError):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def screen(candidate: Candidate, baseline: dict[str, Any], request_for: RequestFor) -> Screened:
+    """Validate the candidate's configuration and take one dry step with it; never raises for the candidate's sake."""
+    if candidate.not_applicable:
+        return Screened(candidate, None, candidate.not_applicable)
+    start = time.perf_counter()
+    try:
+        config = RunConfig.from_dict(candidate.apply(baseline), where=candidate.name).validated(candidate.name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fallback's warning is the run's to give, when it is measured
+            tuned = Run(request_for(_screened_alone(config))).dry_run()
+    except Exception as error:  # noqa: BLE001  (any failure: the candidate does not apply, and why)
+        return Screened(candidate, None, one_line(error), time.perf_counter() - start)
+    chose = {knob: entry.get("choice") for knob, entry in tuned.record.items() if isinstance(entry, dict)}
+    if "lr" in tuned.record.get("batch_size", {}):
+        chose["lr"] = tuned.record["batch_size"]["lr"]  # batch_size auto scales the lr with the batch it chose
+    return Screened(candidate, config, None, time.perf_counter() - start, chose)
+
+
+def concrete(screened: Screened) -> dict[str, Any]:
+    """An auto setting's changes as the values it chose (batch_size auto: the batch and its scaled lr)."""
+    changes = {k: screened.chose.get(k, v) for k, v in screened.candidate.changes.items() if k != "lr_batch"}
+    if "batch_size" in screened.candidate.changes and "lr" in screened.chose:
+        changes["lr"] = screened.chose["lr"]
+    return changes
+
+
+def _screened_alone(config: RunConfig) -> RunConfig:
+    """Launched candidates (several processes) take their dry step as one worker would, in this process; the launch
+    itself is tried when the candidate is measured."""
+    if config.procs is None:
+        return config
+    return config.replace(parallel="none", procs=None)
+
+
+def auto_candidates(baseline: dict[str, Any], tried: list[Candidate]) -> list[Candidate]:
+    """The ``auto`` settings the baseline does not already use, as candidates for screening (their choice is shown)."""
+    out = []
+    for key, auto in AUTO_SETTINGS.items():
+        if baseline.get(key) == auto or (key == "optimizer" and baseline.get(key) not in ("adam",)):
+            continue
+        if any(c.changes == {key: auto} for c in tried):
+            continue  # a candidate tries it already
+        changes: dict[str, Any] = {key: auto}
+        if key == "batch_size" and isinstance(baseline.get("batch_size"), int):
+            changes["lr_batch"] = baseline["batch_size"]  # the user's lr is meant for the user's batch
+        out.append(Candidate(f"{key} {auto}", key, changes, f"{key} chosen by measurement here ({auto})"))
+    return out

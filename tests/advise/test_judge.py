@@ -1,0 +1,131 @@
+"""The decisions of leantrain advise, on injected measurements: what is recommended, and when to keep the recipe."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from leantrain.advise.budget import Budget, parse_budget
+from leantrain.advise.candidates import COVERS, GENERATORS, NOT_FOR_SPEED, Machine, candidates
+from leantrain.advise.measure import Measurement
+from leantrain.advise.recommend import BASELINE, Goal, judge
+from leantrain.errors import UsageError
+from leantrain.techniques.registry import techniques
+
+GOAL = Goal("val_acc", True, 0.80)
+
+
+def run(recipe: str, seed: int, epoch_times: list[float], accs: list[float], **kw: Any) -> Measurement:
+    epochs = [{"time_s": t, "val_acc": a, "activation_bytes": 1000, "foreign_cpu_cores": 0.0}
+              for t, a in zip(epoch_times, accs)]
+    record = {"run": {"metric": "val_acc"}, "epochs": epochs,
+              "summary": {"final_val_acc": accs[-1], "train_time_s": sum(epoch_times), "peak_mem_bytes": 2**20}}
+    return Measurement(recipe, seed, record, sum(epoch_times) + 1.0, **kw)
+
+
+def baseline(seed: int, scale: float = 1.0) -> Measurement:
+    return run(BASELINE, seed, [scale * 2.0] * 4, [0.70, 0.78, 0.80, 0.805])
+
+
+def test_a_clear_winner_is_recommended() -> None:
+    ms = [baseline(0), baseline(1, 1.05),
+          run("bf16", 0, [1.0] * 4, [0.70, 0.78, 0.80, 0.806]), run("bf16", 1, [1.1] * 4, [0.70, 0.78, 0.80, 0.804]),
+          run("compile", 0, [1.9] * 4, [0.70, 0.78, 0.80, 0.805]), run("compile", 1, [2.2] * 4, [0.70, 0.78, 0.80, 0.805])]
+    advice = judge(ms, GOAL)
+    assert advice.recommended is not None and advice.recommended.recipe == "bf16"
+    assert advice.recommended.speedups == pytest.approx([2.0, 2.1 / 1.1])
+    assert [r.recipe for r in advice.rows][:1] == ["bf16"]
+    # compile's 1.05x and 0.95x straddle 1: within the spread, not a winner
+    assert "compile" not in [r.recipe for r in advice.rows if r is advice.recommended]
+
+
+def test_nothing_beyond_the_spread_keeps_the_recipe() -> None:
+    ms = [baseline(0), baseline(1, 1.2),
+          run("fused Adam", 0, [1.9] * 4, [0.70, 0.78, 0.80, 0.805]),
+          run("fused Adam", 1, [2.5] * 4, [0.70, 0.78, 0.80, 0.805])]
+    advice = judge(ms, GOAL)
+    assert advice.recommended is None
+    assert "nothing beats the baseline beyond its spread" in advice.reason
+
+
+def test_one_repeat_needs_the_margin() -> None:
+    just = [baseline(0), run("threads", 0, [1.9] * 4, [0.70, 0.78, 0.80, 0.805])]  # 1.05x from one run each
+    assert judge(just, GOAL).recommended is None
+    clear = [baseline(0), run("threads", 0, [1.5] * 4, [0.70, 0.78, 0.80, 0.805])]  # 1.33x
+    assert judge(clear, GOAL).recommended is not None
+
+
+def test_a_faster_recipe_that_loses_quality_is_not_recommended() -> None:
+    ms = [baseline(0), run("batch 256", 0, [0.5, 0.5, 0.5, 0.5], [0.70, 0.78, 0.80, 0.79])]
+    advice = judge(ms, Goal("val_acc", True, 0.78))  # it reaches the target fast, but ends 1.9% worse
+    assert advice.recommended is None
+    assert "outside the ±0.5% band" in advice.reason
+
+
+def test_crashed_diverged_and_stopped_are_reported_never_recommended() -> None:
+    ms = [baseline(0),
+          Measurement("fp16", 0, None, 3.0, failure="TrainingDiverged: the loss is nan at step 3"),
+          run("compile", 0, [0.1] * 4, [0.70, 0.78, 0.80, 0.805], failure="compile did nothing: no graph"),
+          run("bf16", 0, [9.0], [0.5], stopped="behind: 9.0 s of training without reaching the target")]
+    advice = judge(ms, GOAL)
+    assert advice.recommended is None
+    problems = {r.recipe: r.problem for r in advice.rows}
+    assert problems["fp16"].startswith("failed: TrainingDiverged")
+    assert problems["compile"].startswith("failed: compile did nothing")
+    assert problems["bf16"].startswith("stopped: behind")
+
+
+def test_targets_are_paired_by_seed() -> None:
+    # seed 1's baseline ends lower: its own target, not seed 0's, decides when seed 1's candidate arrived
+    goal = Goal("val_acc", True, 0.80, per_seed={0: 0.80, 1: 0.75})
+    ms = [baseline(0), run(BASELINE, 1, [2.0] * 4, [0.70, 0.74, 0.75, 0.755]),
+          run("bf16", 0, [1.0] * 4, [0.70, 0.78, 0.80, 0.806]), run("bf16", 1, [1.0] * 4, [0.70, 0.74, 0.75, 0.754])]
+    row = next(r for r in judge(ms, goal).rows if r.recipe == "bf16")
+    assert row.problem is None and row.times == [3.0, 3.0]
+
+
+def test_equal_epochs_when_no_target() -> None:
+    goal = Goal("val_acc", True, None, fallback="the baseline never reached 0.99")
+    ms = [baseline(0), run("bf16", 0, [1.0] * 4, [0.70, 0.78, 0.80, 0.806])]
+    advice = judge(ms, goal)
+    assert advice.recommended is not None and advice.recommended.speedups == [2.0]
+
+
+@pytest.mark.parametrize("text, seconds", [("15m", 900), ("90s", 90), ("1h30m", 5400), ("2.5m", 150), ("45", 45), (30, 30)])
+def test_budgets(text: Any, seconds: float) -> None:
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15 minutes", "m", "-5m", "0s", "1h30x"])
+def test_malformed_budgets(text: str) -> None:
+    with pytest.raises(UsageError, match="budget"):
+        parse_budget(text)
+
+
+def test_budget_clock() -> None:
+    now = [100.0]
+    budget = Budget(60, lambda: now[0])
+    now[0] = 130.0
+    assert budget.left == 30 and budget.fits(30) and not budget.fits(31)
+
+
+def test_every_registered_technique_is_tried_or_said_why_not() -> None:
+    covered = set(COVERS.values()) | set(NOT_FOR_SPEED)
+    assert {t.name for t in techniques()} <= covered
+    assert set(COVERS) <= set(GENERATORS)
+
+
+def test_candidates_follow_the_baseline_and_the_machine() -> None:
+    from leantrain.config import RunConfig
+
+    base = RunConfig.from_dict({"batch_size": 64, "lr": 1e-3, "loader": "dataloader"}).to_dict()
+    found = {c.name: c for c in candidates(base, Machine("cpu", 2))}
+    assert found["batch 256"].changes == {"batch_size": 256, "lr": pytest.approx(2e-3)}  # Adam: lr by sqrt(4)
+    assert found["fp16"].not_applicable and "GPU" in found["fp16"].not_applicable
+    assert found["2 processes"].changes == {"parallel": "ddp", "procs": 2, "batch_size": 32, "threads": 1}
+    assert "tensor batches" in found
+    sgd = RunConfig.from_dict({"batch_size": 64, "lr": 0.1, "optimizer": "sgd", "loader": "tensor"}).to_dict()
+    found = {c.name: c for c in candidates(sgd, Machine("cpu", 1))}
+    assert found["batch 256"].changes["lr"] == pytest.approx(0.4)  # sgd: linear
+    assert "tensor batches" not in found and "fused Adam" not in found
+    assert found["2 processes"].not_applicable == "1 core(s): nothing to split over"
