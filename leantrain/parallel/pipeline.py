@@ -28,11 +28,12 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle
 
 from leantrain.data.dataset import Dataset
+from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
 from leantrain.models import flops_per_sample
 from leantrain.models.common import flops_by_layer
 from leantrain.parallel.dist import Dist, flat_average_
-from leantrain.parallel.plan import ParallelPlan
+from leantrain.parallel.plan import DRY_SAMPLES, ParallelPlan, StageShare
 
 SCHEDULES: dict[str, type[PipelineScheduleSingle]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -151,6 +152,7 @@ class PipelinePlan(ParallelPlan):
         self._split: list[range] = []
         self._measure = ""
         self._model_params = 0
+        self._dry_inputs: torch.Tensor | None = None
 
     def prepare(self, model: nn.Module, dataset: Dataset) -> nn.Module:
         costs, self._measure = block_costs(model, tuple(dataset.input_shape))
@@ -165,7 +167,16 @@ class PipelinePlan(ParallelPlan):
         if missing:  # a part built on the fly (not a submodule of the model) would not be saved
             raise UsageError(f"{type(model).__name__}.pipeline_parts() returns modules that are not the model's own "
                              f"({missing[0]}); return its submodules")
+        if not self.is_first:  # what the earlier stages will send, while this rank still holds them
+            self._dry_inputs = _upstream_output([before, *blocks[: mine.start]], dataset, self.dist.device)
         return stage
+
+    def stage_share(self) -> StageShare:
+        """The memory estimate's view of this stage: 1F1B holds at most (stages - this stage's index) micro-batches'
+        activations at once (its warm-up forwards), GPipe all of them (every forward before any backward)."""
+        one_f_one_b = self.schedule_name == "1f1b" and self.microbatches >= self.pp  # as _schedule chooses
+        in_flight = min(self.microbatches, self.pp - self.stage_index) if one_f_one_b else self.microbatches
+        return StageShare(self._dry_inputs, self.is_last, self.microbatches, in_flight)
 
     def attach(self, state: Any) -> None:
         self._state = state
@@ -267,6 +278,21 @@ class PipelinePlan(ParallelPlan):
                          "schedule": self.schedule_name, "balanced_by": self._measure,
                          "blocks_per_stage": [len(r) for r in self._split]},
         }
+
+
+@torch.no_grad()
+def _upstream_output(parts: list[nn.Module], dataset: Dataset, device: torch.device) -> torch.Tensor:
+    """The output of what runs before a stage (the model's first part, the earlier stages' blocks) on the first
+    ``DRY_SAMPLES`` training samples, in eval mode (no dropout draw, no batch-norm update)."""
+    modes = [(m, m.training) for part in parts for m in part.modules()]
+    x = to_device(head(dataset.x_train, DRY_SAMPLES), device)
+    try:
+        for part in parts:
+            x = part.eval()(x)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return x.detach().clone()
 
 
 def _named_tensors(module: nn.Module, state_dict: bool = False) -> list[tuple[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ batch order and per-rank random states depend on it).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,20 @@ from torch import nn
 from leantrain.data.dataset import Dataset
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.base import Technique
+
+# Samples of the training split a plan prepares a stage's dry input for: the memory estimate's largest dry batch.
+DRY_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class StageShare:
+    """A pipeline stage's part of a training step, for the memory estimate: what the stage is fed, whether it
+    computes the loss, and how many micro-batches' activations its schedule holds at once."""
+
+    inputs: torch.Tensor | None  # the earlier stages' output on the first DRY_SAMPLES samples; None: the data
+    computes_loss: bool
+    microbatches: int  # each batch is cut into this many
+    in_flight: int  # micro-batches forwarded and not yet back-propagated, at most (GPipe: all; 1F1B: stages left)
 
 
 class ModeHooks(Technique):
@@ -48,6 +63,10 @@ class ParallelPlan:
     def optimized(self, module: nn.Module) -> nn.Module:
         """What the optimizer is built over: the prepared module, or (a sharded optimizer) this rank's slice of it."""
         return module
+
+    def stage_share(self) -> StageShare | None:
+        """This rank's part of a step when it runs only part of the forward (a pipeline stage); None: all of it."""
+        return None
 
     def attach(self, state: Any) -> None:
         """Set the loop's hooks on the TrainState (a pipeline runs forward and backward itself)."""

@@ -5,14 +5,16 @@ optimizer after one step on a small probe), activations saved for backward (``Sa
 tiny dry steps, extrapolated linearly to the batch size: a fixed part plus a part per sample), and the data
 set's tensors. What is already held where the run trains (a CPU run's model and data; a GPU model already
 moved there) counts against the machine but not against what is still free. The run estimates the model as
-prepared (see ``leantrain/train/run.py``): checkpointed blocks, an FSDP rank's shard. What it does not see:
-allocator slack, and a pipeline stage's share (a stage cannot take a dry step alone: pipelines are estimated
-as if every rank held the whole model, an upper bound).
+prepared (see ``leantrain/train/run.py``), at the batch each process trains on: checkpointed blocks (their
+recomputation measured), an FSDP rank's shard (with the gathered weights alive at the dry step's peak), a pipeline
+stage (fed what the earlier stages send, times the micro-batches its schedule holds at once). What it does not
+see: allocator slack and temporaries (unsaved intermediates, FSDP's gradient buffers, communication buffers).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,18 @@ from torch import nn
 
 from leantrain.data.streaming import head, to_device
 from leantrain.errors import UsageError
+from leantrain.parallel.plan import DRY_SAMPLES, StageShare
 from leantrain.techniques.amp import autocast_for
-from leantrain.techniques.checkpointing import CheckpointedBlocks
 from leantrain.train.adapters import task_for
-from leantrain.train.metrics import SavedTensorMeter
+from leantrain.train.metrics import SavedTensorMeter, storage_key
 from leantrain.train.optim import make_optimizer
 
 GIB = 2**30
-DRY_BATCHES = (2, 8)  # two sizes give the fixed part and the per-sample part of the activations
+DRY_BATCHES = (2, DRY_SAMPLES)  # two sizes give the fixed part and the per-sample part of the activations
+# Where activation checkpointing's module wrappers are defined (leantrain's own, and PyTorch's checkpoint_wrapper):
+# such a wrapper may checkpoint only in training mode, and the dry steps must see its recomputation.
+CHECKPOINT_WRAPPERS = frozenset({"leantrain.techniques.checkpointing",
+                                 "torch.distributed.algorithms._checkpoint.checkpoint_wrapper"})
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -61,10 +67,10 @@ OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
-             optimizer: OptimizerFactory | None = None, data_ranks: int = 1) -> MemoryEstimate:
-    """One process's memory for ``config`` (batch size, optimizer, precision) training ``model`` on ``dataset``;
-    ``optimizer``: a user's optimizer factory instead of the config's named optimizer; ``data_ranks``: the ranks
-    that split each (global) batch, so that this one's activations are of its share."""
+             optimizer: OptimizerFactory | None = None, stage: StageShare | None = None) -> MemoryEstimate:
+    """One process's memory for ``config`` (batch size per process, optimizer, precision) training ``model`` (as
+    prepared: an FSDP rank's shard, a pipeline's ``stage``) on ``dataset``; ``optimizer``: a user's optimizer
+    factory instead of the config's named optimizer."""
     params = list(model.parameters())
     param_bytes = sum(_bytes(p) for p in params)
     trainable = sum(_bytes(p) for p in params if p.requires_grad)
@@ -75,8 +81,8 @@ def estimate(model: nn.Module, dataset: Any, config: Any, device: torch.device,
         parameters=param_bytes, gradients=trainable,
         optimizer=_optimizer_bytes([p for p in params if p.requires_grad], config, optimizer and optimizer(model)),
         # batch_size auto: the largest batch it may choose
-        activations=activation_bytes(
-            model, dataset, math.ceil(max(config.batch_candidates(len(dataset.y_train))) / data_ranks), config.precision),
+        activations=activation_bytes(model, dataset, max(config.batch_candidates(len(dataset.y_train))),
+                                     config.precision, stage),
         data=data, resident=resident,
     )
 
@@ -112,48 +118,83 @@ def _optimizer_bytes(trainable: list[torch.Tensor], config: Any, like: torch.opt
     return math.ceil(sum(_bytes(p) for p in trainable) * per_byte) + per_tensor * len(trainable)
 
 
-def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision: str) -> int:
-    """Bytes saved for backward by one micro-batch of ``batch_size``, from dry steps on two tiny batches.
+def activation_bytes(model: nn.Module, dataset: Any, batch_size: int, precision: str,
+                     stage: StageShare | None = None) -> int:
+    """Bytes saved for backward by one step of ``batch_size`` per process, from dry steps on two tiny batches (a
+    fixed part plus a part per sample). A pipeline ``stage`` holds the activations of the micro-batches its schedule
+    keeps in flight, and the batch's own tensors once: its micro-batches are views of them.
 
     The dry steps run in eval mode, as ``dry_forward`` does: a model's training forward (its dropout draws, its
     batch-norm statistics, a user's own per-call logic) sees only real steps. That leaves out dropout's masks
-    (a byte per element), a small undercount. Checkpointed blocks still recompute in segments, as they will in
-    training. Gradients, buffers and the random state are put back."""
+    (a byte per element), a small undercount. Gradients, buffers and the random state are put back."""
     task = task_for(dataset)  # the user's own loss where one is given
-    sizes = sorted({min(b, len(dataset.y_train)) for b in DRY_BATCHES})
-    device = next((p.device for p in model.parameters()), dataset.y_train.device)
-    rng, was_training = torch.get_rng_state(), model.training
+    rows = len(dataset.y_train) if stage is None or stage.inputs is None else len(stage.inputs)
+    sizes = sorted({min(b, rows) for b in DRY_BATCHES})
+    with _dry_mode(model):
+        measured = [_dry_step(model, task, dataset, size, precision, stage) for size in sizes]
+    activations = [a for a, _ in measured]
+    if stage is None:
+        return _at(sizes, activations, batch_size)
+    batch_data = _at(sizes, [d for _, d in measured], batch_size)
+    return _at(sizes, activations, math.ceil(batch_size / stage.microbatches)) * stage.in_flight + batch_data
+
+
+def _at(sizes: list[int], measured: list[int], batch_size: int) -> int:
+    """The line through the dry steps' figures (a fixed part, a part per sample), at ``batch_size``."""
+    if len(sizes) == 1:
+        return math.ceil(measured[0] * batch_size / sizes[0])
+    per_sample = max(0.0, (measured[1] - measured[0]) / (sizes[1] - sizes[0]))
+    fixed = max(0.0, measured[0] - per_sample * sizes[0])
+    return math.ceil(fixed + per_sample * batch_size)
+
+
+@contextlib.contextmanager
+def _dry_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, except activation checkpointing's own wrappers (they recompute in backward as in training, whatever
+    they gate on); the mode of every module, the buffers and the random state put back, the gradients dropped."""
+    modes = [(m, m.training) for m in model.modules()]
+    rng = torch.get_rng_state()
+    buffers = [b.detach().clone() for b in model.buffers()]
     model.eval()
     for module in model.modules():
-        if isinstance(module, CheckpointedBlocks):
-            module.training = True  # the container alone: it recomputes its segments as in training, blocks in eval
-    buffers = [b.detach().clone() for b in model.buffers()]
-    measured = []
+        if type(module).__module__ in CHECKPOINT_WRAPPERS:
+            module.training = True  # the wrapper alone: the blocks it wraps stay in eval mode
     try:
-        for size in sizes:
-            # Copies, as the loop's batches are: a slice's storage is the whole data set's, which the meter would count.
-            x = _copy(to_device(head(dataset.x_train, size), device))
-            y = dataset.y_train[:size].to(device).clone()
-            meter = SavedTensorMeter(list(model.parameters()))
-            with meter.measure():
-                with autocast_for(device, precision):
-                    loss = task.loss_sum(task.forward(model, x, y), y)
-                with meter.backward():
-                    loss.backward()
-            measured.append(meter.peak_bytes)
+        yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         torch.set_rng_state(rng)
         with torch.no_grad():
             for buffer, saved in zip(model.buffers(), buffers):
                 buffer.copy_(saved)
         for p in model.parameters():
             p.grad = None
-    if len(sizes) == 1:
-        return math.ceil(measured[0] * batch_size / sizes[0])
-    per_sample = max(0.0, (measured[1] - measured[0]) / (sizes[1] - sizes[0]))
-    fixed = max(0.0, measured[0] - per_sample * sizes[0])
-    return math.ceil(fixed + per_sample * batch_size)
+
+
+def _dry_step(model: nn.Module, task: Any, dataset: Any, size: int, precision: str,
+              stage: StageShare | None) -> tuple[int, int]:
+    """(the peak bytes one forward and backward of ``size`` samples saves for backward, of which the batch's own
+    tensors). For a pipeline stage the first figure leaves the batch's tensors out, and a stage past the first is fed
+    the earlier stages' output; one before the last back-propagates a gradient of ones, as if received."""
+    device = next((p.device for p in model.parameters()), dataset.y_train.device)
+    # Copies, as the loop's batches are: a slice's storage is the whole data set's, which the meter would count.
+    if stage is None or stage.inputs is None:
+        x = _copy(to_device(head(dataset.x_train, size), device))
+    else:
+        x = stage.inputs[:size].clone().requires_grad_(True)  # a received activation: the stage sends its gradient
+    y = dataset.y_train[:size].to(device).clone()
+    batch = [] if stage is None else [y, *([] if stage.inputs is not None else _tensors(x))]
+    meter = SavedTensorMeter([*model.parameters(), *batch])
+    computes_loss = stage is None or stage.computes_loss
+    with meter.measure():
+        with autocast_for(device, precision):
+            output = task.forward(model, x, y)
+            loss = task.loss_sum(output, y) if computes_loss else output
+        with meter.backward():
+            loss.backward(None if computes_loss else torch.ones_like(loss))
+    saved = {storage_key(t.untyped_storage()) for t in batch} & meter.excluded_saved
+    return meter.peak_bytes, sum(_bytes(t) for t in batch if storage_key(t.untyped_storage()) in saved)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -177,13 +218,13 @@ def fits_in_memory(model: nn.Module, dataset: Any, config: Any, device: torch.de
 
 
 def check_memory(model: nn.Module, dataset: Any, config: Any, device: torch.device, processes: int = 1,
-                 optimizer: OptimizerFactory | None = None, data_ranks: int = 1) -> None:
+                 optimizer: OptimizerFactory | None = None, stage: StageShare | None = None) -> None:
     """Refuse, in one line, a run whose estimate exceeds the free memory. ``processes``: ranks sharing it;
-    ``data_ranks``: the ranks splitting each batch."""
+    ``stage``: a pipeline rank's part of the step."""
     free = available_bytes(device)
     if free is None:
         return
-    need = estimate(model, dataset, config, device, optimizer, data_ranks)
+    need = estimate(model, dataset, config, device, optimizer, stage)
     if need.still_needed * processes <= free:
         return
     per = f" per process x {processes} processes" if processes > 1 else ""

@@ -52,48 +52,60 @@ class SavedTensorMeter:
     """
 
     def __init__(self, exclude: list[torch.Tensor]):
-        self._excluded = {_local(t).untyped_storage().data_ptr() for t in exclude}
-        self._live: dict[int, int] = {}  # storage pointer -> reference count
-        self._bytes = 0
-        self._recomputed: dict[int, tuple[StorageWeakRef, int]] = {}  # pointer -> (weak ref, bytes)
+        self._excluded = {storage_key(_local(t).untyped_storage()) for t in exclude}
+        # Storages by identity (a storage keeps it when resized; an address is reused by the next allocation as soon
+        # as FSDP frees a gathered weight, which made the peak depend on allocation timing): [references, storage].
+        self._live: dict[int, list] = {}
+        self._recomputed: dict[int, tuple[StorageWeakRef, int]] = {}  # identity -> (weak ref, bytes)
         self._recomputed_bytes = 0
         self.peak_bytes = 0
+        self.excluded_saved: set[int] = set()  # the excluded storages that were saved for backward
 
     def _pack(self, tensor: torch.Tensor) -> object:
         storage = tensor.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr in self._excluded or tensor.device.type == "meta":
+        key = storage_key(storage)
+        if tensor.device.type == "meta":
             return tensor
-        if ptr not in self._live:
-            self._live[ptr] = 0
-            self._bytes += storage.nbytes()
+        if key in self._excluded:
+            self.excluded_saved.add(key)
+            return tensor
+        entry = self._live.setdefault(key, [0, storage])
+        entry[0] += 1
+        if entry[0] == 1:
             self._update_peak()
-        self._live[ptr] += 1
-        return _Held(tensor, self, ptr, storage.nbytes())
+        # A detached alias: an op's output saved with its grad_fn would hold its own graph (output -> grad_fn ->
+        # saved -> output), a cycle through C++ that only a backward breaks; a graph never back-propagated (a
+        # pipeline's first stage infers its shapes so) then lived, and was counted, for the rest of the run.
+        return _Held(tensor.detach(), self, key)
 
-    def _release(self, ptr: int, nbytes: int) -> None:
-        self._live[ptr] -= 1
-        if self._live[ptr] == 0:
-            del self._live[ptr]
-            self._bytes -= nbytes
+    def _release(self, key: int) -> None:
+        entry = self._live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._live[key]
+
+    def held_bytes(self) -> int:
+        """Bytes of the saved storages alive now, at their present size: FSDP frees a gathered weight (resizes its
+        storage to 0) after a block's forward while autograd still holds it, and gathers it again for backward."""
+        return sum(storage.nbytes() for _, storage in self._live.values())
 
     def _update_peak(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self._bytes + self._recomputed_bytes)
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes() + self._recomputed_bytes)
 
     def _watch_recomputed(self, outputs: object) -> None:
         """Called after every op while measuring: track new recomputed outputs, drop freed ones."""
-        for ptr, (ref, nbytes) in list(self._recomputed.items()):
+        for key, (ref, nbytes) in list(self._recomputed.items()):
             if ref.expired():
-                del self._recomputed[ptr]
+                del self._recomputed[key]
                 self._recomputed_bytes -= nbytes
         recomputing = torch.is_grad_enabled() and inside_backward()
         if recomputing:
             for t in _tensors(outputs):
                 storage = t.untyped_storage()
-                ptr = storage.data_ptr()
-                if t.device.type == "meta" or ptr in self._excluded or ptr in self._live or ptr in self._recomputed:
+                key = storage_key(storage)
+                if t.device.type == "meta" or key in self._excluded or key in self._live or key in self._recomputed:
                     continue
-                self._recomputed[ptr] = (StorageWeakRef(storage), storage.nbytes())
+                self._recomputed[key] = (StorageWeakRef(storage), storage.nbytes())
                 self._recomputed_bytes += storage.nbytes()
         self._update_peak()
 
@@ -130,14 +142,19 @@ def _tensors(value: object) -> list[torch.Tensor]:
     return []
 
 
-class _Held:
-    __slots__ = ("tensor", "_meter", "_ptr", "_nbytes")
+def storage_key(storage: torch.UntypedStorage) -> int:
+    """A storage's identity (its C++ object's address), the same before and after a resize."""
+    return storage._cdata
 
-    def __init__(self, tensor: torch.Tensor, meter: SavedTensorMeter, ptr: int, nbytes: int):
-        self.tensor, self._meter, self._ptr, self._nbytes = tensor, meter, ptr, nbytes
+
+class _Held:
+    __slots__ = ("tensor", "_meter", "_key")
+
+    def __init__(self, tensor: torch.Tensor, meter: SavedTensorMeter, key: int):
+        self.tensor, self._meter, self._key = tensor, meter, key
 
     def __del__(self) -> None:
-        self._meter._release(self._ptr, self._nbytes)
+        self._meter._release(self._key)
 
 
 def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -253,9 +253,6 @@ class Run:
         """The model as it will train: laid out over the ranks, then changed by the techniques that change it."""
         self._entered("prepare")
         self.plan = self.strategy.plan(self.config, self.dist)
-        if self.config.memory_check and self.plan.stage_only:
-            # A stage cannot take a dry step alone: estimated on the whole model (an upper bound per rank).
-            self._check_memory(self.model)
         # A model that cannot be laid out so fails here, before the optimizer sees the parameters or a file is written.
         self.model = self.plan.prepare(self.model.to(self.device), self.dataset)
         for technique in self.techniques:
@@ -265,9 +262,8 @@ class Run:
     def preflight(self) -> None:
         """A dry training step and the memory estimate, on what each rank will train."""
         self._entered("preflight")
-        if self.plan.stage_only:
-            return  # checked before the layout (see prepare)
-        dry_forward(self.model, self.dataset, self.config, self._precision(), check_data=False)
+        if not self.plan.stage_only:  # a stage's forward needs the others' (the model as built took one in build)
+            dry_forward(self.model, self.dataset, self.config, self._precision(), check_data=False)
         if self.config.memory_check:  # a run that does not fit in memory fails before any file too
             self._check_memory(self.model)
 
@@ -280,7 +276,7 @@ class Run:
         processes = self.ranks.world.local_world_size if self.device.type == "cpu" else 1
         config = self.tuned.config.replace(precision=self._precision())
         check_memory(model, self.dataset, config, self.device, processes, self.request.optimizer,
-                     data_ranks=self.plan.data_dist.world_size)
+                     stage=self.plan.stage_share())
 
     def train(self) -> None:
         self._entered("train")

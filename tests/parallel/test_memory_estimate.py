@@ -1,9 +1,10 @@
-"""The memory estimate of an FSDP rank is of its shard (the preflight runs on the prepared model) and of its share of
-the global batch. Workers are forked and rendezvous through a file.
+"""The memory estimate of an FSDP rank and of a pipeline stage is within 25% of the peak the loop measures on that
+rank (issue 24), over repeated runs: the estimate is of the prepared model (an FSDP rank's shard with its gathered
+weights, a pipeline stage fed what the earlier stages send, times the micro-batches its schedule holds at once) at
+the batch the rank trains on. The measured peak is tensor bytes (state + what the step saves for backward, counted
+by storage), not RSS: it does not move with the machine's load. Workers are forked and rendezvous through a file.
 
-Not asserted: the estimate within 25% of the rank's measured peak. It held on a quiet machine and failed under
-load (5.4 MB estimated against 3.2 MB measured): how many gathered layers' weights are alive when a dry step's
-peak is read varies from step to step, and the two-size line multiplies that by the batch."""
+The data set's bytes are left out of the comparison: the estimate counts them, the loop's figure does not."""
 from __future__ import annotations
 
 import os
@@ -19,8 +20,10 @@ from leantrain.train import memory
 from leantrain.train.run import execute
 from tests.parallel.helpers import world_env
 
+# Activations are a large part of each rank's peak (about a third under FSDP, half a stage's), so a miscount shows.
 CONFIG = {"model": "mlp:hidden=256,depth=4", "data": "healthcare-sim:n=1280", "epochs": 1, "lr": 1e-3,
           "device": "cpu", "seed": 5, "batch_size": 128, "memory_check": True}
+REPEATS = 2
 
 
 def _worker(rank: int, world_size: int, folder: Path, config: dict[str, Any]) -> None:
@@ -33,34 +36,57 @@ def _worker(rank: int, world_size: int, folder: Path, config: dict[str, Any]) ->
         estimates.append(real_estimate(*args, **kwargs))
         return estimates[-1]
 
-    batch_sizes: list[int] = []
-    real_activation_bytes = memory.activation_bytes
-
-    def activation_bytes(model: Any, dataset: Any, batch_size: int, precision: str) -> int:
-        batch_sizes.append(batch_size)
-        return real_activation_bytes(model, dataset, batch_size, precision)
-
     memory.estimate = spy  # type: ignore[assignment]  # a forked worker: its own copy of the module
-    memory.activation_bytes = activation_bytes  # type: ignore[assignment]
     memory.available_bytes = lambda device: 2**40  # type: ignore[assignment]  # checked on any machine
     record = execute(RunConfig.from_dict(config), quiet=True)
-    torch.save({"estimates": [vars(e) for e in estimates], "epoch": record["epochs"][0], "batch_sizes": batch_sizes,
+    torch.save({"estimates": [vars(e) for e in estimates], "epoch": record["epochs"][0],
                 "params": record["run"]["params"]}, folder / f"rank{rank}.pt")
 
 
-@pytest.mark.timeout(180)
-def test_an_fsdp_ranks_estimate_is_of_its_shard_and_of_its_share_of_the_batch(tmp_path):
-    mp.start_processes(_worker, args=(2, tmp_path, {**CONFIG, "parallel": "fsdp"}), nprocs=2, start_method="fork",
-                       join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def _run(folder: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    folder.mkdir()
+    mp.start_processes(_worker, args=(2, folder, config), nprocs=2, start_method="fork", join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _estimated_and_measured(results: list[dict[str, Any]]) -> list[tuple[int, int, int, int]]:
+    """Per rank: (estimated peak without the data, measured peak, estimated activations, measured activations)."""
+    pairs = []
+    for rank, result in enumerate(results):
+        (estimate,) = result["estimates"]
+        epoch = result["epoch"]
+        pairs.append((estimate["parameters"] + estimate["gradients"] + estimate["optimizer"] + estimate["activations"],
+                      epoch["peak_mem_bytes_per_rank"][rank], estimate["activations"], epoch["activation_bytes"]))
+    return pairs
+
+
+def _assert_within_25_percent_every_time(tmp_path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    seen = []
+    for repeat in range(REPEATS):
+        results = _run(tmp_path / f"run{repeat}", config)
+        for estimated, measured, estimated_act, measured_act in _estimated_and_measured(results):
+            assert 0.75 * measured <= estimated <= 1.25 * measured, (repeat, estimated, measured)
+            assert 0.75 * measured_act <= estimated_act <= 1.25 * measured_act, (repeat, estimated_act, measured_act)
+        seen.append(_estimated_and_measured(results))
+    assert all(figures == seen[0] for figures in seen)  # the same bytes every time: counted, not sampled
+    return results
+
+
+@pytest.mark.timeout(300)
+def test_an_fsdp_ranks_estimate_is_within_25_percent_of_its_measured_peak(tmp_path):
+    results = _assert_within_25_percent_every_time(tmp_path, {**CONFIG, "parallel": "fsdp"})
     for result in results:
         (estimate,) = result["estimates"]
-        whole_model_bytes = result["params"] * 4
-        assert estimate["parameters"] <= 0.55 * whole_model_bytes  # its shard, not the whole model
-    # Each rank's activations are of its half of the batch: its dry steps run at 64, not 128.
-    sizes = _dry_sizes(results)
-    assert sizes and all(size <= CONFIG["batch_size"] // 2 for size in sizes)
+        assert estimate["parameters"] <= 0.55 * result["params"] * 4  # its shard, not the whole model
+        # The gathered weights of a block (256 x 256 floats) are alive at the peak, on top of the activations of the
+        # rank's whole batch (--batch-size is per worker under FSDP).
+        assert result["epoch"]["activation_bytes"] > 256 * 256 * 4 + CONFIG["batch_size"] * 256 * 4 * 4
 
 
-def _dry_sizes(results: list[dict[str, Any]]) -> list[int]:
-    return [size for result in results for size in result["batch_sizes"]]
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_a_pipeline_stages_estimate_is_within_25_percent_of_its_measured_peak(tmp_path, schedule):
+    results = _assert_within_25_percent_every_time(tmp_path, {**CONFIG, "parallel": "pipeline", "schedule_pp": schedule})
+    for result in results:
+        (estimate,) = result["estimates"]
+        assert estimate["parameters"] <= 0.65 * result["params"] * 4  # its stage, not the whole model
