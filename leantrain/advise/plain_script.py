@@ -92,13 +92,15 @@ def _setup(c: dict[str, Any]) -> list[str]:
 def _model(c: dict[str, Any], checkpointed: Sequence[str] | None) -> list[str]:
     """Checkpoint wrapping, compile and autocast: how the forward pass runs."""
     lines = _checkpointing(c, checkpointed) if c["checkpointing"] != "off" else []
+    dtype = AUTOCAST.get(c["precision"], "enabled=False)  # fp32: no mixed precision")
+    lines.append(f"autocast = functools.partial(torch.autocast, device.type, {dtype}")
+    if c["precision"] in AUTOCAST:
+        lines += _recurrent_in_fp32()
     if c["compile"]:
         lines.append("forward = torch.compile(model)  # compiled at the first call (leantrain falls back to eager "
                      "where that fails)")
     else:
         lines.append("forward = model")
-    dtype = AUTOCAST.get(c["precision"], "enabled=False)  # fp32: no mixed precision")
-    lines.append(f"autocast = functools.partial(torch.autocast, device.type, {dtype}")
     if c["precision"] == "fp16":
         lines.append("scaler = torch.amp.GradScaler(device.type)  # x2 every 2000 clean steps, x0.5 on inf/NaN")
     return lines
@@ -142,6 +144,45 @@ def _checkpointing(c: dict[str, Any], checkpointed: Sequence[str] | None) -> lis
         "    ),",
         "    check_fn=lambda module: module in wrapped,",
         ")",
+    ]
+
+
+def _recurrent_in_fp32() -> list[str]:
+    """leantrain's fallback (techniques/precision.py): a recurrent layer type that fails under autocast here, tried
+    once on a tiny layer (the same draws from the RNG), runs in fp32 with autocast off inside it."""
+    return [
+        "", "",
+        "@functools.cache",
+        "def runs_under_autocast(layer_type):",
+        '    """Whether a tiny layer of this type trains under autocast here: oneDNN builds no bf16 LSTM on CPUs',
+        '    without bf16 units. leantrain keeps the layers of a type that fails in fp32; so does this script."""',
+        "    layer = layer_type(4, 4, batch_first=True).to(device.type)",
+        "    x = torch.randn(2, 3, 4, device=device.type, requires_grad=True)",
+        "    try:",
+        "        with autocast():",
+        "            out = layer(x)[0]",
+        "        out.float().sum().backward()",
+        "    except RuntimeError:",
+        "        return False",
+        "    return True",
+        "", "",
+        "def fp32(value):",
+        "    if isinstance(value, (tuple, list)):",
+        "        return type(value)(fp32(v) for v in value)",
+        "    if isinstance(value, dict):",
+        "        return {k: fp32(v) for k, v in value.items()}",
+        "    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value",
+        "", "",
+        "def in_fp32(forward):",
+        "    def run(*args, **kwargs):",
+        "        with torch.autocast(device.type, enabled=False):",
+        "            return forward(*fp32(args), **fp32(kwargs))",
+        "    return run",
+        "", "",
+        "for module in model.modules():",
+        "    if type(module) in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN) and not runs_under_autocast(type(module)):",
+        "        module.forward = in_fp32(module.forward)",
+        "",
     ]
 
 

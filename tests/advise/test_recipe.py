@@ -69,6 +69,17 @@ def test_the_plain_script_gets_the_losses_leantrain_train_records(tmp_path, whic
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("model,data", [("gpt2-tiny", "wikitext-sim:n_tokens=8000"),
+                                        ("seq2seq:emb=16,hidden=32", "polynomial:n=600")], ids=["lm", "seq2seq"])
+def test_the_plain_loss_is_the_task_s_own(tmp_path, model, data):
+    """Per token: next-token cross-entropy, and seq2seq's teacher forcing with its pads left out."""
+    config = _config(model=model, data=data, epochs=1, batch_size=32, threads=1, precision="bf16")
+    write_recipe(tmp_path, config, config)
+    plain, trained = _plain(tmp_path / "train_plain.py"), _losses(_train(config, tmp_path / "out"))
+    assert [loss for epoch in plain for loss in epoch] == pytest.approx([loss for e in trained for loss in e], rel=1e-6)
+
+
+@pytest.mark.timeout(300)
 def test_more_settings_carried_over_alike(tmp_path):
     """fp16 with its loss scaler, gradient clipping, AdamW's weight decay, label smoothing, the foreach kernel."""
     baseline = _config(**BASELINE)
