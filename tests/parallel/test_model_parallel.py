@@ -100,6 +100,9 @@ def test_activation_checkpointing_composes_with_stages_and_shards(tmp_path, sing
     ranks = run_workers(2, tmp_path, {**BASE, "parallel": parallel, "batch_size": batch, "checkpointing": "sqrt"})
     _assert_same_training(single, ranks[0], atol=1e-5)
     assert "ckpt-sqrt" in ranks[0]["record"]["run"]["techniques"]
+    # √4 of the model's 4 (sharded) blocks; a stage holds 2 of them, √2 ≈ 1
+    wrapped = {"fsdp": ["blocks.0", "blocks.2"], "pipeline": ["blocks.0"]}[parallel]
+    assert ranks[0]["record"]["epochs"][-1]["checkpointed_modules"] == wrapped
 
 
 @pytest.mark.timeout(90)
