@@ -307,6 +307,7 @@ def preflight(experiment: Experiment) -> None:
     from leantrain import data as data_sets
     from leantrain import models
     from leantrain.config import resolve_device
+    from leantrain.techniques.registry import check_model
     from leantrain.train.memory import check_memory
     from leantrain.train.preflight import dry_forward
 
@@ -324,6 +325,9 @@ def preflight(experiment: Experiment) -> None:
             try:
                 model = models.build(model_spec, dataset)
                 dry_forward(model, dataset, same_model[0].config)
+                for planned in same_model:  # a technique that cannot work on this model (no blocks to checkpoint)
+                    where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
+                    check_model(planned.config, model)
                 for planned in _memory_cases(same_model):
                     config = planned.config
                     where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"

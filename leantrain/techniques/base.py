@@ -134,6 +134,11 @@ class Technique:
     def check_config(cls, config: Any) -> None:
         """Checks across keys (each key's own checks are in its Option); raise ValueError naming the problem."""
 
+    @classmethod
+    def check_model(cls, config: Any, model: nn.Module) -> None:
+        """Checks of a switched-on technique's keys against the built model, which only the model can judge (which
+        modules checkpointing wraps): made before anything is measured or written; raise UsageError naming it."""
+
     def prepare(self, model: nn.Module, device: torch.device) -> None:
         """Change ``model`` in place before the preflight (only techniques that declare ``changes_model``)."""
 

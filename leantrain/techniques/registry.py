@@ -50,6 +50,13 @@ def from_config(config: Any) -> list[Technique]:
     return in_hook_order([t for t in built if t is not None])
 
 
+def check_model(config: Any, model: Any) -> None:
+    """Each switched-on technique's checks against the built model (``Technique.check_model``)."""
+    for cls in techniques():
+        if cls.is_switched_on(config):
+            cls.check_model(config, model)
+
+
 def switched_on(config: Any) -> set[str]:
     """The techniques a validated RunConfig switches on, ``auto`` settings included (chosen later, but on)."""
     return {cls.name for cls in techniques() if cls.is_switched_on(config)}

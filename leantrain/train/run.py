@@ -45,7 +45,7 @@ from leantrain.parallel.strategy import ParallelStrategy, strategy_for
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
 from leantrain.techniques.precision import MixedPrecision
-from leantrain.techniques.registry import switched_on
+from leantrain.techniques.registry import check_model, switched_on
 from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for, with_output_key
 from leantrain.train.allocator import keep_freed_memory
@@ -228,6 +228,7 @@ class Run:
         self.model = request.model if request.model is not None else models.build(self.member or config.model,
                                                                                   self.dataset)
         dry_forward(self.model, self.dataset, config)  # a model that does not take the data fails before any work
+        check_model(config, self.model)  # and one a technique cannot work on (no blocks to checkpoint)
         # Ensemble members hold different models: each rank keeps its own checkpoint (written by its own solo loop).
         ckpt_name = f"{config.run_name}.member{dist.rank}" if ensemble else config.run_name
         out_dir = request.out_dir
