@@ -95,7 +95,7 @@ def _model(c: dict[str, Any], checkpointed: Sequence[str] | None) -> list[str]:
     dtype = AUTOCAST.get(c["precision"], "enabled=False)  # fp32: no mixed precision")
     lines.append(f"autocast = functools.partial(torch.autocast, device.type, {dtype}")
     if c["precision"] in AUTOCAST:
-        lines += _recurrent_in_fp32()
+        lines += ["", "", *_recurrent_in_fp32()]
     if c["compile"]:
         lines.append("forward = torch.compile(model)  # compiled at the first call (leantrain falls back to eager "
                      "where that fails)")
@@ -151,32 +151,29 @@ def _recurrent_in_fp32() -> list[str]:
     """leantrain's fallback (techniques/precision.py): a recurrent layer type that fails under autocast here, tried
     once on a tiny layer (the same draws from the RNG), runs in fp32 with autocast off inside it."""
     return [
-        "", "",
+        "# Recurrent layers this machine cannot run under autocast (oneDNN builds no bf16 LSTM on CPUs without bf16",
+        "# units) stay in fp32, as leantrain keeps them: each layer type is tried once, on a tiny layer.",
         "@functools.cache",
         "def runs_under_autocast(layer_type):",
-        '    """Whether a tiny layer of this type trains under autocast here: oneDNN builds no bf16 LSTM on CPUs',
-        '    without bf16 units. leantrain keeps the layers of a type that fails in fp32; so does this script."""',
         "    layer = layer_type(4, 4, batch_first=True).to(device.type)",
         "    x = torch.randn(2, 3, 4, device=device.type, requires_grad=True)",
         "    try:",
         "        with autocast():",
         "            out = layer(x)[0]",
         "        out.float().sum().backward()",
+        "        return True",
         "    except RuntimeError:",
         "        return False",
-        "    return True",
         "", "",
-        "def fp32(value):",
+        "def fp32(value):  # floating tensors, also inside tuples and lists, in fp32",
         "    if isinstance(value, (tuple, list)):",
         "        return type(value)(fp32(v) for v in value)",
-        "    if isinstance(value, dict):",
-        "        return {k: fp32(v) for k, v in value.items()}",
         "    return value.float() if torch.is_tensor(value) and value.is_floating_point() else value",
         "", "",
         "def in_fp32(forward):",
         "    def run(*args, **kwargs):",
         "        with torch.autocast(device.type, enabled=False):",
-        "            return forward(*fp32(args), **fp32(kwargs))",
+        "            return forward(*fp32(args), **{k: fp32(v) for k, v in kwargs.items()})",
         "    return run",
         "", "",
         "for module in model.modules():",
