@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "data": "leantrain.data",
     "fit": "leantrain.train.fit",
-    "advise": "leantrain.advise.api",
+    "advise": "leantrain.advice.api",
     "compare": "leantrain.experiments.notebook",
     "epochs_frame": "leantrain.experiments.notebook",
     "plot_epochs": "leantrain.experiments.notebook",
@@ -62,7 +62,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from leantrain import data
-    from leantrain.advise.api import advise
+    from leantrain.advice.api import advise
     from leantrain.config import RunConfig
     from leantrain.errors import UsageError
     from leantrain.experiments.notebook import compare, epochs_frame, plot_epochs

@@ -170,7 +170,7 @@ def _add_advise(commands: Any) -> None:
 
 
 def _advise(args: argparse.Namespace) -> int:
-    from leantrain.advise.api import advise, summary_lines
+    from leantrain.advice.api import advise, summary_lines
 
     given = _given_settings(args)
     model, data = given.pop("model", "mlp"), given.pop("data", "imagenet-sim")

@@ -13,7 +13,7 @@ ORCHESTRATION = ("leantrain.train.run", "leantrain.train.fit", "leantrain.train.
 RE_EXPORTS: dict[str, str] = {}
 RANKS = {  # a module may import modules of its own rank or lower
     "leantrain": 9, "leantrain.__main__": 9, "leantrain.cli": 8, "leantrain.experiments": 7,
-    "leantrain.advise": 7,  # leantrain advise: measures candidate recipes as experiments do, beside them
+    "leantrain.advice": 7,  # leantrain advise: measures candidate recipes as experiments do, beside them
     **dict.fromkeys([*ORCHESTRATION, *RE_EXPORTS], 6),
     "leantrain.tuning": 5,  # auto settings measured with the core's meters, memory estimate and optimizers
     "leantrain.train": 4,  # the training core: loop, state, checkpoints, guards, metrics, memory, FitResult

@@ -5,10 +5,10 @@ from typing import Any
 
 import pytest
 
-from leantrain.advise.budget import Budget, parse_budget
-from leantrain.advise.candidates import COVERS, GENERATORS, NOT_FOR_SPEED, Machine, candidates
-from leantrain.advise.measure import Measurement
-from leantrain.advise.recommend import BASELINE, Goal, judge
+from leantrain.advice.budget import Budget, parse_budget
+from leantrain.advice.candidates import COVERS, GENERATORS, NOT_FOR_SPEED, Machine, candidates
+from leantrain.advice.measure import Measurement
+from leantrain.advice.recommend import BASELINE, Goal, judge
 from leantrain.errors import UsageError
 from leantrain.techniques.registry import techniques
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from leantrain.advise.equivalents import leantrain_only
-from leantrain.advise.recipe import train_argv, write_recipe
+from leantrain.advice.equivalents import leantrain_only
+from leantrain.advice.recipe import train_argv, write_recipe
 from leantrain.cli import main
 from leantrain.config import RunConfig, config_options
 from leantrain.experiments.runner import load_experiment

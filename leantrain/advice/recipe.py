@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leantrain.advise.equivalents import accelerate, leantrain_only, lightning, no_framework_equivalent, your_code
-from leantrain.advise.plain_script import plain_script, script_patch
-from leantrain.advise.recipe_values import SET_PER_RUN, changed, defaults, described, flag, flag_value, non_default, toml_value
+from leantrain.advice.equivalents import accelerate, leantrain_only, lightning, no_framework_equivalent, your_code
+from leantrain.advice.plain_script import plain_script, script_patch
+from leantrain.advice.recipe_values import SET_PER_RUN, changed, defaults, described, flag, flag_value, non_default, toml_value
 from leantrain.config import MAX_SEED
 from leantrain.fileio import write_atomic
 

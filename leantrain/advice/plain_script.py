@@ -17,8 +17,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from leantrain.advise.equivalents import leantrain_only
-from leantrain.advise.recipe_values import defaults
+from leantrain.advice.equivalents import leantrain_only
+from leantrain.advice.recipe_values import defaults
 
 ADAM_KERNELS = {"adam": "foreach=False", "foreach-adam": "foreach=True", "fused-adam": "fused=True"}
 AUTOCAST = {

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leantrain.advise.budget import Budget
-from leantrain.advise.screen import RequestFor, one_line
+from leantrain.advice.budget import Budget
+from leantrain.advice.screen import RequestFor, one_line
 from leantrain.config import RunConfig
 from leantrain.train.callbacks import Callback
 from leantrain.train.record import time_to_target

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantrain.advise.budget import Budget, render_seconds
-from leantrain.advise.candidates import Candidate, Machine, candidates
-from leantrain.advise.measure import Measurement, StopWhenHopeless, measure
-from leantrain.advise.recommend import BASELINE, Advice, Goal, judge
-from leantrain.advise.screen import Screened, auto_candidates, concrete, one_line, screen
+from leantrain.advice.budget import Budget, render_seconds
+from leantrain.advice.candidates import Candidate, Machine, candidates
+from leantrain.advice.measure import Measurement, StopWhenHopeless, measure
+from leantrain.advice.recommend import BASELINE, Advice, Goal, judge
+from leantrain.advice.screen import Screened, auto_candidates, concrete, one_line, screen
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
@@ -274,7 +274,7 @@ class Advisor:
 
 
 def _is_winner(row: Any, advice: Advice) -> bool:
-    from leantrain.advise.recommend import beats
+    from leantrain.advice.recommend import beats
 
     base = next(r for r in advice.rows if r.recipe == BASELINE)
     return beats(row, base)

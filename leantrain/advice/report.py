@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from leantrain.advise.advisor import Findings
-from leantrain.advise.budget import render_seconds
-from leantrain.advise.recommend import BASELINE, SINGLE_RUN_MARGIN, Row
+from leantrain.advice.advisor import Findings
+from leantrain.advice.budget import render_seconds
+from leantrain.advice.recommend import BASELINE, SINGLE_RUN_MARGIN, Row
 from leantrain.experiments.machine_report import machine_line
 from leantrain.experiments.quality import QUALITY_BAND
 from leantrain.experiments.report import median_spread

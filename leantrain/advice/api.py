@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from leantrain.advise.advisor import DEFAULT_TOLERANCE, AdviseRequest, Advisor, Findings
-from leantrain.advise.budget import Budget, parse_budget, render_seconds
+from leantrain.advice.advisor import DEFAULT_TOLERANCE, AdviseRequest, Advisor, Findings
+from leantrain.advice.budget import Budget, parse_budget, render_seconds
 from leantrain.config import RunConfig
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
@@ -56,9 +56,9 @@ def advise(model: str | Callable[[], nn.Module], data: str | Dataset, *, budget:
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "runs").mkdir(parents=True)
     say = (lambda line: None) if quiet else (lambda line: print(f"leantrain advise: {line}", file=sys.stderr, flush=True))
-    request = AdviseRequest(settings, Budget(seconds, clock) if clock else Budget(seconds), stage / "runs", target,
-                            tolerance, model if callable(model) else None, data if isinstance(data, Dataset) else None,
-                            say, only)
+    request = AdviseRequest(settings, Budget(seconds, clock) if clock else Budget(seconds), stage / "runs",
+                            target=target, tolerance=tolerance, model_factory=model if callable(model) else None,
+                            dataset=data if isinstance(data, Dataset) else None, only=only, say=say)
     try:
         findings = Advisor(request).run()
         recommended = _write(stage, findings, settings)
@@ -93,8 +93,8 @@ def _baseline(model: Any, data: Any, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _techniques(given: str | list[str] | None) -> tuple[str, ...]:
-    from leantrain.advise.candidates import GENERATORS
-    from leantrain.advise.screen import AUTO_SETTINGS
+    from leantrain.advice.candidates import GENERATORS
+    from leantrain.advice.screen import AUTO_SETTINGS
 
     if given is None:
         return ()
@@ -118,22 +118,29 @@ def _check_out(folder: Path, force: bool) -> None:
 
 
 def _write(folder: Path, findings: Findings, baseline: dict[str, Any]) -> dict[str, Any] | None:
-    from leantrain.advise import report
-    from leantrain.advise.recipe import write_recipe
+    from leantrain.advice import report
+    from leantrain.advice.recipe import write_recipe
 
     recommended_row = findings.advice.recommended
     recommended = None
     if recommended_row is not None:
         recommended = {**baseline, **report.resolved_changes(findings, recommended_row.recipe)}
-    recipe = write_recipe(folder, baseline, recommended or baseline)
+    recipe = write_recipe(folder, baseline, recommended or baseline, checkpointed=_wrapped(findings))
     env: dict[str, Any] = next((m.record["env"] for m in findings.measurements if m.record is not None), {})
     report.write(folder, findings, env, recipe.markdown, baseline)
     return recommended
 
 
+def _wrapped(findings: Findings) -> list[str] | None:
+    """The modules the recommended recipe's runs checkpointed, so the plain script wraps the same ones."""
+    row = findings.advice.recommended
+    records = [m.record for m in (row.measurements if row else []) if m.record is not None and m.record["epochs"]]
+    return records[0]["epochs"][-1].get("checkpointed_modules") if records else None
+
+
 def summary_lines(result: AdviceResult) -> list[str]:
     """What the terminal shows: the table, the recommendation, where the files are."""
-    from leantrain.advise import report
+    from leantrain.advice import report
 
     findings = result.findings
     return [*report.table(findings), "", report.recommendation(findings),

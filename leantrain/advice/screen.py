@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from leantrain.advise.candidates import Candidate
+from leantrain.advice.candidates import Candidate
 from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.train.run import Run, RunRequest

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from leantrain.advise.recipe_values import defaults, described, non_default
+from leantrain.advice.recipe_values import defaults, described, non_default
 from leantrain.techniques.registry import techniques
 
 # Techniques the plain script carries out itself (plain_script.py); every other one switched on is leantrain's.

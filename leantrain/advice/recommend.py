@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from leantrain.advise.measure import Measurement
+from leantrain.advice.measure import Measurement
 from leantrain.experiments.quality import QualityDelta, quality_delta
 from leantrain.train.metrics import NOISY_FOREIGN_CORES
 
@@ -159,7 +159,8 @@ def beats(row: Row, base: Row) -> bool:
 def _why_keep(rows: list[Row]) -> str:
     ok = [r for r in rows if r.problem is None and r.speedup is not None]
     if not ok:
-        return "no candidate finished with a result to compare"
+        told = [f"{r.recipe} {r.problem}" for r in rows if r.problem]
+        return "no candidate finished with a result to compare" + (f" ({'; '.join(told[:3])})" if told else "")
     best = max(ok, key=lambda r: r.speedup or 0.0)
     if best.quality is not None and not best.quality.within_band and best.quality.direction == "worse":
         return f"the fastest candidate ({best.recipe}, {best.speedup:.2f}×) loses quality outside the ±0.5% band"

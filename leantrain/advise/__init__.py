@@ -1,1 +1,0 @@
-"""leantrain advise: which techniques speed up your model, measured here."""
