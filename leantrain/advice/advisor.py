@@ -12,7 +12,7 @@ Every ``auto`` choice is made once (``tuning.decided_once``) and reused by every
 """
 from __future__ import annotations
 
-import os
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +25,12 @@ from torch import nn
 from leantrain.advice.budget import Budget, render_seconds
 from leantrain.advice.candidates import Candidate, Machine, candidates
 from leantrain.advice.measure import Measurement, StopWhenHopeless, measure
-from leantrain.advice.recommend import BASELINE, Advice, Goal, judge
+from leantrain.advice.recommend import BASELINE, Advice, Goal, Row, beats, judge
 from leantrain.advice.screen import Screened, auto_candidates, concrete, one_line, screen
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
+from leantrain.machine import usable_cpus
 from leantrain.train.run import RunRequest
 
 BEHIND_MARGIN = 1.5  # a candidate past 1.5x the baseline's time to target without reaching it is stopped
@@ -118,7 +119,7 @@ class Advisor:
         own = screen(Candidate(BASELINE, BASELINE, {}, "your recipe"), base, self.request_for)
         if not own.applies:
             raise UsageError(f"your recipe does not train: {own.reason}")
-        machine = Machine(resolve_device(self.baseline.device).type, os.cpu_count() or 1)
+        machine = Machine(resolve_device(self.baseline.device).type, len(usable_cpus()))
         found = candidates(base, machine)
         found += auto_candidates(base, found)
         if self.request.only:
@@ -132,14 +133,15 @@ class Advisor:
     def _with_auto_choices(self, screened: list[Screened]) -> list[Screened]:
         """An auto setting is measured as the concrete values it chose (what a user keeps), unless those are the
         user's own or a candidate tries them already."""
-        tried = [s.candidate.changes for s in screened if not s.chose]
+        tried = [s.candidate for s in screened if not s.chose]
         out = []
         for s in screened:
             if s.chose and s.applies:
                 values = concrete(s)
-                if _same(values, self.request.baseline) or any(_same(values, t) and _same(t, values) for t in tried):
-                    out.append(Screened(s.candidate, None, f"chose {_values(s.chose)}: your own setting, or a candidate "
-                                        "above", s.seconds, s.chose))
+                same = next((t.name for t in tried if _same(values, t.changes) and _same(t.changes, values)), None)
+                if same or _same(values, self.request.baseline):
+                    why = f"measured as {same}" if same else "your own setting"
+                    out.append(Screened(s.candidate, None, f"it chose {_values(s.chose)}: {why}", s.seconds, s.chose))
                     continue
                 candidate = Candidate(f"{s.candidate.name} ({_values(s.chose)})", s.candidate.technique, values,
                                       s.candidate.what)
@@ -225,31 +227,53 @@ class Advisor:
             self._run_one(s.candidate.name, s.config, seed, goal, base)
 
     def combine(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
-        """Greedy: start from the fastest winner, add the next while the combination beats the last one kept."""
+        """Greedy: start from the fastest winner, add the next while the combination beats the last one kept; then
+        give the fastest bigger batch that lost quality its warmup (see ``rescue``)."""
         advice = judge(self.measurements, goal)
         by_name = {s.candidate.name: s for s in usable}
-        winners = [r.recipe for r in advice.rows if r.recipe in by_name and r is not None and _is_winner(r, advice)]
-        if len(winners) < 2:
-            return
-        kept_name, kept = winners[0], dict(by_name[winners[0]].candidate.changes)
+        winners = [r.recipe for r in advice.rows if r.recipe in by_name and _is_winner(r, advice)]
+        kept_name, kept = (winners[0], dict(by_name[winners[0]].candidate.changes)) if winners else ("", {})
         for name in winners[1:MAX_COMBINED + 1]:
             changes = by_name[name].candidate.changes
             if set(changes) & set(kept):
                 continue  # two values for one setting (two Adam kernels): not a combination
-            combined_name = f"{kept_name} + {name}"
-            merged = {**kept, **changes}
-            try:
-                config = RunConfig.from_dict({**self.baseline.to_dict(), **merged}, where=combined_name).validated()
-            except UsageError as e:
-                self.say(f"{combined_name}: not combined ({one_line(e)})")
-                continue
-            self.combinations[combined_name] = merged
-            m = self._run_one(combined_name, config, self.baseline.seed, goal, base)
-            if m is None:
-                return
+            m = self._combination(f"{kept_name} + {name}", {**kept, **changes}, goal, base)
+            if m is None and f"{kept_name} + {name}" in self.combinations:
+                return  # it did not fit in the budget: nor will the next
             now = judge(self.measurements, goal)
-            if now.recommended is not None and now.recommended.recipe == combined_name:
-                kept_name, kept = combined_name, merged
+            if now.recommended is not None and now.recommended.recipe == f"{kept_name} + {name}":
+                kept_name, kept = f"{kept_name} + {name}", {**kept, **changes}
+        self.rescue(usable, goal, base, kept_name, kept)
+
+    def rescue(self, usable: list[Screened], goal: Goal, base: Measurement, kept_name: str,
+               kept: dict[str, Any]) -> None:
+        """A bigger batch takes fewer, larger steps and often loses quality with a constant lr; a warmup and a decay
+        are what large-batch training needs (Goyal et al. 2017). The fastest such batch per epoch is tried once more
+        with warmup-cosine, on top of the winners kept."""
+        schedule = next((s for s in usable if s.candidate.technique == "schedule"), None)
+        advice = judge(self.measurements, goal)
+        base_row = next(r for r in advice.rows if r.recipe == BASELINE)
+        batches = {s.candidate.name: s for s in usable if s.candidate.technique == "batch_size"}
+        lost = [r for r in advice.rows if r.recipe in batches and not beats(r, base_row)
+                and (r.problem in (None, "did not reach the target")) and _per_epoch(r) < _per_epoch(base_row)]
+        if schedule is None or not lost:
+            return
+        fastest = min(lost, key=_per_epoch)
+        changes = {**{k: v for k, v in kept.items() if k not in batches[fastest.recipe].candidate.changes},
+                   **batches[fastest.recipe].candidate.changes, **schedule.candidate.changes}
+        name = " + ".join(filter(None, [kept_name if set(kept) <= set(changes) else "", fastest.recipe,
+                                        schedule.candidate.name]))
+        if name not in self.combinations:
+            self._combination(name, changes, goal, base)
+
+    def _combination(self, name: str, changes: dict[str, Any], goal: Goal, base: Measurement) -> Measurement | None:
+        try:
+            config = RunConfig.from_dict({**self.baseline.to_dict(), **changes}, where=name).validated()
+        except UsageError as e:
+            self.say(f"{name}: not combined ({one_line(e)})")
+            return None
+        self.combinations[name] = changes
+        return self._run_one(name, config, self.baseline.seed, goal, base)
 
     def repeat(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
         """Further seeds while a whole round of the contenders fits: baseline first, then the best so far."""
@@ -273,9 +297,14 @@ class Advisor:
                     return
 
 
-def _is_winner(row: Any, advice: Advice) -> bool:
-    from leantrain.advice.recommend import beats
+def _per_epoch(row: Row) -> float:
+    """Median training seconds per epoch of a row's finished runs (inf when none finished)."""
+    times = [m.train_s / len(m.record["epochs"]) for m in row.measurements
+             if m.record is not None and m.failure is None and m.record["epochs"] and m.train_s is not None]
+    return statistics.median(times) if times else float("inf")
 
+
+def _is_winner(row: Any, advice: Advice) -> bool:
     base = next(r for r in advice.rows if r.recipe == BASELINE)
     return beats(row, base)
 

@@ -1,0 +1,114 @@
+"""The advisor's plan on a fake machine: every run's cost and result injected, the clock advanced by them. So the budget,
+the greedy combination, the large-batch rescue and the repeats are tested exactly, whatever this machine is doing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leantrain.advice import advisor as advisor_module
+from leantrain.advice.advisor import AdviseRequest, Advisor
+from leantrain.advice.budget import Budget
+from leantrain.advice.measure import Measurement
+from leantrain.advice.screen import Screened
+from leantrain.config import RunConfig
+from leantrain.errors import UsageError
+
+EPOCHS = 4
+RUN_COST_S = 10.0  # every measured run takes this long on the fake clock
+
+
+class FakeMachine:
+    """Per-epoch seconds and the final accuracy of a recipe, by its settings; the clock moves as runs take time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.runs: list[tuple[str, int]] = []
+
+    def epoch_s(self, config: RunConfig) -> float:
+        s = 2.0
+        s *= 0.5 if config.precision == "bf16" else 1.0
+        s *= 0.8 if config.optimizer == "fused-adam" else 1.0
+        s *= 0.3 if isinstance(config.batch_size, int) and config.batch_size >= 256 else 1.0
+        s *= 1.3 if config.compile else 1.0
+        return s
+
+    def accuracy(self, config: RunConfig) -> list[float]:
+        big = isinstance(config.batch_size, int) and config.batch_size >= 256
+        if big and config.schedule != "warmup-cosine":
+            return [0.60, 0.70, 0.74, 0.76]  # a bigger batch with a constant lr loses quality
+        return [0.70, 0.78, 0.80, 0.805]
+
+    def measure(self, recipe: str, config: RunConfig, request_for: Any, guard: Any, runs_dir: Path) -> Measurement:
+        self.runs.append((recipe, config.seed))
+        self.now += RUN_COST_S
+        epochs = [{"time_s": self.epoch_s(config), "val_acc": a, "activation_bytes": 1, "foreign_cpu_cores": 0.0}
+                  for a in self.accuracy(config)]
+        record = {"run": {"metric": "val_acc", "higher_is_better": True, "config": config.to_dict()}, "epochs": epochs,
+                  "env": {}, "summary": {"final_val_acc": epochs[-1]["val_acc"],
+                                         "train_time_s": sum(e["time_s"] for e in epochs), "peak_mem_bytes": 1}}
+        return Measurement(recipe, config.seed, record, RUN_COST_S)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
+    machine = FakeMachine()
+
+    def screen(candidate: Any, baseline: dict[str, Any], request_for: Any) -> Screened:
+        if candidate.not_applicable:
+            return Screened(candidate, None, candidate.not_applicable)
+        machine.now += 1.0
+        config = RunConfig.from_dict(candidate.apply(baseline))
+        return Screened(candidate, config, None, 1.0, {})
+
+    monkeypatch.setattr(advisor_module, "screen", screen)
+    monkeypatch.setattr(advisor_module, "measure", machine.measure)
+    return machine
+
+
+def advise(fake: FakeMachine, budget_s: float, only: tuple[str, ...], tmp_path: Path) -> Any:
+    baseline = RunConfig.from_dict({"epochs": EPOCHS, "batch_size": 64, "lr": 1e-3}).to_dict()
+    request = AdviseRequest(baseline, Budget(budget_s, lambda: fake.now), tmp_path, only=only, say=lambda line: None)
+    return Advisor(request).run()
+
+
+def test_winners_combined_and_the_budget_held(fake: FakeMachine, tmp_path: Path) -> None:
+    findings = advise(fake, 400, ("precision", "optimizer", "compile"), tmp_path)
+    recipes = [r for r, _ in fake.runs]
+    assert "bf16 + fused Adam" in recipes  # the two winners, combined
+    assert findings.advice.recommended is not None and findings.advice.recommended.recipe == "bf16 + fused Adam"
+    assert fake.now <= 400 * 1.1
+    assert "compile" in recipes and "compile" not in [r.recipe for r in findings.advice.rows[:1]]
+    seeds = {seed for r, seed in fake.runs if r == "baseline"}
+    assert len(seeds) >= 2  # repeated, the baseline first in each round
+    per_seed = [r for r, seed in fake.runs if seed == max(seeds)]
+    assert per_seed[0] == "baseline"
+
+
+def test_a_small_budget_lists_what_did_not_fit(fake: FakeMachine, tmp_path: Path) -> None:
+    findings = advise(fake, 45, ("precision", "optimizer", "compile"), tmp_path)
+    assert fake.now <= 45 * 1.1
+    assert findings.not_fitted  # the candidates after the third run, and every repeat
+    assert len(fake.runs) == 3  # 7 dry steps of 1 s, then the baseline and two candidates of 10 s: 37 s; a third would end at 47 s
+
+
+def test_a_bigger_batch_that_lost_quality_gets_its_warmup(fake: FakeMachine, tmp_path: Path) -> None:
+    findings = advise(fake, 600, ("batch_size", "schedule"), tmp_path)
+    recipes = [r for r, _ in fake.runs]
+    assert "batch 256 + warmup-cosine" in recipes
+    assert findings.advice.recommended is not None
+    assert findings.advice.recommended.recipe == "batch 256 + warmup-cosine"
+    assert findings.combinations["batch 256 + warmup-cosine"] == {"batch_size": 256, "lr": pytest.approx(2e-3),
+                                                                   "schedule": "warmup-cosine"}
+
+
+def test_a_budget_too_small_for_the_baseline(fake: FakeMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stopped(recipe: str, config: RunConfig, request_for: Any, guard: Any, runs_dir: Path) -> Measurement:
+        fake.now += 30.0
+        record = {"epochs": [{"time_s": 30.0}], "run": {}, "summary": {}}
+        return Measurement(recipe, config.seed, record, 30.0, stopped="the budget ran out after epoch 1 of 4")
+
+    monkeypatch.setattr(advisor_module, "measure", stopped)
+    with pytest.raises(UsageError, match=r"too small: one baseline run takes about 2 min 00 s .* at least --budget 5m"):
+        advise(fake, 40, ("precision",), tmp_path)
