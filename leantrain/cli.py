@@ -335,11 +335,13 @@ def _report(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from leantrain.data import DATASETS
     from leantrain.models import MODELS
+    from leantrain.models.thirdparty import SOURCES
     from leantrain.parallel.strategy import describe_modes
     from leantrain.techniques.registry import techniques
 
+    third_party = [(f"{name}:...", f"{source.form}; pip install 'leantrain[{source.extra}]'") for name, source in SOURCES.items()]
     for title, rows in (
-        ("models", [(e.name, e.summary) for e in MODELS]),
+        ("models", [(e.name, e.summary) for e in MODELS] + third_party),
         ("data sets", [(e.name, e.summary) for e in DATASETS]),
         ("techniques", [(t.name, f"{t.summary} (keys: {', '.join(o.name for o in t.options)})") for t in techniques()]),
         ("parallel modes (--parallel)", describe_modes()),

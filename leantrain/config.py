@@ -45,10 +45,11 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 
 @dataclass(init=False)
 class RunConfig:
-    model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]; or your own class: "
-                             "my_pkg.models:Net[:key=value,...]")
+    model: str = _opt("mlp", "registered model, with options: NAME[:key=value,...]; your own class: "
+                             "my_pkg.models:Net[:key=value,...]; third-party: timm:NAME / torchvision:NAME / "
+                             "hf:MODEL_TYPE[:key=value,...] (fresh weights, never downloaded)")
     data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]; your files: "
-                                     "csv:path=F,target=COL / npy:x=X.npy,y=Y.npy / pt:path=F")
+                                     "csv:path=F,target=COL / npy:x=X.npy,y=Y.npy / pt:path=F / imagefolder:path=DIR")
     epochs: int = _opt(5, "passes over the training split")
     batch_size: int | str = _opt(64, "samples per optimizer step (per worker); auto: the smallest power-of-two "
                                      "multiple of lr_batch within a tenth of the best samples/s timed here, lr scaled "
@@ -65,7 +66,7 @@ class RunConfig:
     label_smoothing: float = _opt(0.0, "cross-entropy tasks: train against targets smoothed by this much (0.1 puts "
                                        "0.9 on the true class); validation losses stay unsmoothed")
     output_key: str | None = _opt(None, "a model returning a dict (a Hugging Face ModelOutput) or a tuple: the key, "
-                                        "or the index, of the tensor the loss takes (logits, 0)")
+                                        "or the index, of the tensor the loss takes (logits, 0); default logits for hf: models")
     length_buckets: bool = _opt(False, "padded token sequences (seq2seq): batch samples of similar length together "
                                        "and trim each batch's padding; the batch order stays random")
     loader: str = _opt(
@@ -206,9 +207,9 @@ class RunConfig:
 
     def validated(self, where: str = "config") -> RunConfig:
         """Check every value; raise UsageError naming the first bad one. Returns self for chaining."""
-        from leantrain.data.registry import DATASETS  # late: the registries import leantrain modules
-        from leantrain.models.registry import MODELS
-        from leantrain.models.user import is_import_spec, load_class
+        from leantrain import models  # late: the registries import leantrain modules
+        from leantrain.data.registry import DATASETS
+        from leantrain.models import thirdparty
         from leantrain.registry import check_spec
 
         if isinstance(self.batch_size, str) and self.batch_size.isdigit():
@@ -266,10 +267,9 @@ class RunConfig:
         if self.backend == "nccl" and device.type != "cuda":
             raise UsageError(f"{where}: backend nccl needs CUDA, but the device is {device}; use gloo or auto")
         check_spec(DATASETS, self.data, "seed")
-        if is_import_spec(self.model):
-            load_class(self.model)  # importable, and its options are the constructor's
-        else:
-            check_spec(MODELS, self.model, "data")
+        models.check(self.model)
+        if self.output_key is None:  # a Hugging Face model's ModelOutput: the loss takes its logits
+            self.output_key = thirdparty.default_output_key(self.model)
         return self
 
     def _validate_auto_batch(self, where: str) -> None:

@@ -308,6 +308,7 @@ def preflight(experiment: Experiment) -> None:
     from leantrain import models
     from leantrain.config import resolve_device
     from leantrain.techniques.registry import check_model
+    from leantrain.train.adapters import with_output_key
     from leantrain.train.memory import check_memory
     from leantrain.train.preflight import dry_forward
 
@@ -324,7 +325,8 @@ def preflight(experiment: Experiment) -> None:
             where = f"{experiment.source} (case {same_model[0].case!r}, recipe {same_model[0].recipe!r})"
             try:
                 model = models.build(model_spec, dataset)
-                dry_forward(model, dataset, same_model[0].config)
+                keyed = with_output_key(dataset, same_model[0].config.output_key)  # a dict or tuple output's tensor
+                dry_forward(model, keyed, same_model[0].config)
                 for planned in same_model:  # a technique that cannot work on this model (no blocks to checkpoint)
                     where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
                     check_model(planned.config, model)
@@ -333,7 +335,7 @@ def preflight(experiment: Experiment) -> None:
                     where = f"{experiment.source} (case {planned.case!r}, recipe {planned.recipe!r})"
                     device = resolve_device(config.device)
                     processes = config.procs if isinstance(config.procs, int) and device.type == "cpu" else 1
-                    check_memory(model, dataset, config, device, processes)
+                    check_memory(model, keyed, config, device, processes)
             except UsageError as e:
                 raise UsageError(f"{where}: {e}") from None
             del model

@@ -33,7 +33,7 @@ from leantrain.train.run_identity import FinishedRecord, settle_finished
 
 
 def fit(
-    model: nn.Module,
+    model: nn.Module | str,
     data: Dataset,
     *,
     epochs: int = 5,
@@ -53,12 +53,12 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``data`` (``leantrain.data.from_tensors``, ``from_loader`` or ``load``); returns a
     ``FitResult`` (``.epochs``, ``.model``, ``.best_checkpoint``, ``.predict(x)``; ``result["summary"]`` reads
-    the run's record, the JSON document ``leantrain train`` writes).
+    the run's record, the JSON document ``leantrain train`` writes). ``model`` may be a name, as on the command
+    line (``"timm:resnet18"``, ``"hf:bert:num_hidden_layers=2"``: ``leantrain.models.build``, seeded by ``seed``).
 
     - ``options``: RunConfig fields (batch_size, lr, device, seed, target, precision, schedule, ...).
-    - ``techniques``: objects run in addition to those the options switch on, never the same one twice. Each
-      fit starts them as constructed, so one list can be reused across fits (a technique's state belongs to one
-      run; afterwards the objects hold the last run's state).
+    - ``techniques``: objects run in addition to those the options switch on, never the same one twice. Each fit
+      starts them as constructed, so one list can be reused across fits (afterwards they hold the last run's state).
     - ``callbacks``: ``leantrain.Callback`` objects (``EarlyStopping``, ``KeepBest``, your own), called as given.
     - ``loss_fn``: a regression loss name ("mse", "l1", "huber") or a callable returning the batch mean;
       ``metrics``: ``{name: callable or torchmetrics Metric}``; ``output_key``: picks the tensor from a model
@@ -79,7 +79,7 @@ def fit(
 
     Bad arguments raise ``leantrain.UsageError`` in one line, before any folder is made.
     """
-    _check_arguments(model, data, checkpoint_dir, epochs)
+    model, output_key = _check_arguments(model, data, checkpoint_dir, epochs, output_key, options.get("seed", 0))
     given = [_fresh(t) for t in _checked_techniques(techniques, "techniques")]
     hooks = _checked_techniques(callbacks, "callbacks")
     adapter = check_adapter(TaskAdapter(loss_fn, metrics if metrics is not None else {}, output_key), data.task)
@@ -114,12 +114,30 @@ def fit(
                      output=(lambda out: select_output(out, output_key)) if output_key is not None else None)
 
 
-def _check_arguments(model: nn.Module, data: Dataset, checkpoint_dir: Any, epochs: Any) -> None:
+def _check_arguments(model: Any, data: Any, checkpoint_dir: Any, epochs: Any, output_key: str | int | None,
+                     seed: Any) -> tuple[nn.Module, str | int | None]:
+    """The arguments checked; a model given by name built (and its output key, logits for hf:)."""
+    if isinstance(model, str):
+        _check_data(data)
+        model, output_key = _named_model(model, data, output_key, seed)
     _check_model_and_data(model, data)
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, Path)):
         raise UsageError(f"fit: checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         raise UsageError(f"fit: epochs must be an integer, got {epochs!r}")
+    return model, output_key
+
+
+def _named_model(spec: str, data: Dataset, output_key: str | int | None, seed: Any) -> tuple[nn.Module, str | int | None]:
+    """The model a name builds, its weights drawn from ``seed`` (the caller's random state left as it was)."""
+    from leantrain import models
+    from leantrain.models import thirdparty
+
+    models.check(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed if isinstance(seed, int) else 0)
+        model = models.build(spec, data)
+    return model, output_key if output_key is not None else thirdparty.default_output_key(spec)
 
 
 def _run_config(epochs: int, options: dict[str, Any], facts: dict[str, Any]) -> RunConfig:
@@ -194,7 +212,13 @@ def _check_model_and_data(model: Any, data: Any) -> None:
     if isinstance(model, type) and issubclass(model, nn.Module):
         raise UsageError(f"fit: model is the class {model.__name__}; pass an instance, e.g. {model.__name__}()")
     if not isinstance(model, nn.Module):
-        raise UsageError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+        raise UsageError(f"fit: model must be a torch.nn.Module or a name (timm:resnet18), got {type(model).__name__}")
+    _check_data(data)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(f"fit: {type(model).__name__} has no trainable parameters")
+
+
+def _check_data(data: Any) -> None:
     if not isinstance(data, Dataset):
         from torch.utils.data import DataLoader
         from torch.utils.data import Dataset as TorchDataset
@@ -203,8 +227,6 @@ def _check_model_and_data(model: Any, data: Any) -> None:
             raise UsageError(f"fit: data is a torch {type(data).__name__}; wrap it with leantrain.data.from_loader(data)")
         raise UsageError(f"fit: data must be a leantrain Dataset, got {type(data).__name__}; wrap tensors or numpy "
                          "arrays with leantrain.data.from_tensors(x, y)")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise UsageError(f"fit: {type(model).__name__} has no trainable parameters")
 
 
 def _checked_techniques(items: Any, what: str) -> list[Technique]:
