@@ -47,6 +47,15 @@ def test_the_model_is_sized_from_the_data_and_masks_the_padding():
     assert x.eq(0).any()  # the mask mattered: these reviews are padded
 
 
+def test_images_get_an_image_classifier_sized_from_them():
+    data = lt.data.load("cifar10-sim:n=40,classes=3")
+    model = models.build("hf:vit:hidden_size=32,num_hidden_layers=1,num_attention_heads=2,patch_size=8", data)
+    config = model.hf.config
+    assert type(model.hf).__name__ == "ViTForImageClassification"
+    assert (config.image_size, config.num_channels, config.num_labels) == (32, 3, 3)
+    assert model(data.x_train[:2])["logits"].shape == (2, 3)  # the images went in as pixel_values
+
+
 def test_a_language_model_set_gets_a_causal_lm(tmp_path, capsys):
     code, err = train(capsys, tmp_path, "--model", "hf:gpt2:n_embd=32,n_layer=2,n_head=2",
                       "--data", "wikitext-sim:n_tokens=3000,seq_len=16", *QUICK)
