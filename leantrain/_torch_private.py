@@ -6,6 +6,9 @@ than 2.4 in PyTorch's history, but they have not been run on 2.4 here.
 """
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -79,3 +82,66 @@ def compiled_entries(code: Any) -> int:
         return len(_debug_get_cache_entry_list(code))
     except (ImportError, AttributeError, TypeError, RuntimeError):
         return 0
+
+
+def _watch_compilations(start: Callable[[Any], None], end: Callable[[Any], None]) -> bool:
+    """Have dynamo call ``start`` and ``end`` (each with dynamo's own argument) around each compilation: a frame
+    traced and compiled (dynamo, AOT autograd, inductor), and a backward compiled at its first call. Registered
+    once, and again after a ``torch._dynamo.reset()`` (which clears them); False where this torch has no such hook.
+
+    ``torch.compile``'s public API reports no compile time; ``torch._dynamo.utils.compile_times()`` is a debug
+    table of per-function timings that overlap (a backward's inside its forward's), not the wall time spent.
+    """
+    try:
+        from torch._dynamo.callback import callback_handler
+    except ImportError:
+        return False
+    if start not in callback_handler.start_callbacks:
+        callback_handler.register_start_callback(start)
+        callback_handler.register_end_callback(end)
+    return True
+
+
+class _CompileClock:
+    """Seconds spent compiling, summed: inside dynamo's compilations and inside ``compiling()``, the outermost
+    interval only where they nest."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._depth = 0
+        self._since = 0.0
+
+    def start(self, _: object = None) -> None:
+        self._depth += 1
+        if self._depth == 1:
+            self._since = time.perf_counter()
+
+    def end(self, _: object = None) -> None:
+        if self._depth == 0:  # registered while a compilation ran: its start was not seen
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self.total += time.perf_counter() - self._since
+
+
+_COMPILE_CLOCK = _CompileClock()
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling with ``torch.compile`` so far: its set-up (``compiling()``), the
+    tracing and code generation of a forward (its first call, a new input shape, eval mode) and of its backward
+    (compiled at its first call). Read as differences: what lies between two readings was compilation, not
+    training. Dynamo's compilations count from the first reading on (0.0 where this torch reports none)."""
+    _watch_compilations(_COMPILE_CLOCK.start, _COMPILE_CLOCK.end)
+    return _COMPILE_CLOCK.total
+
+
+@contextlib.contextmanager
+def compiling() -> Iterator[None]:
+    """Time inside counts as compilation (``compile_seconds``): ``torch.compile``'s own set-up (its first call in a
+    process imports the compiler, ~1.5 s here), which no dynamo callback covers."""
+    _COMPILE_CLOCK.start()
+    try:
+        yield
+    finally:
+        _COMPILE_CLOCK.end()

@@ -109,8 +109,9 @@ def render_summary(runs: list[dict[str, Any]], cases: list[Case]) -> str:
     lines += [
         f"Machine: {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
         f"python {env['python']}, commit {(env.get('git_commit') or 'unknown')[:10]}.",
-        "Times are training seconds (validation excluded); throughput leaves out the first optimizer step of "
-        "each process (warm-up). Several seeds: median [min–max]. Speedups are paired by seed against the "
+        "Times are training seconds (validation and torch.compile's compilation excluded: compile time is in "
+        "'Where the wall time went'); throughput leaves out the first optimizer step of each process (warm-up). "
+        "Several seeds: median [min–max]. Speedups are paired by seed against the "
         f"baseline recipe. Δ vs baseline: the final metric's absolute and relative difference from the baseline's "
         f"(medians), ▲ better / ▼ worse; ⚠ marks a worse result outside seed 001's ±{QUALITY_BAND:.1%} band.",
         _noise_note(runs),

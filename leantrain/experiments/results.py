@@ -122,8 +122,8 @@ EXPERIMENT_FIELDS: Fields = {
 }
 EPOCH_OPTIONAL = ("activation_bytes", "state_bytes", "utilisation", "foreign_cpu_cores", "train_steps_per_s",
                   "val_steps_per_s", "overall_steps_per_s", "train_tokens_per_s", "val_tokens_per_s",
-                  "overall_tokens_per_s")
-SUMMARY_OPTIONAL = ("utilisation", "train_time_s", "total_time_s", "time_to_target_s")
+                  "overall_tokens_per_s", "compile_s", "val_compile_s")
+SUMMARY_OPTIONAL = ("utilisation", "train_time_s", "total_time_s", "compile_s", "time_to_target_s")
 
 
 def _epoch_fields(epoch: dict[str, Any], metric: str) -> Fields:

@@ -7,8 +7,8 @@ from typing import Any
 
 # (a record's part, the column's name); what no column names is "the rest" (process group, resolve, build, ...)
 COLUMNS = (("data", "data"), ("probes", "auto probes"), ("preflight", "preflight"), ("training", "training"),
-           ("validation", "validation"), ("meta_learner", "meta-learner"), ("checkpoints_and_other", "checkpoints, logs"),
-           ("record", "record"))
+           ("validation", "validation"), ("compile", "compile"), ("meta_learner", "meta-learner"),
+           ("checkpoints_and_other", "checkpoints, logs"), ("record", "record"))
 
 
 def wall_table(recipes: dict[str, list[dict[str, Any]]]) -> list[str]:

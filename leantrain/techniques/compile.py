@@ -2,8 +2,10 @@
 
 Only ``state.forward`` (what the loop calls) becomes the compiled module; ``state.model`` stays the raw
 module, so checkpoints hold plain parameter names and other techniques keep editing the real model.
-Compilation happens lazily, at the first forward: if that fails (no C++ compiler, an unsupported
-op, no torch.compile at all), a warning says why and training goes on in eager mode.
+Compilation happens lazily, at the first forward (``torch.compile`` itself too: its first call in a process
+imports the compiler), timed as compilation, not training (``compile_s`` in the epoch record, see
+``leantrain/train/loop.py``): if it fails (no C++ compiler, an unsupported op, no torch.compile at all), a
+warning says why and training goes on in eager mode.
 
 ``torch.compile`` can also fail silently: dynamo skips a frame it cannot handle and runs it eagerly, with
 no error. So the first call is checked for what it did, not for the absence of an exception: a forward
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from leantrain._torch_private import compiled_entries
+from leantrain._torch_private import compiled_entries, compiling
 from leantrain.options import Option
 from leantrain.techniques.base import StepState, Technique
 from leantrain.techniques.registry import register
@@ -30,23 +32,30 @@ class CompiledForward:
 
     def __init__(self, model: Callable[..., Any], mode: str | None = None):
         self.model = model
+        self.mode = mode
         self.compiled: Callable[..., Any] | None = None
+        self.started = False  # torch.compile called (at the first forward)
         self.verified = False
         self.error: str | None = None
         self.ran_eagerly = False  # set by the probe: a call of the model's forward outside dynamo
         self._probe_handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _start(self) -> None:
+        """``torch.compile(model)``, timed as compilation; a failure leaves the model eager."""
+        self.started = True
         compile_fn = getattr(torch, "compile", None)
         if compile_fn is None:
             self._give_up("torch.compile is not available in this PyTorch")
             return
         try:
-            self.compiled = compile_fn(model, mode=mode)
+            with compiling():
+                self.compiled = compile_fn(self.model, mode=self.mode)
         except Exception as e:  # noqa: BLE001  (any failure means: run eagerly)
             self._give_up(f"{type(e).__name__}: {e}")
             return
-        if isinstance(model, nn.Module):
+        if isinstance(self.model, nn.Module):
             # Kept for the run (removing a hook changes what dynamo guards on, and would recompile); see close().
-            self._probe_handle = model.register_forward_pre_hook(self._probe)
+            self._probe_handle = self.model.register_forward_pre_hook(self._probe)
 
     def close(self) -> None:
         """Remove the probe: the model goes back to its owner as it came."""
@@ -72,6 +81,8 @@ class CompiledForward:
         warnings.warn(f"torch.compile failed, training in eager mode instead ({self.error})", RuntimeWarning, stacklevel=3)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.started:
+            self._start()
         if self.compiled is None:
             return self.model(*args, **kwargs)
         if self.verified:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from leantrain._torch_private import compile_seconds
 from leantrain.data.batches import BatchSource, sequential_batches
 from leantrain.data.streaming import StreamVal
 from leantrain.models import flops_per_sample
@@ -100,7 +101,7 @@ def train_epoch(
     foreign_cpu = ForeignCpuMeter()
     epoch_batches = len(batches)
     bar = progress.epoch_bar(state.epoch, state.total_epochs, epoch_batches)
-    clock = _Clock(now(device))
+    clock = _Clock(now(device), compile_seconds())
     log.start_epoch()
     while True:
         fire(techniques, Event.BEFORE_STEP, state)
@@ -114,13 +115,14 @@ def train_epoch(
         clock.step_done(device, step_samples)
         bar.update(len(step_batches), step_samples)
         if run.drawn < epoch_batches and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
-            state.progress = run.progress(now(device) - clock.start)
+            state.progress = run.progress(clock.training(now(device)))
             guards.save(state)
             state.progress = None
     end = now(device)
     bar.close()
     guards.check(state)  # before the epoch is recorded (and checkpointed): no NaN epoch is ever saved
-    return _epoch_record(state, run, guards, foreign_cpu, clock.timed(end, exclude_warmup), end - clock.start)
+    return _epoch_record(state, run, guards, foreign_cpu, clock.timed(end, exclude_warmup), clock.training(end),
+                         clock.compiled())
 
 
 @dataclass
@@ -166,12 +168,15 @@ class _EpochRun:
 @dataclass
 class _Clock:
     """An epoch's clock in this process: its start, and the end of the process's first step in it (the warm-up,
-    allocation, kernel selection and compilation, that throughput leaves out)."""
+    allocation and kernel selection, that throughput leaves out). ``torch.compile``'s compilations (``compile_s``:
+    the first step's, a new batch shape's) are read apart (metrics.compile_seconds) and left out of every figure."""
 
     start: float
+    compile_start: float  # compile_seconds() at the start
     steps: int = 0  # this process's part of the epoch (a mid-epoch resume's earlier part ran elsewhere)
     samples: int = 0
     first_step_end: float = 0.0
+    first_step_compile: float = 0.0
     first_step_samples: int = 0
 
     def step_done(self, device: torch.device, samples: int) -> None:
@@ -179,13 +184,24 @@ class _Clock:
         self.samples += samples
         if self.steps == 1:
             self.first_step_end, self.first_step_samples = now(device), samples
+            self.first_step_compile = compile_seconds()
+
+    def compiled(self) -> float:
+        """Seconds spent compiling since the start."""
+        return compile_seconds() - self.compile_start
+
+    def training(self, end: float) -> float:
+        """Seconds from the start to ``end`` (now), less compilation."""
+        return end - self.start - self.compiled()
 
     def timed(self, end: float, exclude_warmup: bool) -> tuple[float, int, int]:
         """(seconds, samples, steps) throughput is measured over: this process's part of the epoch, less its first
-        step when that is the process's first and there are more steps to measure (epoch time_s counts all)."""
+        step when that is the process's first and there are more steps to measure (epoch time_s counts all), less
+        compilation."""
         if exclude_warmup and self.steps > 1:
-            return end - self.first_step_end, self.samples - self.first_step_samples, self.steps - 1
-        return end - self.start, self.samples, self.steps
+            compiled = compile_seconds() - self.first_step_compile
+            return end - self.first_step_end - compiled, self.samples - self.first_step_samples, self.steps - 1
+        return self.training(end), self.samples, self.steps
 
 
 def _train_step(
@@ -246,18 +262,20 @@ def _backward_step(
 
 def _epoch_record(
     state: TrainState, run: _EpochRun, guards: Guards, foreign_cpu: ForeignCpuMeter,
-    timed: tuple[float, int, int], session_s: float,
+    timed: tuple[float, int, int], session_s: float, compile_s: float,
 ) -> dict[str, Any]:
     """The epoch's record over all ranks: sums of what was processed, the slowest rank's times (one collective
-    each). A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole."""
+    each). A pipeline's stages saw the same samples: its data-parallel replicas' sums are the whole. ``session_s``:
+    this process's training seconds in the epoch, ``compile_s`` (compilation) left out."""
     rate_time, timed_samples, rate_steps = timed
     step_sums = torch.stack(run.step_losses).tolist() if run.step_losses else []  # one host transfer for the epoch
     total = run.finish(step_sums, timed_samples).reduce(state.data_dist)
-    time_s, rate_time = state.dist.max([session_s + run.elapsed_before, rate_time])
+    time_s, rate_time, compile_s = state.dist.max([session_s + run.elapsed_before, rate_time, compile_s])
     record: dict[str, Any] = {
         "epoch": state.epoch + 1,
         "train_loss": (total.loss / total.units) if total.units else math.nan,
         "time_s": time_s,
+        "compile_s": compile_s,
         "train_steps": run.sums.steps,  # this rank's: every data rank takes the same steps
         "train_samples": total.samples,
         "train_steps_per_s": rate_steps / rate_time if rate_time > 0 else None,
@@ -368,7 +386,7 @@ def evaluate(state: TrainState, x: torch.Tensor | StreamVal, y: torch.Tensor, ba
     loss_sum = torch.zeros((), device=device)
     metric_sums: dict[str, Any] = {}
     counted = EpochSums()
-    start = now(device)
+    start, compile_start = now(device), compile_seconds()
     for xb, yb in batches:
         with state.precision.autocast():
             output = task.forward(forward, xb, yb)
@@ -376,13 +394,15 @@ def evaluate(state: TrainState, x: torch.Tensor | StreamVal, y: torch.Tensor, ba
         for key, value in task.metric_sums(output, yb).items():
             metric_sums[key] = metric_sums.get(key, 0) + value
         counted.add(units=task.units(yb), samples=len(yb), steps=1, tokens=task.tokens(yb))
-    val_time = now(device) - start
+    compiled = compile_seconds() - compile_start  # eval mode's own graph, a last batch's shape
+    val_time = now(device) - start - compiled
     counted.loss, counted.metrics = loss_sum.item(), {k: float(v) for k, v in metric_sums.items()}
     total = counted.reduce(dist)
-    val_time = dist.max([val_time])[0]
+    val_time, compiled = dist.max([val_time, compiled])
     record = {
         "val_loss": total.loss / total.units if total.units else math.nan,
         "val_time_s": val_time,
+        "val_compile_s": compiled,
         "val_steps": total.steps,
         "val_samples": total.samples,
         "val_tokens": total.tokens,

@@ -18,6 +18,7 @@ from leantrain.techniques import Technique
 from leantrain.train.allocator import allocator_setting
 from leantrain.train.metrics import matmul_peaks, peak_matmul_flops, training_utilisation
 from leantrain.train.state import TrainState
+from leantrain.train.wall_clock import compile_time
 
 SCHEMA = 1
 
@@ -26,7 +27,8 @@ def time_to_target(epochs: list[dict[str, Any]], metric: str, target: float | No
     """Training seconds (sum of epoch ``time_s``) until the first epoch whose metric reaches the target.
 
     Validation time is left out: it is the same work whatever the training recipe, and the seeds
-    report training time. None when the target is never reached (or not given).
+    report training time. So is torch.compile's compilation (``compile_s``, recorded apart): a cost paid once per
+    process, not training speed. None when the target is never reached (or not given).
     """
     if target is None:
         return None
@@ -44,9 +46,11 @@ def summarize(epochs: list[dict[str, Any]], metric: str, target: float | None, h
     best = (max if higher_is_better else min)(values) if values else None
     utilisation = [e["utilisation"] for e in epochs if e.get("utilisation") is not None]
     rates = [e["samples_per_s"] for e in epochs if e.get("samples_per_s")]
+    compiling = compile_time(epochs)
     return {
-        "total_time_s": sum(e["time_s"] + e["val_time_s"] for e in epochs),
+        "total_time_s": sum(e["time_s"] + e["val_time_s"] for e in epochs) + compiling,
         "train_time_s": sum(e["time_s"] for e in epochs),
+        "compile_s": compiling,
         "target": target,
         "time_to_target_s": time_to_target(epochs, metric, target, higher_is_better),
         f"best_{metric}": best,

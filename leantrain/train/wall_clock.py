@@ -25,6 +25,11 @@ def process_age_s() -> float | None:
         return None
 
 
+def compile_time(epochs: list[dict[str, Any]]) -> float:
+    """Seconds the epochs spent in torch.compile's compilations, training and validation (0 in older records)."""
+    return sum((e.get("compile_s") or 0.0) + (e.get("val_compile_s") or 0.0) for e in epochs)
+
+
 class WallClock:
     """Laps of a run's phases (``begin``), and parts carved out of them (``part``)."""
 
@@ -58,16 +63,17 @@ class WallClock:
 
     def summary(self, epochs: list[dict[str, Any]]) -> dict[str, Any]:
         """The run's wall time so far and its parts, in seconds; the train phase split into training, validation,
-        an ensemble's meta-learner and the rest (checkpoints, logs, epoch bookkeeping)."""
+        torch.compile's compilations, an ensemble's meta-learner and the rest (checkpoints, logs, epoch bookkeeping)."""
         self._lap()
         parts = dict(self.parts)
         train = parts.pop("train", 0.0)
         training = sum(e.get("member_time_s", e.get("time_s")) or 0.0 for e in epochs)  # an ensemble's: its member's
         validation = sum(e.get("val_time_s") or 0.0 for e in epochs)
         meta = sum((e.get("ensemble") or {}).get("stacking_s") or 0.0 for e in epochs)
+        compiling = compile_time(epochs)
         # A resumed run's epochs include time spent before the interruption: the rest is never below zero.
-        parts.update(training=training, validation=validation, meta_learner=meta,
-                     checkpoints_and_other=max(0.0, train - training - validation - meta))
+        parts.update(training=training, validation=validation, compile=compiling, meta_learner=meta,
+                     checkpoints_and_other=max(0.0, train - training - validation - compiling - meta))
         run_s = time.monotonic() - self.start
         total = run_s + (self.before_run_s or 0.0)
         return {"total_s": round(total, 3), "before_run_s": None if self.before_run_s is None else round(self.before_run_s, 3),

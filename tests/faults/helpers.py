@@ -16,8 +16,8 @@ from leantrain.models.mlp import MLP
 from leantrain.techniques import Technique
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING_KEYS = {"time_s", "val_time_s", "train_steps_per_s", "val_steps_per_s", "overall_steps_per_s",
-               "samples_per_s", "train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s",
+TIMING_KEYS = {"time_s", "val_time_s", "compile_s", "val_compile_s", "train_steps_per_s", "val_steps_per_s",
+               "overall_steps_per_s", "samples_per_s", "train_tokens_per_s", "val_tokens_per_s", "overall_tokens_per_s",
                "foreign_cpu_cores", "utilisation"}
 
 

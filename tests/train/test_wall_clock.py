@@ -25,6 +25,7 @@ def test_the_record_holds_the_runs_wall_time_and_its_parts():
     parts = wall["parts_s"]
     assert parts["training"] == pytest.approx(sum(e["time_s"] for e in record["epochs"]), abs=1e-3)
     assert parts["validation"] == pytest.approx(sum(e["val_time_s"] for e in record["epochs"]), abs=1e-3)
+    assert parts["compile"] == 0.0  # nothing compiled (test_compile.py: a compiled run's)
     assert parts["checkpoints_and_other"] >= 0.6  # the two slow epoch ends: no longer hidden
     assert {"process_group", "resolve", "build", "data", "probes", "prepare", "preflight", "record"} <= set(parts)
     # Whatever is named adds up to the wall time (each lap ends where the next begins).
@@ -39,7 +40,8 @@ def test_summary_shows_where_the_wall_time_went():
 
     lines = wall_table({"lean": [run(10.0, 6.0), run(12.0, 8.0)], "old": [{"run": {}}]})
     assert lines[2] == ("| recipe | wall (s) | before the run | data | auto probes | preflight | training | validation "
-                        "| meta-learner | checkpoints, logs | record | the rest |")
-    assert lines[4] == "| lean | 11.0 | 2.0 | 0.50 | 0.00 | 1.00 | 7.00 | 0.10 | 0.00 | 0.20 | 0.10 | 0.10 |"
+                        "| compile | meta-learner | checkpoints, logs | record | the rest |")
+    # compile: 0.00, a record of a run that compiled nothing (or written before compile_s)
+    assert lines[4] == "| lean | 11.0 | 2.0 | 0.50 | 0.00 | 1.00 | 7.00 | 0.10 | 0.00 | 0.00 | 0.20 | 0.10 | 0.10 |"
     assert len(lines) == 6  # a record written before these figures has no row
     assert wall_table({"old": [{"run": {}}]}) == []
