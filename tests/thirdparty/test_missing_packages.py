@@ -28,3 +28,19 @@ def test_an_image_folder_without_torchvision_names_the_extra(tmp_path, capsys, m
 def test_an_unknown_source_is_not_taken_for_a_third_party_one(tmp_path, capsys):
     err = refused(capsys, tmp_path / "out", "--model", "keras:resnet18", "--data", "cifar10-sim:n=40")
     assert "cannot import module 'keras'" in err
+
+
+class _BrokenBuild:
+    """A finder whose torchvision fails as PyPI's wheel for torch 2.13 does beside the CPU build."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return None
+
+
+def test_a_torchvision_built_for_another_torch_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenBuild(), *sys.meta_path])
+    err = refused(capsys, tmp_path / "out", "--model", "torchvision:resnet18", "--data", "cifar10-sim:n=40")
+    assert "torchvision does not import beside torch" in err and "operator torchvision::nms does not exist" in err
