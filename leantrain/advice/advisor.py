@@ -25,7 +25,7 @@ from torch import nn
 from leantrain.advice.budget import Budget, render_seconds
 from leantrain.advice.candidates import Candidate, Machine, candidates
 from leantrain.advice.measure import Measurement, StopWhenHopeless, measure
-from leantrain.advice.recommend import BASELINE, Advice, Goal, Row, beats, judge
+from leantrain.advice.recommend import BASELINE, Advice, Goal, Row, faster, judge
 from leantrain.advice.screen import Screened, auto_candidates, concrete, one_line, screen
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.dataset import Dataset
@@ -198,17 +198,24 @@ class Advisor:
         slug = "".join(c if c.isalnum() else "-" for c in recipe.lower()).strip("-")
         return config.replace(seed=seed, memory_check=False, name=f"{slug}-s{seed}")
 
-    def _expected(self, base: Measurement, config: RunConfig) -> float:
-        return base.wall_s * (2.0 if config.procs is not None else 1.0)  # workers start their own processes
+    def _expected(self, base: Measurement, config: RunConfig, goal: Goal, race: bool) -> float:
+        """A run's expected wall time: the baseline's, or for a race its set-up and validation plus the longest it may
+        train (1.5x the baseline's time to target); launched workers start their own processes, about as long again."""
+        cost = base.wall_s
+        base_time, trained = goal.time(base), base.train_s
+        if race and base_time is not None and trained is not None:
+            cost = min(cost, max(0.0, base.wall_s - trained) + BEHIND_MARGIN * base_time)
+        return cost * (2.0 if config.procs is not None else 1.0)
 
-    def _run_one(self, recipe: str, config: RunConfig, seed: int, goal: Goal, base: Measurement) -> Measurement | None:
+    def _run_one(self, recipe: str, config: RunConfig, seed: int, goal: Goal, base: Measurement,
+                 race: bool = False) -> Measurement | None:
         measured = self._measured_config(recipe, config, seed)
-        if not self.budget.fits(self._expected(base, measured)):
+        if not self.budget.fits(self._expected(base, measured, goal, race)):
             self.not_fitted.append(f"{recipe} (seed {seed})")
             return None
         base_time = goal.time(base)
-        guard = StopWhenHopeless(self.budget, None if base_time is None else BEHIND_MARGIN * base_time, goal.target,
-                                 goal.metric, goal.higher_is_better)
+        guard = StopWhenHopeless(self.budget, None if base_time is None else BEHIND_MARGIN * base_time, goal.target_for(seed),
+                                 goal.metric, goal.higher_is_better, race=race and goal.target is not None)
         m = measure(recipe, measured, self.request_for, guard, self.request.runs_dir)
         if guard.out_of_budget:  # the budget's doing, not the recipe's: listed, never judged
             self.not_fitted.append(f"{recipe} (seed {seed}): {m.stopped}")
@@ -217,21 +224,23 @@ class Advisor:
         self.measurements.append(m)
         if recipe == BASELINE:
             self._baseline_measured(goal, m)
-        status = m.failure or m.stopped or f"{render_seconds(m.wall_s)}"
+        status = m.failure or m.stopped or (f"{render_seconds(m.wall_s)}" + (", raced to the target" if m.raced else ""))
         self.say(f"{recipe} (seed {seed}): {status}")
         return m
 
     def round(self, usable: list[Screened], seed: int, goal: Goal, base: Measurement) -> None:
         for s in usable:
             assert s.config is not None
-            self._run_one(s.candidate.name, s.config, seed, goal, base)
+            self._run_one(s.candidate.name, s.config, seed, goal, base, race=True)
 
     def combine(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
         """Greedy: start from the fastest winner, add the next while the combination beats the last one kept; then
         give the fastest bigger batch that lost quality its warmup (see ``rescue``)."""
         advice = judge(self.measurements, goal)
         by_name = {s.candidate.name: s for s in usable}
-        winners = [r.recipe for r in advice.rows if r.recipe in by_name and _is_winner(r, advice)]
+        rows = {r.recipe: r for r in advice.rows}
+        winners = sorted((r.recipe for r in advice.rows if r.recipe in by_name and _is_winner(r, advice)),
+                         key=lambda name: -(rows[name].speedup or 0.0))
         kept_name, kept = (winners[0], dict(by_name[winners[0]].candidate.changes)) if winners else ("", {})
         for name in winners[1:MAX_COMBINED + 1]:
             changes = by_name[name].candidate.changes
@@ -240,8 +249,9 @@ class Advisor:
             m = self._combination(f"{kept_name} + {name}", {**kept, **changes}, goal, base)
             if m is None and f"{kept_name} + {name}" in self.combinations:
                 return  # it did not fit in the budget: nor will the next
-            now = judge(self.measurements, goal)
-            if now.recommended is not None and now.recommended.recipe == f"{kept_name} + {name}":
+            now = {r.recipe: r for r in judge(self.measurements, goal).rows}
+            combined, before = now[f"{kept_name} + {name}"], now[kept_name]
+            if _is_winner(combined, judge(self.measurements, goal)) and (combined.speedup or 0) > (before.speedup or 0):
                 kept_name, kept = f"{kept_name} + {name}", {**kept, **changes}
         self.rescue(usable, goal, base, kept_name, kept)
 
@@ -254,8 +264,8 @@ class Advisor:
         advice = judge(self.measurements, goal)
         base_row = next(r for r in advice.rows if r.recipe == BASELINE)
         batches = {s.candidate.name: s for s in usable if s.candidate.technique == "batch_size"}
-        lost = [r for r in advice.rows if r.recipe in batches and not beats(r, base_row)
-                and (r.problem in (None, "did not reach the target")) and _per_epoch(r) < _per_epoch(base_row)]
+        lost = [r for r in advice.rows if r.recipe in batches and not faster(r, base_row) and _lost_quality(r)
+                and _per_epoch(r) < _per_epoch(base_row)]
         if schedule is None or not lost:
             return
         fastest = min(lost, key=_per_epoch)
@@ -273,15 +283,17 @@ class Advisor:
             self.say(f"{name}: not combined ({one_line(e)})")
             return None
         self.combinations[name] = changes
-        return self._run_one(name, config, self.baseline.seed, goal, base)
+        return self._run_one(name, config, self.baseline.seed, goal, base, race=True)
 
     def repeat(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
-        """Further seeds while a whole round of the contenders fits: baseline first, then the best so far."""
+        """Further seeds, all epochs (their final quality measured), while a whole round fits: the baseline first,
+        then the fastest candidates so far (at most three)."""
         seed = self.baseline.seed
         while seed < self.baseline.seed + MAX_REPEATS - 1:
             seed += 1
             advice = judge(self.measurements, goal)
-            contenders = [r.recipe for r in advice.rows if r.recipe != BASELINE and r.problem is None][:4]
+            contenders = [r.recipe for r in advice.rows
+                          if r.recipe != BASELINE and r.problem is None and (r.speedup or 0.0) > 1.0][:3]
             if not contenders:
                 return  # nothing left worth a repeat
             configs = {**{s.candidate.name: s.config for s in usable},
@@ -297,6 +309,13 @@ class Advisor:
                     return
 
 
+def _lost_quality(row: Row) -> bool:
+    """Trained, but not to the target in time, or to a worse final metric: not a crash."""
+    problem = row.problem or ""
+    worse = row.quality is not None and not row.quality.within_band and row.quality.direction == "worse"
+    return worse or problem == "did not reach the target" or problem.startswith("stopped: behind")
+
+
 def _per_epoch(row: Row) -> float:
     """Median training seconds per epoch of a row's finished runs (inf when none finished)."""
     times = [m.train_s / len(m.record["epochs"]) for m in row.measurements
@@ -306,7 +325,7 @@ def _per_epoch(row: Row) -> float:
 
 def _is_winner(row: Any, advice: Advice) -> bool:
     base = next(r for r in advice.rows if r.recipe == BASELINE)
-    return beats(row, base)
+    return faster(row, base)
 
 
 def _same(values: dict[str, Any], other: dict[str, Any]) -> bool:

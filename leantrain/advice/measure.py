@@ -28,13 +28,15 @@ class Measurement:
     wall_s: float  # start to record, set-up included: what the budget pays
     failure: str | None = None  # crashed or diverged: why, in one line
     stopped: str | None = None  # stopped early: why
+    raced: bool = False  # stopped on reaching the target: its time counts, its final metric was never reached
 
     @property
     def finished(self) -> bool:
         return self.record is not None and self.failure is None and self.stopped is None
 
     def final(self, metric: str) -> float | None:
-        return None if self.record is None else self.record["summary"].get(f"final_{metric}")
+        """The metric after every epoch; None for a raced run (it stopped at the target)."""
+        return None if self.record is None or self.raced else self.record["summary"].get(f"final_{metric}")
 
     def time_to(self, metric: str, target: float | None, higher_is_better: bool) -> float | None:
         if self.record is None:
@@ -47,12 +49,17 @@ class Measurement:
 
 
 class StopWhenHopeless(Callback):
-    """Stops a run at an epoch's end when it is clearly behind, or when its remaining epochs would overrun the budget."""
+    """Stops a run at an epoch's end when it is clearly behind, when its remaining epochs would overrun the budget, or
+    (``race``) as soon as it reaches the target: its time to target is then known, and the rest would only measure
+    its final quality, which the repeats measure for the contenders."""
 
-    def __init__(self, budget: Budget, behind_s: float | None, target: float | None, metric: str, higher: bool):
+    def __init__(self, budget: Budget, behind_s: float | None, target: float | None, metric: str, higher: bool,
+                 race: bool = False):
         self.budget, self.behind_s, self.target, self.metric, self.higher = budget, behind_s, target, metric, higher
+        self.race = race
         self.why: str | None = None
         self.out_of_budget = False  # stopped for the budget's sake, not the run's: not a finding about the recipe
+        self.raced = False
         self.started = budget.now()
 
     def on_epoch_end(self, state: Any, record: dict[str, Any]) -> None:
@@ -61,9 +68,13 @@ class StopWhenHopeless(Callback):
         reached = time_to_target(records, self.metric, self.target, self.higher) is not None
         left = state.total_epochs - len(records)
         per_epoch = (self.budget.now() - self.started) / max(1, len(records))
-        if self.behind_s is not None and trained > self.behind_s and not reached and left > 0:
+        if left <= 0:
+            return
+        if self.race and reached:
+            self.raced = state.stop_training = True
+        elif self.behind_s is not None and trained > self.behind_s and not reached:
             self.why = f"behind: {trained:.1f} s of training without reaching the target (the baseline needed less)"
-        elif left > 0 and not self.budget.fits(left * per_epoch):
+        elif not self.budget.fits(left * per_epoch):
             self.why = f"the budget ran out after epoch {len(records)} of {state.total_epochs}"
             self.out_of_budget = True
         if self.why:
@@ -88,7 +99,8 @@ def measure(recipe: str, config: RunConfig, request_for: RequestFor, guard: Stop
     (runs_dir / f"{config.run_name}.json").write_text(json.dumps(record, indent=1, default=str))
     failure = _did_nothing(record)
     stopped = guard.why if guard is not None else None
-    return Measurement(recipe, config.seed, record, wall, failure=failure, stopped=stopped)
+    return Measurement(recipe, config.seed, record, wall, failure=failure, stopped=stopped,
+                       raced=guard is not None and guard.raced)
 
 
 def _here(config: RunConfig, request_for: RequestFor, guard: StopWhenHopeless | None) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class Row:
     activation_mem: float | None = None
     noisy: int = 0  # repeats with other processes busy beside them
     problem: str | None = None  # why it cannot be recommended (crashed, stopped, target not reached, ...)
+    note: str | None = None  # what the reader should know that is not a problem
 
     @property
     def repeats(self) -> int:
@@ -108,6 +109,8 @@ def _row(recipe: str, ms: list[Measurement], goal: Goal, base: Row | None) -> Ro
             row.times.append(t)
     finals = [f for f in (m.final(goal.metric) for m in done) if f is not None]
     row.final = statistics.median(finals) if finals else None
+    if not finals and row.problem is None and any(m.raced for m in done):
+        row.note = "stopped on reaching the target: its final quality was not measured (no full run fitted)"
     records = [m.record for m in ms if m.record is not None]
     peaks = [r["summary"]["peak_mem_bytes"] for r in records if r["summary"].get("peak_mem_bytes")]
     activations = [max((e.get("activation_bytes") or 0) for e in r["epochs"]) for r in records if r["epochs"]]
@@ -146,8 +149,14 @@ def _paired(base: Row, row: Row, goal: Goal) -> list[float]:
 
 
 def beats(row: Row, base: Row) -> bool:
-    """Faster than the baseline beyond the spread, in the quality band, with nothing wrong."""
-    if row.problem or not row.speedups or not base.times or row.final is None:
+    """Faster than the baseline beyond the spread, in the quality band (measured by a full run), with nothing wrong."""
+    return row.final is not None and faster(row, base)
+
+
+def faster(row: Row, base: Row) -> bool:
+    """Faster than the baseline beyond the spread, nothing wrong, and no quality loss measured (a raced run's final
+    quality is not known yet: the greedy combination goes on speed, the recommendation waits for a full run)."""
+    if row.problem or not row.speedups or not base.times:
         return False
     if row.quality is not None and not row.quality.within_band and row.quality.direction == "worse":
         return False

@@ -43,7 +43,7 @@ def table(findings: Findings) -> list[str]:
             f"| {n} | {row.recipe} | {speed} | {median_spread(row.times, render_seconds)} | "
             f"{'—' if row.final is None else f'{row.final:.4f}'} | "
             f"{'—' if row.recipe == BASELINE or row.quality is None else row.quality.render()} | "
-            f"{_mib(row.peak_mem)} | {_mib(row.activation_mem)} | {_repeats(row)} | {row.problem or ''} |")
+            f"{_mib(row.peak_mem)} | {_mib(row.activation_mem)} | {_repeats(row)} | {row.problem or row.note or ''} |")
     if goal.target is not None:
         lines.append(f"\nTarget: {goal.metric} {arrow} {goal.target:.4f} (the baseline's final less the tolerance).")
     return lines
@@ -83,8 +83,9 @@ def render(findings: Findings, env: dict[str, Any], recipe_markdown: str, baseli
 
 def _method(findings: Findings) -> str:
     repeats = max((r.repeats for r in findings.advice.rows), default=0)
-    return (f"How: each candidate is your recipe with one change, trained to the target as your recipe is (same epochs), "
-            f"interleaved with the baseline, {repeats} repeat(s) at most (seeds paired); speed-ups are the baseline's "
+    return (f"How: each candidate is your recipe with one change, raced to the baseline's target (stopped once there, "
+            f"or once 1.5× behind the baseline); the fastest are then trained for all your epochs, interleaved with the "
+            f"baseline, {repeats} repeat(s) at most (seeds paired), which measures their final quality; speed-ups are the baseline's "
             f"time over the recipe's, median [min–max]. A recipe is recommended only if it beats the baseline beyond "
             f"the spread (with one repeat: by {SINGLE_RUN_MARGIN:.0%} or more) and its final {findings.goal.metric} "
             f"stays within ±{QUALITY_BAND:.1%} of the baseline's (better is always fine). Repeats marked noisy had other "

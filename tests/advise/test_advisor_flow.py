@@ -25,6 +25,7 @@ class FakeMachine:
     def __init__(self) -> None:
         self.now = 0.0
         self.runs: list[tuple[str, int]] = []
+        self.raced: list[tuple[str, int, bool]] = []
 
     def epoch_s(self, config: RunConfig) -> float:
         s = 2.0
@@ -45,10 +46,16 @@ class FakeMachine:
         self.now += RUN_COST_S
         epochs = [{"time_s": self.epoch_s(config), "val_acc": a, "activation_bytes": 1, "foreign_cpu_cores": 0.0}
                   for a in self.accuracy(config)]
+        raced = False
+        if guard.race:  # as the guard stops a race: at the first epoch that reaches the target
+            reached = next((i for i, e in enumerate(epochs) if e["val_acc"] >= guard.target), None)
+            raced = reached is not None and reached < len(epochs) - 1
+            epochs = epochs[: reached + 1] if raced else epochs
         record = {"run": {"metric": "val_acc", "higher_is_better": True, "config": config.to_dict()}, "epochs": epochs,
                   "env": {}, "summary": {"final_val_acc": epochs[-1]["val_acc"],
                                          "train_time_s": sum(e["time_s"] for e in epochs), "peak_mem_bytes": 1}}
-        return Measurement(recipe, config.seed, record, RUN_COST_S)
+        self.raced.append((recipe, config.seed, raced))
+        return Measurement(recipe, config.seed, record, RUN_COST_S, raced=raced)
 
 
 @pytest.fixture
@@ -84,6 +91,18 @@ def test_winners_combined_and_the_budget_held(fake: FakeMachine, tmp_path: Path)
     assert len(seeds) >= 2  # repeated, the baseline first in each round
     per_seed = [r for r, seed in fake.runs if seed == max(seeds)]
     assert per_seed[0] == "baseline"
+    # the first round races to the target; the repeats train every epoch, which is where quality is measured
+    assert all(raced for recipe, seed, raced in fake.raced if seed == 0 and recipe != "baseline")
+    assert not any(raced for recipe, seed, raced in fake.raced if seed > 0)
+    best = findings.advice.recommended
+    assert best.final is not None and any(not m.raced for m in best.measurements)
+
+
+def test_a_raced_candidate_without_a_full_run_is_not_recommended(fake: FakeMachine, tmp_path: Path) -> None:
+    findings = advise(fake, 40, ("precision",), tmp_path)  # the baseline and bf16's race, no repeat fits
+    row = next(r for r in findings.advice.rows if r.recipe == "bf16")
+    assert row.speedups and row.final is None and "final quality was not measured" in row.note
+    assert findings.advice.recommended is None
 
 
 def test_a_small_budget_lists_what_did_not_fit(fake: FakeMachine, tmp_path: Path) -> None:
