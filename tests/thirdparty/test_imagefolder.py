@@ -11,7 +11,7 @@ pytestmark = pytest.mark.vision
 pytest.importorskip("torchvision", reason="needs leantrain[vision] (torchvision; the Makefile's .venv-vision)")
 
 COUNTS = {"cat": 14, "dog": 13, "emu": 13}  # 32 training and 8 validation images
-MODEL = ("--model", "cnn:width=4,hidden=16", "--epochs", "1", "--batch-size", "4", "--memory-check", "false")
+MODEL = ("--model", "cnn:width=4,hidden=16", "--epochs", "1", "--batch-size", "16", "--memory-check", "false")
 
 
 @pytest.fixture
