@@ -214,7 +214,8 @@ class Advisor:
             self.not_fitted.append(f"{recipe} (seed {seed})")
             return None
         base_time = goal.time(base)
-        guard = StopWhenHopeless(self.budget, None if base_time is None else BEHIND_MARGIN * base_time, goal.target_for(seed),
+        behind = None if base_time is None or recipe == BASELINE else BEHIND_MARGIN * base_time  # the reference runs on
+        guard = StopWhenHopeless(self.budget, behind, goal.target_for(seed),
                                  goal.metric, goal.higher_is_better, race=race and goal.target is not None)
         m = measure(recipe, measured, self.request_for, guard, self.request.runs_dir)
         if guard.out_of_budget:  # the budget's doing, not the recipe's: listed, never judged

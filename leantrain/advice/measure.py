@@ -67,18 +67,27 @@ class StopWhenHopeless(Callback):
         trained = sum(r["time_s"] for r in records)
         reached = time_to_target(records, self.metric, self.target, self.higher) is not None
         left = state.total_epochs - len(records)
-        per_epoch = (self.budget.now() - self.started) / max(1, len(records))
         if left <= 0:
             return
         if self.race and reached:
             self.raced = state.stop_training = True
         elif self.behind_s is not None and trained > self.behind_s and not reached:
             self.why = f"behind: {trained:.1f} s of training without reaching the target (the baseline needed less)"
-        elif not self.budget.fits(left * per_epoch):
+        elif not self.budget.fits(self._rest(records, left, trained)):
             self.why = f"the budget ran out after epoch {len(records)} of {state.total_epochs}"
             self.out_of_budget = True
         if self.why:
             state.stop_training = True
+
+    def _rest(self, records: list[dict[str, Any]], left: int, trained: float) -> float:
+        """The wall time the rest of the run is expected to take: its epochs so far (compilation, a one-off, left out),
+        or, where it will be stopped as behind first, until then."""
+        once = sum((r.get("compile_s") or 0.0) + (r.get("val_compile_s") or 0.0) for r in records)
+        per_epoch = max(0.0, self.budget.now() - self.started - once) / len(records)
+        rest = left * per_epoch
+        if self.behind_s is not None and trained > 0:
+            rest = min(rest, max(0.0, self.behind_s - trained) * per_epoch * len(records) / trained + per_epoch)
+        return rest
 
     def describe(self) -> str:
         return "advise-guard"

@@ -57,7 +57,8 @@ def screen(candidate: Candidate, baseline: dict[str, Any], request_for: RequestF
             warnings.simplefilter("ignore")  # a fallback's warning is the run's to give, when it is measured
             tuned = Run(request_for(_screened_alone(config))).dry_run()
     except Exception as error:  # noqa: BLE001  (any failure: the candidate does not apply, and why)
-        return Screened(candidate, None, one_line(error), time.perf_counter() - start)
+        reason = one_line(error).removeprefix(f"{candidate.name}: ")  # said beside the candidate's name already
+        return Screened(candidate, None, reason, time.perf_counter() - start)
     chose = {knob: entry.get("choice") for knob, entry in tuned.record.items() if isinstance(entry, dict)}
     if "lr" in tuned.record.get("batch_size", {}):
         chose["lr"] = tuned.record["batch_size"]["lr"]  # batch_size auto scales the lr with the batch it chose
