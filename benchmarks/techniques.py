@@ -41,7 +41,8 @@ def variants(with_compile: bool) -> dict[str, callable]:
         "bf16": lambda: [MixedPrecision("bf16")],
         "fp16 + loss scaling": lambda: [MixedPrecision("fp16")],
         "grad clip 1.0": lambda: [GradClip(1.0)],
-        "checkpointing sqrt": lambda: [ActivationCheckpointing("sqrt")],
+        # The MLP's 16 blocks in an nn.Sequential: √16 = 4 segments of 4 (benchmarks/checkpointing.py: all settings).
+        "checkpointing sqrt (√L segments)": lambda: [ActivationCheckpointing("sqrt")],
         "adaptive accumulation": lambda: [AdaptiveAccumulation(k_min=2, k_max=8)],
         "warmup-cosine": lambda: [WarmupCosine()],
         "all (bf16+ckpt+accum+sched+clip)": lambda: [

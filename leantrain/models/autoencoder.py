@@ -32,15 +32,13 @@ class ConvAutoencoder(nn.Module):
             act: nn.Module = (nn.Sigmoid() if sigmoid else nn.Identity()) if last else nn.ReLU()
             deconv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=padding)
             up.append(nn.Sequential(deconv, act))
-        self.blocks = nn.ModuleList(down + up)
+        self.blocks = nn.Sequential(*down, *up)  # called as one: checkpointing segments it
         self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.blocks(x)
 
-    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    def pipeline_parts(self) -> tuple[nn.Module, nn.Sequential, nn.Module]:
         """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
         return nn.Identity(), self.blocks, nn.Identity()
 

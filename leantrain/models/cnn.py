@@ -24,7 +24,7 @@ class CNN(nn.Module):
             stages.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), pool))
             if isinstance(pool, nn.MaxPool2d):
                 height, width_px = height // 2, width_px // 2
-        self.blocks = nn.ModuleList(stages)
+        self.blocks = nn.Sequential(*stages)  # called as one: checkpointing segments it
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(widths[-1] * height * width_px, hidden), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, classes),
@@ -32,11 +32,9 @@ class CNN(nn.Module):
         self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        return self.head(self.blocks(x))
 
-    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    def pipeline_parts(self) -> tuple[nn.Module, nn.Sequential, nn.Module]:
         """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
         return nn.Identity(), self.blocks, self.head
 

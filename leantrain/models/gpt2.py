@@ -76,7 +76,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.ctx, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.Sequential(*(Block(config) for _ in range(config.n_layer)))  # one call: segments possible
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying: one matrix embeds and un-embeds
@@ -97,9 +97,7 @@ class GPT(nn.Module):
         """Token ids (N, T) -> next-token logits (N, T, vocab)."""
         positions = torch.arange(idx.shape[1], device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(positions))
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+        return self.lm_head(self.ln_f(self.blocks(x)))
 
     def flops_per_sample(self) -> float:
         """Forward FLOPs per token (see the module docstring)."""

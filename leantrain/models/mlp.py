@@ -18,19 +18,17 @@ class MLP(nn.Module):
         super().__init__()
         self.hidden = hidden
         widths = [in_features] + [hidden] * depth
-        self.blocks = nn.ModuleList(
+        # A Sequential, called as one: checkpointing can recompute its blocks in segments (their order is known).
+        self.blocks = nn.Sequential(*(
             nn.Sequential(nn.Linear(w_in, w_out), nn.ReLU(), *([nn.Dropout(dropout)] if dropout else []))
             for w_in, w_out in zip(widths[:-1], widths[1:])
-        )
+        ))
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        return self.head(self.blocks(x.flatten(1)))
 
-    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    def pipeline_parts(self) -> tuple[nn.Module, nn.Sequential, nn.Module]:
         """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
         return nn.Flatten(), self.blocks, self.head
 

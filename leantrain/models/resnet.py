@@ -67,7 +67,7 @@ class ResNet(nn.Module):
             for index in range(depth):
                 blocks.append(block(c_in, planes, 2 if stage > 0 and index == 0 else 1))
                 c_in = planes * block.expansion
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.Sequential(*blocks)  # called as one: checkpointing segments it
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -75,12 +75,9 @@ class ResNet(nn.Module):
         self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        return self.head(self.blocks(self.stem(x)))
 
-    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    def pipeline_parts(self) -> tuple[nn.Module, nn.Sequential, nn.Module]:
         """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
         return self.stem, self.blocks, self.head
 

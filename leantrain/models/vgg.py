@@ -37,7 +37,7 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 side //= 2
             stages.append(nn.Sequential(*layers))
-        self.blocks = nn.ModuleList(stages)
+        self.blocks = nn.Sequential(*stages)  # called as one: checkpointing segments it
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.head = nn.Sequential(
             nn.Flatten(),
@@ -48,11 +48,9 @@ class VGG(nn.Module):
         self._flops = layer_flops(self, in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.pool(x))
+        return self.head(self.pool(self.blocks(x)))
 
-    def pipeline_parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    def pipeline_parts(self) -> tuple[nn.Module, nn.Sequential, nn.Module]:
         """(what runs before the blocks, the blocks, what runs after): pipeline stages split here."""
         return nn.Identity(), self.blocks, nn.Sequential(self.pool, self.head)
 

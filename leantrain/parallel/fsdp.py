@@ -36,7 +36,7 @@ class FsdpPlan(ParallelPlan):
     def prepare(self, model: nn.Module, dataset: Dataset) -> nn.Module:
         mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
         self._params = sum(p.numel() for p in model.parameters())
-        for block in getattr(model, "blocks", nn.ModuleList()).children():  # the modules, not checkpointed segments
+        for block in getattr(model, "blocks", nn.ModuleList()).children():  # each block its own shard group
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model

@@ -38,7 +38,7 @@ from leantrain.parallel.plan import DRY_SAMPLES, ParallelPlan, StageShare
 SCHEDULES: dict[str, type[PipelineScheduleSingle]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 
-def pipeline_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+def pipeline_parts(model: nn.Module) -> tuple[nn.Module, nn.Sequential | nn.ModuleList, nn.Module]:
     parts = getattr(model, "pipeline_parts", None)
     if not callable(parts):
         raise UsageError(f"--parallel pipeline splits a model into stages of its blocks, and {type(model).__name__} "
@@ -99,7 +99,8 @@ def balanced_split(costs: list[float], stages: int) -> list[range]:
 class StageModule(nn.Module):
     """One pipeline stage: the part before the blocks (first stage), its blocks, the part after (last stage).
 
-    ``blocks`` keeps the zoo's convention, so activation checkpointing works on a stage as on a model.
+    ``blocks`` keeps the zoo's convention (an ``nn.Sequential`` called as one), so activation checkpointing works on a
+    stage as on a model, in segments.
     ``flops_per_sample`` is the whole model's: rates are per sample of the whole pipeline, and the
     capacity they are measured against is every stage's peak together.
     """
@@ -107,15 +108,12 @@ class StageModule(nn.Module):
     def __init__(self, before: nn.Module | None, blocks: list[nn.Module], after: nn.Module | None, model_flops: float | None):
         super().__init__()
         self.before = before or nn.Identity()
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.Sequential(*blocks)
         self.after = after or nn.Identity()
         self._model_flops = model_flops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.before(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.after(x)
+        return self.after(self.blocks(self.before(x)))
 
     def flops_per_sample(self) -> float | None:
         return self._model_flops
@@ -168,7 +166,7 @@ class PipelinePlan(ParallelPlan):
             raise UsageError(f"{type(model).__name__}.pipeline_parts() returns modules that are not the model's own "
                              f"({missing[0]}); return its submodules")
         if not self.is_first:  # what the earlier stages will send, while this rank still holds them
-            self._dry_inputs = _upstream_output([before, *blocks[: mine.start]], dataset, self.dist.device)
+            self._dry_inputs = _upstream_output([before, *list(blocks)[: mine.start]], dataset, self.dist.device)
         return stage
 
     def stage_share(self) -> StageShare:

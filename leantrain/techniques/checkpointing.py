@@ -1,42 +1,46 @@
 """Activation checkpointing: chosen modules keep only their inputs in the forward pass and recompute the rest in
 backward.
 
-Works on any model, whatever its forward does: each chosen module is wrapped in place, as
-``torch.distributed.algorithms._checkpoint.checkpoint_wrapper.apply_activation_checkpointing`` wraps, except
-that the wrapper is the module's own ``forward`` (an instance attribute), not a module put in its place. The
-module keeps its class, its place in its parent and its hooks, and every name stays plain: ``state_dict`` *and*
-``named_parameters``, which PyTorch's ``CheckpointWrapper`` prefixes with ``_checkpoint_wrapped_module.`` (its
-state-dict hooks strip the prefix from ``state_dict`` alone). Removing the attribute undoes it.
+Works on any model, whatever its forward does, as
+``torch.distributed.algorithms._checkpoint.checkpoint_wrapper.apply_activation_checkpointing`` wraps, except that
+the wrapper is a module's own ``forward`` (an instance attribute, techniques/recompute.py), not a module put in its
+place: the module keeps its class, its place in its parent and its hooks, and every name stays plain:
+``state_dict`` *and* ``named_parameters``, which PyTorch's ``CheckpointWrapper`` prefixes with
+``_checkpoint_wrapped_module.`` (its state-dict hooks strip the prefix from ``state_dict`` alone). Removing the
+attribute undoes it.
 
 Which modules: by default the model's blocks, its longest run of same-class modules with layers inside held in
 ``nn.ModuleList``s or ``nn.Sequential``s, the lists of one class taken together (timm's ``blocks``, torchvision
 ResNet's ``layer1..layer4`` children, Hugging Face's ``encoder.layer``), in model order; ``checkpointing_modules``
-names the classes instead. Of those L modules the setting wraps ``sqrt``: ≈√L, evenly spaced (every k-th block,
-as torchtitan's layer-selective checkpointing); ``N``: N of them; ``full``: all; ``selective``: all, under
-``torch.utils.checkpoint``'s selective policy, which keeps the outputs of matrix products, convolutions and
-attention and recomputes the cheap ops between them.
+names the classes instead. How, of those L blocks:
 
-A wrapped module saves its input instead of what its layers save: memory falls by what the layers inside save
-beyond that input, so a block whose only saved tensor is its input (a Linear followed by a ReLU) saves nothing.
+- Held in ``nn.Sequential``s (the zoo's ``self.blocks``, timm's, torchvision's), whose forward calls its children in
+  order: the container's forward is replaced by one that runs its blocks in segments of consecutive blocks, one
+  checkpoint each (Chen et al. 2016): ``sqrt``: round(√L) segments; ``N``: N; ``full``: one per block. A segment
+  keeps its input only, so √L segments hold ~2√L blocks' inputs however little each block saves.
+- Elsewhere (a ModuleList, whose order only the parent's forward knows): each picked module is checkpointed alone,
+  ``sqrt``: round(√L) of them, evenly spaced (every k-th, as torchtitan's layer-selective checkpointing); ``N``: N
+  of them; ``full``: all. A module keeps its input, so one whose layers save nothing more (Linear + ReLU) saves
+  nothing.
+- ``selective``: all of them under torch.utils.checkpoint's selective policy: of the matrix products, convolutions
+  and attention, the outputs the plain forward saves too are kept, except every second product (torchtitan's
+  rule), the rest recomputed; measured once at the first training forward, so that it never holds more than no
+  checkpointing (techniques/recompute.py says how).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import re
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from leantrain._torch_private import BatchNormBase
 from leantrain.errors import UsageError
 from leantrain.options import Option
 from leantrain.techniques.base import StepState, Technique
+from leantrain.techniques.recompute import CheckpointedForward, SegmentedForward, wrappers
 from leantrain.techniques.registry import register
 
 SETTINGS = ("off", "sqrt", "full", "selective")
@@ -131,176 +135,90 @@ def spread(count: int, total: int) -> list[int]:
     return [i * total // count for i in range(count)]
 
 
-# --- the wrapper ---------------------------------------------------------------------------------------------------
+# --- wrapping ------------------------------------------------------------------------------------------------------
 
-class _RunningStatsFrozen:
-    """Around a recomputation: batch norm runs the same code (so it saves the same tensors) with momentum 0, which
-    leaves its running statistics exactly as they were; the step counter is put back afterwards. Entered once per
-    recomputation (a second backward through a kept graph recomputes again); its tensor ops run outside the selective
-    policy's dispatch mode, which refuses ops the forward did not run."""
-
-    def __init__(self, blocks: list[nn.Module]):
-        self.norms = [m for b in blocks for m in b.modules() if isinstance(m, BatchNormBase) and m.track_running_stats]
-        self.saved: list[list[tuple[float | None, torch.Tensor]]] = []
-
-    def __enter__(self) -> None:
-        self.saved.append([(m.momentum, cast(torch.Tensor, m.num_batches_tracked).clone()) for m in self.norms])
-        for m in self.norms:
-            m.momentum = 0.0
-
-    def __exit__(self, *exc: object) -> None:
-        for m, (momentum, tracked) in zip(self.norms, self.saved.pop()):
-            m.momentum = momentum
-            cast(torch.Tensor, m.num_batches_tracked).copy_(tracked)
+def _stock_sequential(module: nn.Module) -> bool:
+    """An nn.Sequential running nn.Sequential's own forward: its children in order, each output the next one's input."""
+    return (isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+            and "forward" not in vars(module))
 
 
-class _InOrder:
-    """Context managers entered in the order given (the first outermost), as one; re-entrant where they are."""
-
-    def __init__(self, *managers: AbstractContextManager[Any]):
-        self.managers = managers
-        self.stacks: list[contextlib.ExitStack] = []
-
-    def __enter__(self) -> None:
-        stack = contextlib.ExitStack()
-        for manager in self.managers:
-            stack.enter_context(manager)
-        self.stacks.append(stack)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stacks.pop().close()
-
-
-def _saved_ops() -> frozenset[Any]:
-    """The ops whose outputs selective checkpointing keeps: matrix products, convolutions, fused attention."""
-    names = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
-             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable")
-    ops = []
-    for name in names:
-        with contextlib.suppress(AttributeError, RuntimeError):  # an op this build of torch lacks
-            ops.append(getattr(torch.ops.aten, name).default)
-    return frozenset(ops)
+def sequential_groups(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> list[tuple[str, list[list[str]]]] | None:
+    """Where every block is a child of a stock nn.Sequential: per container (its name), in model order, the runs of
+    consecutive children that are blocks (their names in it). None where a block sits elsewhere (a ModuleList, whose
+    order only its parent's forward knows)."""
+    chosen: dict[str, set[str]] = {}
+    for name, _ in blocks:
+        parent, _, child = name.rpartition(".")
+        if not _stock_sequential(model.get_submodule(parent)):
+            return None
+        chosen.setdefault(parent, set()).add(child)
+    found = []
+    for parent, children in chosen.items():
+        groups: list[list[str]] = []
+        previous = False
+        for child in model.get_submodule(parent)._modules:
+            if child in children and previous:
+                groups[-1].append(child)
+            elif child in children:
+                groups.append([child])
+            previous = child in children
+        found.append((parent, groups))
+    return found
 
 
-SAVED_OPS = _saved_ops()
-
-
-def _keep_products(kept: list[torch.Tensor], ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-    """Selective checkpointing's policy: keep what SAVED_OPS output, recompute the rest. What the forward keeps is
-    also listed in ``kept``, for the saved-tensor hooks, where torch hands the policy the op's output (2.13 does)."""
-    if op not in SAVED_OPS:
-        return CheckpointPolicy.PREFER_RECOMPUTE
-    if not ctx.is_recompute:
-        kept.extend(t.detach() for t in _tensors(getattr(ctx, "op_output", None)))
-    return CheckpointPolicy.MUST_SAVE
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-class _CacheVisible(torch.autograd.Function):
-    """Passes ``x`` through and saves ``cached`` for backward. Selective checkpointing keeps the outputs it saves in
-    a cache of its own, which no saved-tensor hook sees; saved here too, they reach the hooks (leantrain's activation
-    meter) while the region's graph lives (until just before its recomputation: a slight undercount there). A copy
-    of ``x`` goes out, not a view: the caller may change it in place (``x += 1``), which autograd forbids on a view a
-    custom Function made; ``x`` itself is freed once the copy is made."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, *cached: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(*cached)
-        ctx.count = len(cached)
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (grad, *([None] * ctx.count))
-
-
-def _show_cache(output: Any, cached: list[torch.Tensor]) -> Any:
-    """``output`` (a tensor, or a tuple/list led by one, as Hugging Face layers return) through _CacheVisible."""
-    if isinstance(output, torch.Tensor) and output.requires_grad and cached:
-        return _CacheVisible.apply(output, *cached)
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return type(output)([_show_cache(output[0], cached), *output[1:]])
-    return output
-
-
-class _CheckpointedForward:
-    """A module's ``forward`` while it is checkpointed: its own forward under ``torch.utils.checkpoint``
-    (non-reentrant: autocast, keyword arguments and inputs that need no grad all work), with grad enabled only;
-    without grad nothing is saved, so nothing is recomputed."""
-
-    def __init__(self, module: nn.Module, selective: bool):
-        self.module = module
-        self.selective = selective
-        self.previous: Callable[..., Any] | None = module.__dict__.get("forward")  # an instance's own, kept
-
-    def _forward(self, *args: Any, **kwargs: Any) -> Any:
-        forward = self.previous or functools.partial(type(self.module).forward, self.module)
-        return forward(*args, **kwargs)
-
-    # torch.compile runs this eagerly (a graph break, as the segments before it did): compiled through, the backward
-    # replays recomputation as higher-order ops, which the activation meter's dispatch mode cannot take.
-    @torch.compiler.disable
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return self._forward(*args, **kwargs)
-        kept: list[torch.Tensor] = []
-        output = checkpoint(self._forward, *args, use_reentrant=False, context_fn=self._contexts(kept), **kwargs)
-        if kept:
-            output = _show_cache(output, kept)
-            kept.clear()  # held by selective checkpointing's own cache from here, and by _CacheVisible
-        return output
-
-    def _contexts(self, kept: list[torch.Tensor]) -> Callable[[], tuple[Any, Any]]:
-        """checkpoint's context_fn: batch norm's running statistics frozen around the recomputation, which runs under
-        the selective policy where it applies."""
-
-        def contexts() -> tuple[Any, Any]:
-            frozen = _RunningStatsFrozen([self.module])
-            if not self.selective:
-                return contextlib.nullcontext(), frozen
-            forward, recompute = create_selective_checkpoint_contexts(functools.partial(_keep_products, kept))
-            return forward, _InOrder(frozen, recompute)
-
-        return contexts
-
-
-def _wrapped(module: nn.Module) -> bool:
-    return isinstance(module.__dict__.get("forward"), _CheckpointedForward)
+def _segment_counts(setting: str | int, groups: list[list[str]], blocks: int) -> list[int] | None:
+    """How many segments each run of consecutive blocks is cut into: the setting's count (sqrt: round(√L), N, full:
+    L) shared out over the runs by their lengths, at least one each; None for selective (the probe decides)."""
+    if setting == "selective":
+        return None
+    total = wrap_count(setting, blocks)
+    return [max(1, min(len(g), round(total * len(g) / blocks))) for g in groups]
 
 
 def checkpointed(model: nn.Module) -> list[str]:
-    """The names of the model's modules that are checkpointed now ('' for the model itself)."""
-    return [name for name, module in model.named_modules() if _wrapped(module)]
+    """The names of the model's modules that are recomputed in backward now ('' for the model itself)."""
+    return [name for segment in checkpoint_segments(model) for name in segment]
+
+
+def checkpoint_segments(model: nn.Module) -> list[list[str]]:
+    """The model's checkpointed regions, in model order: the names of the modules each checkpoint recomputes."""
+    found = []
+    for name, _, wrapper in wrappers(model):
+        if isinstance(wrapper, CheckpointedForward):
+            found += [[name]] if wrapper.active else []
+        else:
+            found += [[f"{name}.{c}" if name else c for c in children] for children, on in wrapper.plan if on]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(found, key=lambda segment: order[segment[0]])
 
 
 def uncheckpoint_modules(model: nn.Module) -> None:
     """Undo ``checkpoint_modules``: every wrapped module gets back the forward it had."""
-    for module in model.modules():
-        wrapper = module.__dict__.get("forward")
-        if isinstance(wrapper, _CheckpointedForward):
-            del module.forward
-            if wrapper.previous is not None:
-                module.forward = wrapper.previous
+    for _, module, wrapper in list(wrappers(model)):
+        del module.forward
+        if isinstance(wrapper, CheckpointedForward) and wrapper.previous is not None:
+            module.forward = wrapper.previous
 
 
 def checkpoint_modules(model: nn.Module, setting: str | int = "sqrt", classes: Sequence[str] | None = None) -> list[str]:
-    """Checkpoint the modules ``setting`` picks (see the module's docstring), in place; returns their names."""
+    """Checkpoint what ``setting`` picks (see the module's docstring), in place; returns the names of the modules
+    recomputed (selective: before its probe, all it may recompute)."""
     uncheckpoint_modules(model)  # a second call replaces the first's choice
     if setting == "off":
         return []
     blocks = choose_blocks(model, classes)
-    picked = [blocks[i] for i in spread(wrap_count(setting, len(blocks)), len(blocks))]
-    for _, module in picked:
-        module.forward = _CheckpointedForward(module, selective=setting == "selective")
-    return [name for name, _ in picked]
+    containers = sequential_groups(model, blocks)
+    if containers is None:  # the order is unknown: each picked module is recomputed alone
+        for i in spread(wrap_count(setting, len(blocks)), len(blocks)):
+            module = blocks[i][1]
+            module.forward = CheckpointedForward(module, selective=setting == "selective")
+    else:
+        for name, groups in containers:
+            container = model.get_submodule(name)  # an nn.Sequential (sequential_groups checked)
+            counts = _segment_counts(setting, groups, len(blocks))
+            container.forward = SegmentedForward(cast(nn.Sequential, container), groups, counts, len(blocks))
+    return checkpointed(model)
 
 
 # --- the technique ------------------------------------------------------------------------------------------------
@@ -332,11 +250,13 @@ def _modules_option(value: str | None) -> str | None:
 @register
 class ActivationCheckpointing(Technique):
     name = "checkpointing"
-    summary = "activation checkpointing of the model's blocks (√L, N or all of them): less memory, one more forward"
+    summary = "activation checkpointing of the model's blocks (√L segments, N, all, selective): less memory, more compute"
     options = (
         Option("checkpointing", str | int, "off",
-               "activation checkpointing of the model's blocks: off, sqrt (√L of the L blocks, evenly spaced), N (N "
-               "of them), full (all), selective (all; matmul, conv and attention outputs kept)", check=_setting),
+               "activation checkpointing of the model's blocks: off, sqrt (√L segments of the L blocks where an "
+               "nn.Sequential holds them, else √L blocks evenly spaced), N (N segments or blocks), full (each block), "
+               "selective (each block, or measured segments, keeping the matmul, conv and attention outputs the plain "
+               "forward saves, every second matmul recomputed)", check=_setting),
         Option("checkpointing_modules", str | None, None,
                "activation checkpointing: the classes of the modules to wrap, comma-separated (default: the model's "
                "longest run of same-class blocks); ignored while checkpointing is off", check=_modules_option),
@@ -361,7 +281,7 @@ class ActivationCheckpointing(Technique):
             raise ValueError("ActivationCheckpointing('off') would do nothing: leave it out")
         self.setting = _setting(setting)
         self.classes = class_names(modules)
-        self.wrapped: list[str] = []  # the names of the modules wrapped (kept after the run, for the user to read)
+        self.wrapped: list[str] = []  # the names of the modules recomputed (kept after the run, for the user to read)
         self._models: list[nn.Module] = []  # the models wrapped, unwrapped at the end
 
     def describe(self) -> str:
@@ -380,11 +300,13 @@ class ActivationCheckpointing(Technique):
 
     def on_epoch_end(self, state: StepState, record: dict[str, Any]) -> None:
         self._wrap_if_rebuilt(state.model)  # complexity matching may have replaced the blocks
+        self.wrapped = checkpointed(state.model)  # selective's choice, made at the first training forward
         record["checkpointing"] = self.setting
         record["checkpointed_modules"] = list(self.wrapped)
+        record["checkpoint_segments"] = checkpoint_segments(state.model)  # what each checkpoint recomputes
 
     def _wrap_if_rebuilt(self, model: nn.Module) -> None:
-        if not checkpointed(model):
+        if next(wrappers(model), None) is None:
             self._wrap(model)
 
     def on_fit_end(self, state: StepState) -> None:

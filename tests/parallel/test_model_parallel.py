@@ -100,9 +100,9 @@ def test_activation_checkpointing_composes_with_stages_and_shards(tmp_path, sing
     ranks = run_workers(2, tmp_path, {**BASE, "parallel": parallel, "batch_size": batch, "checkpointing": "sqrt"})
     _assert_same_training(single, ranks[0], atol=1e-5)
     assert "ckpt-sqrt" in ranks[0]["record"]["run"]["techniques"]
-    # √4 of the model's 4 (sharded) blocks; a stage holds 2 of them, √2 ≈ 1
-    wrapped = {"fsdp": ["blocks.0", "blocks.2"], "pipeline": ["blocks.0"]}[parallel]
-    assert ranks[0]["record"]["epochs"][-1]["checkpointed_modules"] == wrapped
+    # The model's 4 (sharded) blocks in √4 = 2 segments; a stage holds 2 of them, in √2 ≈ 1 segment
+    segments = {"fsdp": [["blocks.0", "blocks.1"], ["blocks.2", "blocks.3"]], "pipeline": [["blocks.0", "blocks.1"]]}
+    assert ranks[0]["record"]["epochs"][-1]["checkpoint_segments"] == segments[parallel]
 
 
 @pytest.mark.timeout(90)

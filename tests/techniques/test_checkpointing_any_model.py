@@ -19,7 +19,13 @@ from leantrain.data import from_tensors
 from leantrain.errors import UsageError
 from leantrain.experiments.runner import load_experiment, run_experiment
 from leantrain.techniques import ActivationCheckpointing
-from leantrain.techniques.checkpointing import checkpoint_modules, checkpointed, choose_blocks, uncheckpoint_modules
+from leantrain.techniques.checkpointing import (
+    checkpoint_modules,
+    checkpoint_segments,
+    checkpointed,
+    choose_blocks,
+    uncheckpoint_modules,
+)
 from leantrain.train.metrics import SavedTensorMeter
 
 HERE = __name__  # the module name pytest imported this file under: models named module:Class on the command line
@@ -185,6 +191,14 @@ LAYOUTS = {  # name -> (model factory, inputs of n samples, the modules the auto
     "hf-encoder": (HfEncoderModel, _tokens, [f"encoder.layer.{i}" for i in range(4)]),
     "indexed-blocks": (IndexedBlocks, _tokens, [f"blocks.{i}" for i in range(6)]),
 }
+# What sqrt recomputes: where nn.Sequentials hold the blocks (their order known), round(√L) segments shared out over
+# the Sequentials, at least one each; in a ModuleList, round(√L) of the blocks alone, evenly spaced.
+SQRT = {
+    "timm-vit": [[f"blocks.{i}" for i in range(3)], [f"blocks.{i}" for i in range(3, 6)]],
+    "torchvision-resnet": [[f"layer{i}.0", f"layer{i}.1"] for i in range(1, 5)],
+    "hf-encoder": [["encoder.layer.0"], ["encoder.layer.2"]],
+    "indexed-blocks": [["blocks.0"], ["blocks.3"]],
+}
 
 
 def _pair(layout):
@@ -238,19 +252,35 @@ def test_fit_trains_the_same_losses_records_the_wrapped_modules_and_hands_the_mo
         assert checkpointed(model) == [] and type(model) is factory  # handed back as given
     epoch = records["ckpt"]["epochs"][0]
     assert epoch["checkpointing"] == "sqrt"
-    assert epoch["checkpointed_modules"] == [full[i * len(full) // round(len(full) ** 0.5)]
-                                             for i in range(round(len(full) ** 0.5))]
+    assert epoch["checkpoint_segments"] == SQRT[layout]
+    assert epoch["checkpointed_modules"] == [name for segment in SQRT[layout] for name in segment]
     assert epoch["train_loss"] == pytest.approx(records["plain"]["epochs"][0]["train_loss"], rel=1e-5)
     assert epoch["val_loss"] == pytest.approx(records["plain"]["epochs"][0]["val_loss"], rel=1e-5)
 
 
-def test_the_settings_wrap_sqrt_n_or_all_blocks_evenly_spaced():
-    model = ResNet()
-    assert checkpoint_modules(model, "sqrt") == ["layer1.0", "layer2.0", "layer3.1"]  # round(√8) = 3 of 8
-    assert checkpoint_modules(model, 2) == ["layer1.0", "layer3.0"]  # a second call replaces the first
-    assert checkpointed(model) == ["layer1.0", "layer3.0"]
+def test_the_settings_wrap_sqrt_n_or_all_blocks_evenly_spaced_where_the_order_is_unknown():
+    model = IndexedBlocks(depth=8)
+    assert checkpoint_modules(model, "sqrt") == ["blocks.0", "blocks.2", "blocks.5"]  # round(√8) = 3 of 8
+    assert checkpoint_modules(model, 2) == ["blocks.0", "blocks.4"]  # a second call replaces the first
+    assert checkpointed(model) == ["blocks.0", "blocks.4"] and checkpoint_segments(model) == [["blocks.0"], ["blocks.4"]]
     assert len(checkpoint_modules(model, 50)) == 8 and len(checkpoint_modules(model, "selective")) == 8
     assert checkpoint_modules(model, "off") == [] and checkpointed(model) == []
+
+
+def test_the_settings_cut_sequentials_into_segments_shared_out_over_them():
+    model, blocks = ResNet(), [f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)]
+    # torchvision's four Sequentials of 2 blocks: round(√8) = 3 segments asked, at least one per Sequential.
+    assert checkpoint_modules(model, "sqrt") == blocks
+    assert checkpoint_segments(model) == [[f"layer{i}.0", f"layer{i}.1"] for i in range(1, 5)]
+    checkpoint_modules(model, 8)
+    assert checkpoint_segments(model) == [[name] for name in blocks]
+    vit = VisionTransformer(depth=6)
+    checkpoint_modules(vit, 3)
+    assert checkpoint_segments(vit) == [[f"blocks.{i}", f"blocks.{i + 1}"] for i in (0, 2, 4)]
+    checkpoint_modules(vit, "full")
+    assert checkpoint_segments(vit) == [[f"blocks.{i}"] for i in range(6)]
+    uncheckpoint_modules(vit)
+    assert not any("forward" in vars(m) for m in vit.modules())
 
 
 def test_a_copy_of_a_checkpointed_model_recomputes_its_own_modules():

@@ -112,4 +112,5 @@ def test_train_cli_switches_techniques_on_by_flag(tmp_path):
 
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert record["run"]["techniques"] == ["accum-adaptive2-16", "ckpt-sqrt", "bf16", "clip1", "warmup0.05-cosine"]
-    assert record["epochs"][0]["checkpointed_modules"] == ["blocks.0", "blocks.2"]  # √4 = 2 of the 4 blocks
+    assert record["epochs"][0]["checkpointed_modules"] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    assert record["epochs"][0]["checkpoint_segments"] == [["blocks.0", "blocks.1"], ["blocks.2", "blocks.3"]]  # √4 = 2
