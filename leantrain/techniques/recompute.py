@@ -19,8 +19,10 @@ than no checkpointing. A region whose input and kept outputs would hold as much 
 plain (a Linear + ReLU block), and an ``nn.Sequential``'s blocks are grouped into segments of g blocks, g minimising
 (L/g)·input + g·recomputed as in Chen et al., from the probe's measured bytes.
 
-``torch.compile`` runs both wrappers eagerly (a graph break): the probe and the policy's bookkeeping are Python
-side effects.
+Under ``torch.compile`` dynamo traces through both wrappers: each region becomes a plain non-reentrant checkpoint,
+which the compiled backward recomputes (torch.compile's partitioner; the forward's buffer updates, batch norm's
+running statistics, are not replayed there). The probe and the policy's bookkeeping run eagerly only, so a region
+compiled before any eager training forward is recomputed whole.
 """
 from __future__ import annotations
 
@@ -291,8 +293,15 @@ class CheckpointedForward:
         found = self.probes.get(self.module.training)
         return found is None or found.worth_it
 
-    @torch.compiler.disable  # see the module's docstring
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # traced by dynamo: what it can trace (see the module's docstring)
+            if not (torch.is_grad_enabled() and self.active):
+                return self._forward(*args, **kwargs)
+            return checkpoint(self._forward, *args, use_reentrant=False, **kwargs)
+        return self._eager(*args, **kwargs)
+
+    @torch.compiler.disable  # never traced: the compiled path above is the traced one
+    def _eager(self, *args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return self._forward(*args, **kwargs)
         if self.selective and self.module.training not in self.probes:
@@ -353,8 +362,23 @@ class SegmentedForward:
     def _children(self, names: list[str]) -> list[nn.Module]:
         return [self.module.get_submodule(name) for name in names]
 
-    @torch.compiler.disable  # see the module's docstring
     def __call__(self, input: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return self._traced(input)
+        return self._eager(input)
+
+    def _traced(self, input: Any) -> Any:
+        """Under torch.compile: the planned segments, each a plain checkpoint (see the module's docstring)."""
+        for names, recomputed in self.plan:
+            children = self._children(names)
+            if recomputed and torch.is_grad_enabled():
+                input = checkpoint(_run_in_order, children, input, use_reentrant=False)
+            else:
+                input = _run_in_order(children, input)
+        return input
+
+    @torch.compiler.disable  # never traced: _traced is
+    def _eager(self, input: Any) -> Any:
         if not torch.is_grad_enabled():
             return nn.Sequential.forward(self.module, input)
         plan, probes = self.planned, cast(dict[str, Probe], {})

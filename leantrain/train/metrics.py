@@ -124,6 +124,10 @@ class SavedTensorMeter:
 
 
 class _RecomputeWatch(TorchDispatchMode):
+    # A compiled backward runs higher-order ops (run_with_rng_state, where a checkpointed region draws random numbers):
+    # without this, torch refuses them under any dispatch mode; they run as any op does here.
+    supports_higher_order_operators = True
+
     def __init__(self, meter: SavedTensorMeter):
         super().__init__()
         self._meter = meter
