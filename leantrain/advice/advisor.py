@@ -36,6 +36,7 @@ from leantrain.train.run import RunRequest
 BEHIND_MARGIN = 1.5  # a candidate past 1.5x the baseline's time to target without reaching it is stopped
 DEFAULT_TOLERANCE = 0.005  # the target: the baseline's final metric less this (experiments' baseline-final)
 MAX_COMBINED = 3  # winners combined greedily, at most
+SCREENING_SHARE = 0.25  # of the budget, at most, for the dry steps: the rest is for measuring
 MAX_REPEATS = 5  # seeds per recipe, at most: beyond, the budget buys little the spread does not already say
 
 
@@ -125,9 +126,16 @@ class Advisor:
         if self.request.only:
             found = [c for c in found if c.technique in self.request.only]
         self.say(f"screening {len(found)} candidates for one dry step each")
-        screened = [screen(c, base, self.request_for) for c in found]
-        for s in screened:
-            self.say(f"  {s.candidate.name}: " + (f"applies{_chose(s)}" if s.applies else f"not applicable ({s.reason})"))
+        screened = []
+        for c in found:  # the auto settings last: their probes take longest, and they only choose among the above
+            if self.budget.spent > SCREENING_SHARE * self.budget.seconds:
+                screened.append(Screened(c, None, f"not screened: screening may take {SCREENING_SHARE:.0%} of the "
+                                                  "budget, and had"))
+                continue
+            s = screen(c, base, self.request_for)
+            screened.append(s)
+            verdict = f"applies{_chose(s)}" if s.applies else f"not applicable ({s.reason})"
+            self.say(f"  {c.name}: {verdict} [{render_seconds(s.seconds)}]")
         return self._with_auto_choices(screened)
 
     def _with_auto_choices(self, screened: list[Screened]) -> list[Screened]:

@@ -48,6 +48,13 @@ class Measurement:
         return None if self.record is None else float(self.record["summary"]["train_time_s"])
 
 
+WALL_PER_TRAINING = 1.5  # mid-epoch, wall seconds since the fit started stand for this much more than training time
+
+
+class RunStopped(Exception):
+    """Raised by the guard inside an epoch to end a run that is clearly behind or out of budget."""
+
+
 class StopWhenHopeless(Callback):
     """Stops a run at an epoch's end when it is clearly behind, when its remaining epochs would overrun the budget, or
     (``race``) as soon as it reaches the target: its time to target is then known, and the rest would only measure
@@ -60,7 +67,7 @@ class StopWhenHopeless(Callback):
         self.why: str | None = None
         self.out_of_budget = False  # stopped for the budget's sake, not the run's: not a finding about the recipe
         self.raced = False
-        self.started = budget.now()
+        self.started = self.fit_started = budget.now()
 
     def on_epoch_end(self, state: Any, record: dict[str, Any]) -> None:
         records = [*state.records, record]  # the loop appends this epoch's record after this event
@@ -78,6 +85,20 @@ class StopWhenHopeless(Callback):
             self.out_of_budget = True
         if self.why:
             state.stop_training = True
+
+    def on_fit_start(self, state: Any) -> None:
+        self.fit_started = self.budget.now()
+
+    def after_optimizer_step(self, state: Any) -> None:
+        """Within an epoch too: one slow epoch (bf16 emulated on an AVX2 CPU) must not overrun the budget. Training
+        time is not known before the epoch's end, so the wall time since the fit started stands for it, with room for
+        the validations in it."""
+        if self.budget.left < 0:
+            self.out_of_budget = True
+            raise RunStopped(f"the budget ran out in epoch {state.epoch + 1} of {state.total_epochs}")
+        if self.behind_s is not None and self.budget.now() - self.fit_started > WALL_PER_TRAINING * self.behind_s:
+            raise RunStopped(f"behind: still in epoch {state.epoch + 1} after {WALL_PER_TRAINING:g}x the time the "
+                             "baseline needed to reach the target")
 
     def _rest(self, records: list[dict[str, Any]], left: int, trained: float) -> float:
         """The wall time the rest of the run is expected to take: its epochs so far (compilation, a one-off, left out),
@@ -101,6 +122,8 @@ def measure(recipe: str, config: RunConfig, request_for: RequestFor, guard: Stop
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             record = _launched(config, runs_dir) if config.procs is not None else _here(config, request_for, guard)
+    except RunStopped as halted:
+        return Measurement(recipe, config.seed, None, time.perf_counter() - start, stopped=str(halted))
     except Exception as error:  # noqa: BLE001  (a crash or divergence is a finding, reported, never recommended)
         return Measurement(recipe, config.seed, None, time.perf_counter() - start, failure=one_line(error))
     wall = time.perf_counter() - start

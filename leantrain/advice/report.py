@@ -95,7 +95,7 @@ def _method(findings: Findings) -> str:
 def _screening(findings: Findings) -> list[str]:
     lines = ["## Screening (one dry step each)", ""]
     for s in findings.screened:
-        verdict = "tried" if s.applies else f"not tried: {s.reason}"
+        verdict = (f"tried ({render_seconds(s.seconds)})" if s.applies else f"not tried: {s.reason}")
         chose = f" (chose {', '.join(f'{k} {v}' for k, v in s.chose.items())})" if s.chose else ""
         lines.append(f"- **{s.candidate.name}** — {s.candidate.what}{chose}: {verdict}")
     return lines
@@ -121,7 +121,7 @@ def as_json(findings: Findings, baseline: dict[str, Any]) -> dict[str, Any]:
                   "activation_bytes": r.activation_mem, "repeats": r.repeats, "noisy": r.noisy, "problem": r.problem}
                  for r in advice.rows],
         "screening": [{"candidate": s.candidate.name, "changes": s.candidate.changes, "applies": s.applies,
-                       "reason": s.reason, "chose": s.chose} for s in findings.screened],
+                       "reason": s.reason, "chose": s.chose, "seconds": s.seconds} for s in findings.screened],
         "not_fitted": findings.not_fitted,
         "budget_s": findings.budget_s, "spent_s": findings.spent_s,
     }

@@ -18,6 +18,8 @@ from leantrain.config import RunConfig
 from leantrain.errors import UsageError
 from leantrain.train.run import Run, RunRequest
 
+# Settings that change what a step holds in memory: a candidate changing one has its memory estimated when screened.
+MEMORY_KEYS = frozenset({"batch_size", "precision", "checkpointing", "accumulation", "parallel", "procs", "complexity"})
 # The auto settings screened beside the candidates: their probes choose on this machine, for this model.
 AUTO_SETTINGS = {"precision": "auto", "optimizer": "auto-adam", "threads": "auto", "batch_size": "auto"}
 
@@ -55,7 +57,7 @@ def screen(candidate: Candidate, baseline: dict[str, Any], request_for: RequestF
         config = RunConfig.from_dict(candidate.apply(baseline), where=candidate.name).validated(candidate.name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a fallback's warning is the run's to give, when it is measured
-            tuned = Run(request_for(_screened_alone(config))).dry_run()
+            tuned = Run(request_for(_dry(config, candidate))).dry_run()
     except Exception as error:  # noqa: BLE001  (any failure: the candidate does not apply, and why)
         reason = one_line(error).removeprefix(f"{candidate.name}: ")  # said beside the candidate's name already
         return Screened(candidate, None, reason, time.perf_counter() - start)
@@ -73,9 +75,12 @@ def concrete(screened: Screened) -> dict[str, Any]:
     return changes
 
 
-def _screened_alone(config: RunConfig) -> RunConfig:
-    """Launched candidates (several processes) take their dry step as one worker would, in this process; the launch
-    itself is tried when the candidate is measured."""
+def _dry(config: RunConfig, candidate: Candidate) -> RunConfig:
+    """The configuration the dry step runs: launched candidates (several processes) as one worker would, in this
+    process (the launch itself is tried when measured); the memory estimate (two more dry steps) only where the
+    candidate changes what memory holds: the baseline's covers the rest."""
+    if not MEMORY_KEYS & set(candidate.changes) and candidate.technique != "baseline":
+        config = config.replace(memory_check=False)
     if config.procs is None:
         return config
     return config.replace(parallel="none", procs=None)

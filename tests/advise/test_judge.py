@@ -129,3 +129,25 @@ def test_candidates_follow_the_baseline_and_the_machine() -> None:
     assert found["batch 256"].changes["lr"] == pytest.approx(0.4)  # sgd: linear
     assert "tensor batches" not in found and "fused Adam" not in found
     assert found["2 processes"].not_applicable == "1 core(s): nothing to split over"
+
+
+def test_the_guard_stops_inside_an_epoch() -> None:
+    from types import SimpleNamespace
+
+    from leantrain.advice.measure import RunStopped, StopWhenHopeless
+
+    now = [0.0]
+    state = SimpleNamespace(epoch=0, total_epochs=5)
+    guard = StopWhenHopeless(Budget(100, lambda: now[0]), behind_s=10.0, target=0.8, metric="val_acc", higher=True)
+    guard.on_fit_start(state)
+    now[0] = 14.0
+    guard.after_optimizer_step(state)  # 14 s of wall: within 1.5x of the 10 s the baseline needed
+    now[0] = 16.0
+    with pytest.raises(RunStopped, match="behind: still in epoch 1"):
+        guard.after_optimizer_step(state)
+    late = StopWhenHopeless(Budget(100, lambda: now[0]), behind_s=None, target=0.8, metric="val_acc", higher=True)
+    late.on_fit_start(state)
+    now[0] = 117.0
+    with pytest.raises(RunStopped, match="the budget ran out in epoch 1 of 5"):
+        late.after_optimizer_step(state)
+    assert late.out_of_budget and not guard.out_of_budget
