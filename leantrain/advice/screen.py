@@ -21,7 +21,8 @@ from leantrain.train.run import Run, RunRequest
 # Settings that change what a step holds in memory: a candidate changing one has its memory estimated when screened.
 MEMORY_KEYS = frozenset({"batch_size", "precision", "checkpointing", "accumulation", "parallel", "procs", "complexity"})
 # The auto settings screened beside the candidates: their probes choose on this machine, for this model.
-AUTO_SETTINGS = {"precision": "auto", "optimizer": "auto-adam", "threads": "auto", "batch_size": "auto"}
+# Most informative first: batch_size auto finds a batch no candidate tries; the others choose among candidates.
+AUTO_SETTINGS = {"batch_size": "auto", "optimizer": "auto-adam", "threads": "auto", "precision": "auto"}
 
 
 @dataclass(frozen=True)
