@@ -1,7 +1,10 @@
 """Threads or processes? 1 process x 1 thread, 1 process x 2 threads and 2 DDP processes x 1 thread, side by side,
 and what ``--procs auto`` picks; with ``--ddp-knobs``, DDP's bucket size, static graph, gradient-as-bucket-view and
 fp16 all-reduce, and ``--parallel mpi`` with and without ``--shard-optimizer``, on the compute-bound case instead,
-beside their ceiling: two independent one-thread runs at once, no communication.
+beside their ceiling (two independent one-thread runs at once, no communication) and the reference
+``--parallel ddp`` must match: a hand-written DDP loop (plain ``DistributedDataParallel`` with its defaults, gloo, a
+FileStore rendezvous, the same data, model, initial weights, 512 per rank, Adam and lr, no leantrain code in the
+step; ``hand_written_ddp``). The knob rows run interleaved, each beside the CPU other processes used meanwhile.
 
 Each case trains the same model in every layout, interleaved and repeated; multi-process layouts are
 launched exactly as a user launches them (``leantrain train --parallel ddp --procs 2``). Throughput is
@@ -19,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
 from leantrain.machine import cpu_name
 from leantrain.parallel.dist import Dist
-from leantrain.train.metrics import NOISY_FOREIGN_CORES
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.run import execute
 
 CASES: dict[str, dict[str, Any]] = {
@@ -61,6 +66,8 @@ DDP_KNOBS: dict[str, dict[str, Any]] = {
     "--parallel mpi --shard-optimizer (ZeRO stage 1)": {"parallel": "mpi", "shard_optimizer": True},
 }
 KNOBS_CASE = "MLP 512-2048-2048-20, batch 512"
+CEILING = "ceiling: 2 independent runs x 1 thread, no DDP"
+HAND_WRITTEN = "hand-written DDP loop (plain DistributedDataParallel, gloo, FileStore)"
 
 
 def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, env: dict) -> dict:
@@ -95,6 +102,76 @@ def run_two_alone(case: dict, epochs: int, env: dict) -> float:
     return sum(r["summary"]["median_samples_per_s"] for r in records)
 
 
+def hand_written_ddp(case: dict, epochs: int, env: dict) -> float:
+    """The reference a user would write: 2 processes x 1 thread, plain ``DistributedDataParallel`` (its defaults),
+    gloo over a FileStore, the same data, model, initial weights, per-rank batch (slices of a shuffled order, as
+    leantrain's tensor batches), Adam and lr; no leantrain code in the step. Samples/s as leantrain's record
+    measures them: the epoch's global samples over the slowest rank's time, the first step of the first epoch
+    left out, median over epochs."""
+    with tempfile.TemporaryDirectory() as folder:
+        logs = [Path(folder) / f"rank{rank}.log" for rank in range(2)]
+        ranks = [subprocess.Popen([sys.executable, __file__, "--hand-written-rank", str(rank), folder, json.dumps(case),
+                                   str(epochs)], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+                 for rank, log in zip(range(2), logs)]
+        while any(rank.poll() is None for rank in ranks):
+            failed = [(r, log) for r, log in zip(ranks, logs) if r.poll() not in (None, 0)]
+            if failed:  # the other rank would wait for it until the process group's timeout
+                for rank in ranks:
+                    rank.kill()
+                sys.exit(f"the hand-written DDP loop failed (exit {failed[0][0].returncode}):\n"
+                         f"{failed[0][1].read_text()[-3000:]}")
+            time.sleep(0.2)
+        if any(rank.returncode for rank in ranks):
+            sys.exit(f"the hand-written DDP loop failed:\n{logs[0].read_text()[-1500:]}\n{logs[1].read_text()[-1500:]}")
+        return float(json.loads((Path(folder) / "rate.json").read_text())["samples_per_s"])
+
+
+def hand_written_rank(rank: int, folder: str, case: dict, epochs: int, world: int = 2) -> None:
+    """One rank of ``hand_written_ddp``."""
+    import datetime
+
+    import torch.distributed as torch_dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from leantrain.data import load
+    from leantrain.models import build
+
+    torch.set_num_threads(1)
+    store = torch_dist.FileStore(f"{folder}/store", world)
+    torch_dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                  timeout=datetime.timedelta(seconds=300))
+    try:
+        data = load(case["data"], seed=0)
+        torch.manual_seed(0)
+        model = DistributedDataParallel(build(case["model"], data))
+        optimizer = torch.optim.Adam(model.parameters(), lr=case["lr"])
+        loss_fn, batch = torch.nn.CrossEntropyLoss(), case["batch_size"]
+        share = len(data.x_train) // world
+        rates = []
+        for epoch in range(epochs):
+            order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(epoch))
+            mine = order[rank::world][:share]
+            torch_dist.barrier()
+            start, timed = time.perf_counter(), 0
+            for step, first in enumerate(range(0, share, batch)):
+                index = mine[first:first + batch]
+                x, y = data.x_train.index_select(0, index), data.y_train.index_select(0, index)
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if epoch == 0 and step == 0:  # warm-up, as leantrain's first step of a process
+                    start = time.perf_counter()
+                else:
+                    timed += len(index)
+            slowest = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+            torch_dist.all_reduce(slowest, op=torch_dist.ReduceOp.MAX)
+            rates.append(timed * world / float(slowest))
+        if rank == 0:
+            (Path(folder) / "rate.json").write_text(json.dumps({"samples_per_s": statistics.median(rates)}))
+    finally:
+        torch_dist.destroy_process_group()
+
+
 def dist_cost_us() -> float:
     """Microseconds the single-process Dist adds per epoch: the loop's four reductions and one gather."""
     dist, n = Dist(), 20_000
@@ -116,7 +193,12 @@ def main() -> None:
     parser.add_argument("--ddp-knobs", action="store_true", help="measure DDP's knobs and MPI on the compute-bound case")
     parser.add_argument("--knobs", nargs="*", default=list(DDP_KNOBS), metavar="NAME",
                         help="with --ddp-knobs: which rows (default: all; a row is chosen by a word of its name)")
+    parser.add_argument("--hand-written-rank", nargs=4, help=argparse.SUPPRESS)  # RANK FOLDER CASE EPOCHS
     args = parser.parse_args()
+    if args.hand_written_rank:
+        rank, folder, case, epochs = args.hand_written_rank
+        hand_written_rank(int(rank), folder, json.loads(case), int(epochs))
+        return
     env = {**os.environ, "LEANTRAIN_CACHE_DIR": tempfile.mkdtemp(prefix="leantrain-bench-")}
     if args.ddp_knobs:
         chosen = [name for name in DDP_KNOBS if any(word in name for word in args.knobs)]
@@ -154,33 +236,40 @@ def main() -> None:
 
 
 def ddp_knobs(names: list[str], repeats: int, epochs: int, env: dict) -> None:
+    """Each row interleaved with the others, ``repeats`` times; beside its samples/s, the CPU other processes used
+    meanwhile (the parent's meter: its waited-for children count as its own)."""
     case = CASES[KNOBS_CASE]
-    one: list[float] = []
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    alone: list[float] = []
-    noisy = 0
+    arms: dict[str, Callable[[], float]] = {
+        "one": lambda: run_layout(case, 1, 1, epochs, env)["summary"]["median_samples_per_s"],
+        CEILING: lambda: run_two_alone(case, epochs, env),
+        HAND_WRITTEN: lambda: hand_written_ddp(case, epochs, env),
+        **{name: _knob_arm(case, DDP_KNOBS[name], epochs, env) for name in names},
+    }
+    rates: dict[str, list[float]] = {arm: [] for arm in arms}
+    foreign: dict[str, list[float]] = {arm: [] for arm in arms}
     load_before = os.getloadavg()[0]
     for repeat in range(repeats):
-        record = run_layout(case, 1, 1, epochs, env)
-        one.append(record["summary"]["median_samples_per_s"])
-        alone.append(run_two_alone(case, epochs, env))
-        for name in names:
-            record = run_layout({**case, **DDP_KNOBS[name]}, 2, 1, epochs, env)
-            rates[name].append(record["summary"]["median_samples_per_s"])
-            noisy += any((e.get("foreign_cpu_cores") or 0) > NOISY_FOREIGN_CORES for e in record["epochs"])
+        for arm, run in arms.items():
+            meter = ForeignCpuMeter()
+            rates[arm].append(run())
+            foreign[arm].append(meter.cores() or 0.0)
         print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
+    one = rates.pop("one")
+    noisy = sum(f > NOISY_FOREIGN_CORES for values in foreign.values() for f in values)
     print(f"\nmachine: {cpu_name()} | capability {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
           f"{KNOBS_CASE} | repeats {repeats} | epochs {epochs} | load average before {load_before:.2f}, after "
-          f"{os.getloadavg()[0]:.2f} | noisy runs {noisy}/{repeats * len(names)} | 1 proc x 1 thread: "
+          f"{os.getloadavg()[0]:.2f} | noisy runs {noisy}/{repeats * len(arms)} | 1 proc x 1 thread: "
           f"{median_spread(one, '{:,.0f}')} samples/s")
-    print("| data-parallel settings (2 procs x 1 thread) | samples/s | scaling efficiency |\n|---|---|---|")
-    ceiling = [a / (2 * o) for a, o in zip(alone, one)]
-    print(f"| ceiling: 2 independent runs x 1 thread, no DDP | {median_spread(alone, '{:,.0f}')} | "
-          f"{median_spread(ceiling, '{:.2f}')} |")
-    for name in names:
-        efficiency = [r / (2 * o) for r, o in zip(rates[name], one)]
-        print(f"| {name} | {median_spread(rates[name], '{:,.0f}')} | {median_spread(efficiency, '{:.2f}')} |")
+    print("| data-parallel settings (2 procs x 1 thread) | samples/s | scaling efficiency | other processes (cores) |"
+          "\n|---|---|---|---|")
+    for arm, values in rates.items():
+        efficiency = [r / (2 * o) for r, o in zip(values, one)]
+        print(f"| {arm} | {median_spread(values, '{:,.0f}')} | {median_spread(efficiency, '{:.2f}')} | "
+              f"{median_spread(foreign[arm], '{:.2f}')} |")
 
+
+def _knob_arm(case: dict, knobs: dict, epochs: int, env: dict) -> Callable[[], float]:
+    return lambda: run_layout({**case, **knobs}, 2, 1, epochs, env)["summary"]["median_samples_per_s"]
 
 if __name__ == "__main__":
     main()
