@@ -97,7 +97,8 @@ class RunConfig:
                             PIPELINE_SCHEDULES)
     procs: str | int | None = _opt(None, "launch this many local worker processes (torch.distributed.run, or mpirun "
                                          "for mpi); auto (ddp): time 1 process x all cores against 1 process per "
-                                         "core, same global batch, and take the faster; none: as launched, or one")
+                                         "core (under ddp, and mpi where installed), same global batch, and take the "
+                                         "fastest; none: as launched, or one")
     members: str | None = _opt(None, "ensemble: one model per worker, NAME[:key=value,...],NAME...; "
                                      "none: --model on every worker, each from its own seed")
     backend: str = _opt("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl", BACKENDS)

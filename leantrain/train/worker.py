@@ -41,7 +41,7 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
                                     name=config.run_name)
             execute(single, out_dir=out_dir, resume=resume, quiet=quiet, extra_run_fields=extra_run_fields, force=force)
             return 0
-        config = config.replace(procs=chosen.procs, threads=chosen.threads)
+        config = config.replace(procs=chosen.procs, threads=chosen.threads, parallel=chosen.parallel)
     procs = int(config.procs or 1)
     prepare_output_dir(out_dir)
     interrupts.watch_checkpoint(out_dir, config.run_name)

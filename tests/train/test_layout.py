@@ -12,14 +12,16 @@ def timings(monkeypatch, tmp_path):
     monkeypatch.setattr(layout.ForeignCpuMeter, "cores", lambda self: 0.0)  # a quiet machine, whatever runs beside
     calls = []
 
-    def install(single, multi):
+    def install(single, multi, mpi=None):
+        monkeypatch.setattr(layout, "mpi_usable", lambda config: mpi is not None)
+
         def fake_single(config, dist):
             calls.append(("single", config.batch_size, config.threads))
             return single
 
         def fake_multi(config, procs):
-            calls.append(("multi", config.batch_size, procs))
-            return multi
+            calls.append(("multi" if config.parallel == "ddp" else config.parallel, config.batch_size, procs))
+            return multi if config.parallel == "ddp" else mpi
 
         monkeypatch.setattr(layout, "time_steps", fake_single)
         monkeypatch.setattr(layout, "_time_launched", fake_multi)
@@ -62,6 +64,36 @@ def test_the_choice_is_cached_per_model_and_batch(timings):
     assert again.cached and len(calls) == 2 and "cached" in said[-1]
     layout.choose(CONFIG.replace(batch_size=16), cores=2, say=said.append)
     assert len(calls) == 4  # another batch: measured anew
+
+
+def test_mpi_is_timed_where_it_can_run_and_taken_when_fastest(timings):
+    calls = timings(single=1000.0, multi=1200.0, mpi=1300.0)
+    chosen = layout.choose(CONFIG, cores=2, say=lambda text: None)
+    assert (chosen.procs, chosen.threads, chosen.batch_size, chosen.parallel) == (2, 1, 32, "mpi")
+    assert calls == [("single", 64, 2), ("multi", 32, 2), ("mpi", 32, 2)]
+    assert chosen.samples_per_s == {"1 x 2 threads": 1000.0, "2 x 1 thread": 1200.0, "2 x 1 thread, mpi": 1300.0}
+
+
+def test_ddp_is_kept_when_mpi_is_not_faster_and_threads_when_neither_is(timings):
+    timings(single=1000.0, multi=1300.0, mpi=1300.0)
+    assert layout.choose(CONFIG, cores=2, say=lambda text: None).parallel == "ddp"  # a tie: DDP needs no MPI
+    timings(single=1500.0, multi=1300.0, mpi=1400.0)
+    chosen = layout.choose(CONFIG.replace(batch_size=16), cores=2, say=lambda text: None)
+    assert (chosen.procs, chosen.threads) == (1, 2)
+
+
+def test_mpi_is_timed_only_where_installed_and_no_ddp_knob_is_set(monkeypatch):
+    from leantrain.parallel import mpirun
+
+    monkeypatch.setattr(mpirun, "mpirun_path", lambda: "/usr/bin/mpirun")
+    assert not layout.mpi_usable(CONFIG.replace(ddp_bucket_mb=5))
+    assert not layout.mpi_usable(CONFIG.replace(ddp_static_graph=True))
+
+    def missing() -> str:
+        raise UsageError("mpirun is not installed")
+
+    monkeypatch.setattr(mpirun, "mpirun_path", missing)
+    assert not layout.mpi_usable(CONFIG)
 
 
 def test_procs_auto_needs_ddp():
