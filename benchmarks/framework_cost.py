@@ -1,17 +1,23 @@
-"""Where leantrain's loop spends its time beyond a plain PyTorch loop, per step (issue 15).
+"""Where leantrain's loop spends its time beyond a plain PyTorch loop, per step (issues 15 and 28).
 
-The seed's recipe (MLP, DataLoader batch 64, Adam 1e-3, fp32) trained by a hand-written loop and by leantrain,
-and leantrain again with one piece switched off by patching: the non-finite guard, the training-accuracy count.
-Interleaved, repeated; per-step time = median over epochs after the first, then median over repeats.
+The seed's model (MLP, Adam 1e-3, fp32) trained by a hand-written loop and by leantrain (``execute``, what lt.fit
+runs), and leantrain again with one piece switched off by patching: the non-finite guard, the training-accuracy
+count. Batches are sliced from tensors (``--loader tensor``, the default: a shuffled order per epoch, each batch
+gathered by index, on both sides) or drawn from a DataLoader (``--loader dataloader``, the seed's recipe), at each
+``--batch``. Interleaved (the arms' order rotates per repeat), repeated; per-step time = the median over epochs
+after the first of an epoch's training time over its steps, then median [min-max] over repeats. Every arm records
+the CPU other processes used meanwhile (a median above 0.15 cores marks the row noisy: re-run it).
 
-    python benchmarks/framework_cost.py [--threads 1] [--repeats 3] [--data imagenet-sim:n=20000]
+    python benchmarks/framework_cost.py [--batch 64 512] [--loader tensor|dataloader] [--threads 1] [--repeats 5]
+                                        [--epochs 4] [--data imagenet-sim:n=20000]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import torch
@@ -20,76 +26,121 @@ from torch import nn
 from leantrain import tasks
 from leantrain.config import RunConfig
 from leantrain.data import load
+from leantrain.data.dataset import Dataset
 from leantrain.machine import cpu_name
 from leantrain.models import build
 from leantrain.train.guards import Guards
+from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.run import execute
 
 COUNT = tasks.Classification.correct
 
 
-def plain(data_spec: str, epochs: int = 3) -> float:
-    data = load(data_spec)
+def _batches(data: Dataset, batch: int, loader: str, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """What a user writes: a DataLoader, or a shuffled order per epoch and ``x[index]`` per batch."""
+    if loader == "dataloader":
+        generator = torch.Generator().manual_seed(epoch)
+        dataset = torch.utils.data.TensorDataset(data.x_train, data.y_train)
+        yield from torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, generator=generator)
+        return
+    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(epoch))
+    for start in range(0, len(order), batch):
+        index = order[start:start + batch]
+        yield data.x_train.index_select(0, index), data.y_train.index_select(0, index)
+
+
+def plain(data: Dataset, batch: int, loader: str, epochs: int) -> float:
     torch.manual_seed(0)
     model = build("mlp", data)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x_train, data.y_train), batch_size=64,
-                                         shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
     per_step = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         start, steps = time.perf_counter(), 0
-        for x, y in loader:
-            optimizer.zero_grad()
+        for x, y in _batches(data, batch, loader, epoch):
             loss_fn(model(x), y).backward()
             optimizer.step()
+            optimizer.zero_grad()
             steps += 1
         per_step.append((time.perf_counter() - start) / steps)
     return statistics.median(per_step[1:])
 
 
-def leantrain(data_spec: str, patches: tuple[tuple[object, str, object], ...] = (), epochs: int = 3) -> float:
-    config = RunConfig(model="mlp", data=data_spec, epochs=epochs, batch_size=64, lr=1e-3, loader="dataloader",
+def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tuple[tuple[object, str, object], ...] = (),
+              spec: str = "") -> float:
+    config = RunConfig(model="mlp", data=spec, epochs=epochs, batch_size=batch, lr=1e-3, loader=loader,
                        device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
     started = [mock.patch.object(*p) for p in patches]
     for p in started:
         p.start()
     try:
-        record = execute(config, quiet=True)
+        record = execute(config, dataset=data, quiet=True)
     finally:
         for p in started:
             p.stop()
     return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", default="imagenet-sim:n=20000")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
     no_guard = (Guards, "before_optimizer_step", lambda self, state, loss: False)
     # The training steps' outputs require grad; validation's do not: only training's count is switched off.
     no_count = (tasks.Classification, "correct", lambda self, o, t: None if o.requires_grad else COUNT(self, o, t))
-    variants: dict[str, Callable[[], float]] = {
-        "plain loop": lambda: plain(args.data),
-        "leantrain": lambda: leantrain(args.data),
-        "leantrain, no non-finite guard": lambda: leantrain(args.data, (no_guard,)),
-        "leantrain, no training-accuracy count": lambda: leantrain(args.data, (no_count,)),
+    return {
+        "plain loop": lambda: plain(data, batch, loader, epochs),
+        "leantrain": lambda: leantrain(data, batch, loader, epochs, (), spec),
+        "leantrain, no non-finite guard": lambda: leantrain(data, batch, loader, epochs, (no_guard,), spec),
+        "leantrain, no training-accuracy count": lambda: leantrain(data, batch, loader, epochs, (no_count,), spec),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            times[name].append(run())
+
+
+def measure(arms: dict[str, Callable[[], float]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each arm ``repeats`` times, interleaved, the order rotated per repeat; per-step seconds and foreign cores."""
+    for run in arms.values():  # untimed: imports, first-call kernel selection
+        run()
+    names = list(arms)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    foreign: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            meter = ForeignCpuMeter()
+            times[name].append(arms[name]())
+            foreign[name].append(meter.cores() or 0.0)
+    return times, foreign
+
+
+def table(times: dict[str, list[float]], foreign: dict[str, list[float]]) -> str:
     base = statistics.median(times["plain loop"])
-    print(f"# {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, {args.threads} "
-          f"thread(s), {args.data}, batch 64, {args.repeats} repeats")
-    print("| variant | µs/step [min–max] | × plain | extra µs/step |\n|---|---|---|---|")
+    lines = ["| variant | µs/step [min–max] | × plain loop speed [min–max] | extra µs/step | other processes (cores) |",
+             "|---|---|---|---|---|"]
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {1e6 * median:,.1f} [{1e6 * min(values):,.1f}–{1e6 * max(values):,.1f}] | "
-              f"{median / base:.3f} | {1e6 * (median - base):+.1f} |")
+        speed = [p / v for p, v in zip(times["plain loop"], values)]  # per repeat: the plain loop of that repeat
+        noisy = " (noisy)" if statistics.median(foreign[name]) > NOISY_FOREIGN_CORES else ""
+        lines.append(f"| {name} | {1e6 * median:,.1f} [{1e6 * min(values):,.1f}–{1e6 * max(values):,.1f}] | "
+                     f"{statistics.median(speed):.3f}× [{min(speed):.3f}–{max(speed):.3f}] | "
+                     f"{1e6 * (median - base):+.1f} | {statistics.median(foreign[name]):.2f} "
+                     f"[{min(foreign[name]):.2f}–{max(foreign[name]):.2f}]{noisy} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--loader", choices=("tensor", "dataloader"), default="tensor")
+    parser.add_argument("--data", default="imagenet-sim:n=20000")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load(args.data)
+    for batch in args.batch:
+        load_before = os.getloadavg()[0]
+        times, foreign = measure(variants(data, args.data, batch, args.loader, args.epochs), args.repeats)
+        print(f"\n# {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+              f"{args.threads} thread(s), {args.data}, {args.loader} batches of {batch}, {args.epochs} epochs, "
+              f"{args.repeats} repeats, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+        print(table(times, foreign))
 
 
 if __name__ == "__main__":
