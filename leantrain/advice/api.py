@@ -2,6 +2,7 @@
 moved into place whole, so a failure leaves nothing half-written."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -52,8 +53,7 @@ def advise(model: str | Callable[[], nn.Module], data: str | Dataset, *, budget:
     settings = _baseline(model, data, baseline or {})
     folder = Path(out)
     _check_out(folder, force)
-    stage = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
+    stage = folder.with_name(f"{folder.name}.partial-{os.getpid()}")  # this process's own: two advices never mix
     (stage / "runs").mkdir(parents=True)
     say = (lambda line: None) if quiet else (lambda line: print(f"leantrain advise: {line}", file=sys.stderr, flush=True))
     request = AdviseRequest(settings, Budget(seconds, clock) if clock else Budget(seconds), stage / "runs",
