@@ -338,7 +338,7 @@ def preflight(experiment: Experiment) -> None:
                     check_memory(model, keyed, config, device, processes)
             except UsageError as e:
                 raise UsageError(f"{where}: {e}") from None
-            del model
+            del model, keyed  # the keyed view holds the data set too
         del dataset  # before the next data set is loaded
 
 
