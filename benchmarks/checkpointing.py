@@ -74,7 +74,7 @@ def summarize(rounds: list[dict[str, dict]]) -> list[list[str]]:
         ratios = [r[setting]["step_s"] / r["off"]["step_s"] for r in clean]
         foreign = [r[setting]["foreign"] for r in rounds]
         rows.append([
-            setting, f"{act / 2**20:.2f} ({act / base_act:.2f}x)", f"{act:,}",
+            setting, f"{act / 2**20:.2f} ({act / base_act:.2f}x)", f"{round(act):,}",
             _spread([r[setting]["step_s"] * 1e3 for r in clean], lambda v: f"{v:.1f}"),
             _spread(ratios, lambda v: f"{v:.2f}"),
             f"{statistics.median(foreign):.2f} / {max(foreign):.2f}",

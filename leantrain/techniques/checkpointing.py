@@ -150,7 +150,7 @@ def sequential_groups(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> 
     chosen: dict[str, set[str]] = {}
     for name, _ in blocks:
         parent, _, child = name.rpartition(".")
-        if not _stock_sequential(model.get_submodule(parent)):
+        if not name or not _stock_sequential(model.get_submodule(parent)):  # '': the model itself, named by its class
             return None
         chosen.setdefault(parent, set()).add(child)
     found = []

@@ -256,3 +256,18 @@ def test_selective_keeps_the_products_the_plain_forward_saves_every_second_matmu
     # Linear (saved by GELU, but the second product the plain forward saves: recomputed), its second (not saved).
     assert [p.keep for p in probes.values()] == [[True, True, False, False, False]] * 4
     assert checkpoint_segments(model) == [[f"blocks.{i}"] for i in range(4)]  # a block's activations >> its input
+
+
+def test_a_model_that_is_a_sequential_runs_its_own_blocks_in_segments_or_is_checkpointed_whole():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+    x = torch.randn(4, 8)
+    expected = model(x)
+    assert checkpoint_modules(model, "sqrt") == ["0", "1", "2", "3"]
+    assert checkpoint_segments(model) == [["0", "1"], ["2", "3"]]
+    torch.testing.assert_close(model(x), expected)
+    # Named by its own class, the model itself is the one module recomputed (no parent runs it in segments).
+    assert checkpoint_modules(model, "full", ["Sequential"]) == [""]
+    model(x).sum().backward()
+    uncheckpoint_modules(model)
+    assert "forward" not in vars(model)
