@@ -127,7 +127,7 @@ GENERATORS: dict[str, Callable[[dict[str, Any], Machine], list[Candidate]]] = {
     "compile": _switch("compile", "compile", "compile", True, "torch.compile the forward (graphs checked by dynamo's "
                        "counters: a compile that traced nothing is reported, not counted)"),
     "checkpointing": _switch("checkpointing √L", "checkpointing", "checkpointing", "sqrt", "activation checkpointing "
-                             "of √L of the repeated blocks: less activation memory for some recomputation"),
+                             "of the repeated blocks in √L segments: less activation memory for some recomputation"),
     "accumulation": _switch("adaptive batching", "accumulation", "accumulation", "adaptive", "micro-batches "
                             "accumulated as the gradient noise grows (adaptive batching), lr scaled with them"),
     "complexity": _switch("complexity matching", "complexity", "complexity", "match", "start narrow and widen the "

@@ -66,13 +66,14 @@ class StopWhenHopeless(Callback):
         self.race = race
         self.why: str | None = None
         self.out_of_budget = False  # stopped for the budget's sake, not the run's: not a finding about the recipe
-        self.raced = False
+        self.raced = self.reached = False
         self.started = self.fit_started = budget.now()
 
     def on_epoch_end(self, state: Any, record: dict[str, Any]) -> None:
         records = [*state.records, record]  # the loop appends this epoch's record after this event
         trained = sum(r["time_s"] for r in records)
         reached = time_to_target(records, self.metric, self.target, self.higher) is not None
+        self.reached = self.reached or reached  # past the target, a run is never behind (a repeat trains on)
         left = state.total_epochs - len(records)
         if left <= 0:
             return
@@ -96,7 +97,8 @@ class StopWhenHopeless(Callback):
         if self.budget.left < 0:
             self.out_of_budget = True
             raise RunStopped(f"the budget ran out in epoch {state.epoch + 1} of {state.total_epochs}")
-        if self.behind_s is not None and self.budget.now() - self.fit_started > WALL_PER_TRAINING * self.behind_s:
+        if (self.behind_s is not None and not self.reached
+                and self.budget.now() - self.fit_started > WALL_PER_TRAINING * self.behind_s):
             raise RunStopped(f"behind: still in epoch {state.epoch + 1} after {WALL_PER_TRAINING:g}x the time the "
                              "baseline needed to reach the target")
 

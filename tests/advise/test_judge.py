@@ -151,3 +151,19 @@ def test_the_guard_stops_inside_an_epoch() -> None:
     with pytest.raises(RunStopped, match="the budget ran out in epoch 1 of 5"):
         late.after_optimizer_step(state)
     assert late.out_of_budget and not guard.out_of_budget
+
+
+def test_a_run_past_the_target_is_never_behind() -> None:
+    from types import SimpleNamespace
+
+    from leantrain.advice.measure import StopWhenHopeless
+
+    now = [0.0]
+    state = SimpleNamespace(epoch=0, total_epochs=5, records=[], stop_training=False)
+    guard = StopWhenHopeless(Budget(100, lambda: now[0]), behind_s=2.0, target=0.8, metric="val_acc", higher=True)
+    guard.on_fit_start(state)
+    now[0] = 1.0
+    guard.on_epoch_end(state, {"time_s": 1.0, "val_acc": 0.85})  # reached in epoch 1; a full run trains on
+    state.epoch, now[0] = 1, 30.0
+    guard.after_optimizer_step(state)  # far past 1.5x the baseline's time to target: not behind, it got there
+    assert not state.stop_training and guard.why is None
