@@ -35,7 +35,7 @@ from leantrain.train.run import RunRequest
 
 BEHIND_MARGIN = 1.5  # a candidate past 1.5x the baseline's time to target without reaching it is stopped
 DEFAULT_TOLERANCE = 0.005  # the target: the baseline's final metric less this (experiments' baseline-final)
-MAX_COMBINED = 3  # winners combined greedily, at most
+MAX_COMBINED = 8  # winners added greedily, at most (each one race)
 SCREENING_SHARE = 0.25  # of the budget, at most, for the dry steps: the rest is for measuring
 MAX_REPEATS = 5  # seeds per recipe, at most: beyond, the budget buys little the spread does not already say
 
