@@ -76,4 +76,18 @@ class DataParallel(ModeHooks):
 
     def on_fit_end(self, state: StepState) -> None:
         state.forward, state.eval_forward, state.no_sync = state.model, None, contextlib.nullcontext
+        self.release()
+
+    def release(self) -> None:
+        """Free DDP's C++ reducer (and the logger holding it) now, while the process group is joined.
+
+        A failed fit leaves the DDP module referenced by the traceback's frames until the caller lets go of
+        the exception: after the group is left. The reducer then holds the group's last reference, and
+        freeing it joins gloo's worker threads with the GIL held; a worker still dropping a finished
+        all-reduce's tensors waits for the GIL, and the rank hangs at exit (seen one run in three: a NaN on
+        one of two ranks). Freed here, the group's last reference is Python's, whose destructor lets go of the
+        GIL first."""
+        if self.ddp is not None:
+            self.ddp._remove_autograd_hooks()
+            self.ddp.reducer = self.ddp.logger = None
         self.ddp = None

@@ -43,6 +43,10 @@ class ModeHooks(Technique):
 
     runs_after = ("complexity", "checkpointing", "precision")
 
+    def release(self) -> None:
+        """Let go of what holds the process group from C++, while it is still joined: the run ends (the fit
+        finished or failed) and the group is about to be left. Nothing to let go of here."""
+
 
 class ParallelPlan:
     """Every rank holds the whole model (one process, DDP, MPI, an ensemble member): nothing to lay out."""

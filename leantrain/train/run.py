@@ -40,7 +40,7 @@ from leantrain.parallel import env as parallel_env
 from leantrain.parallel.composition import check_parallel_mode
 from leantrain.parallel.dist import Dist
 from leantrain.parallel.env import World
-from leantrain.parallel.plan import ParallelPlan
+from leantrain.parallel.plan import ModeHooks, ParallelPlan
 from leantrain.parallel.strategy import ParallelStrategy, strategy_for
 from leantrain.techniques import Technique, from_config
 from leantrain.techniques.base import in_hook_order
@@ -316,6 +316,9 @@ class Run:
                   eval_batch_size=config.eval_batch_size, progress=self.progress, on_epoch_saved=save,
                   checkpoint_every=config.checkpoint_interval, log=log)
         except BaseException as e:
+            for hooks in self.techniques:
+                if isinstance(hooks, ModeHooks):
+                    hooks.release()  # before the process group is left (see DataParallel.release)
             with contextlib.suppress(Exception):  # what stopped the run is reported (3, 143/130), not a log's full disk
                 log.close()
             if isinstance(e, NonFiniteLoss):
