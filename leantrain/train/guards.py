@@ -1,13 +1,15 @@
 """Guards against silent divergence: non-finite losses/gradients before the optimizer step, and loss spikes.
 
 Non-finite check (stop mode, the default). Each step the loop hands the guard the step's summed loss.
-  - On one CPU process the loss is a host scalar: it is read before every update (a NaN/inf loss never
-    trains), which costs a fraction of a microsecond. The gradients are not read every step: a fused pass
-    over them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py). A non-finite gradient
-    with a finite loss makes the weights non-finite, so the next step's loss is caught, and the weights
-    themselves are checked every ``DEVICE_CHECK_EVERY`` steps and before every checkpoint is written (for
-    the weights no forward reads, such as an embedding row no batch looked up yet).
-  - On CUDA or several ranks, the loss and the gradients' norms are folded into one scalar
+  - On the CPU the loss is a host scalar: it is read every step, which costs a fraction of a microsecond.
+    The gradients are not read every step: a fused pass over them costs ~10-20 us, 2-4% of a small model's
+    step (benchmarks/guards.py), and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A non-finite
+    gradient with a finite loss makes the weights non-finite, so the next step's loss is caught, and the
+    weights themselves are checked every ``DEVICE_CHECK_EVERY`` steps and before every checkpoint is written
+    (for the weights no forward reads, such as an embedding row no batch looked up yet). One process stops
+    before the bad loss's update; several CPU ranks note their first bad step and agree on the smallest at
+    the interval (one small all-reduce), so every rank stops at the same step.
+  - On CUDA, the loss and the gradients' norms are folded into one scalar
     (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host
     sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
     epoch's end (where the loop syncs anyway). With several ranks, reading is one all-reduce, so every rank
@@ -52,8 +54,10 @@ class NonFiniteGuard:
     def __init__(self, mode: str, device: torch.device, world_size: int, scaler_checks_grads: bool):
         self.mode = mode  # "stop" or "skip"
         self.scaler_checks_grads = scaler_checks_grads
-        # On one CPU process reading the loss is nearly free: every step, before the update.
-        self.loss_on_host = device.type != "cuda" and world_size == 1
+        # On the CPU reading the loss is nearly free: every step (one process: before the update).
+        self.loss_on_host = device.type != "cuda"
+        self.alone = world_size == 1
+        self.first_bad_host = NO_STEP  # several CPU ranks: this rank's first bad loss, until the ranks agree
         self.check_every = DEVICE_CHECK_EVERY
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
         self.skipped = 0  # steps of this epoch skipped by this guard (skip mode, fp32/bf16); fp16's are the scaler's
@@ -110,7 +114,10 @@ class NonFiniteGuard:
         step = state.step + 1  # the step being taken, counted from 1
         if self.loss_on_host:
             if not math.isfinite(float(step_loss)):
-                self._raise(step, state.epoch + 1)
+                if self.alone:
+                    self._raise(step, state.epoch + 1)
+                if self.first_bad_host == NO_STEP:
+                    self.first_bad_host = step
             if step % self.check_every == 0:
                 self.check(state)
             return
@@ -126,16 +133,30 @@ class NonFiniteGuard:
             return
         if self.loss_on_host:
             weights = [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
-            if weights and not _all_finite(weights):
-                raise NonFiniteLoss(f"the weights became non-finite (inf/NaN) by step {state.step} (epoch "
-                                    f"{state.epoch + 1}): a non-finite gradient reached them; training stopped. Lower "
-                                    "the lr, check the data for NaN, or pass --on-nonfinite skip")
+            weights_bad = bool(weights) and not _all_finite(weights)
+            if self.alone:
+                if weights_bad:
+                    self._raise_weights(state.step, state.epoch + 1)
+                return
+            # Every rank joins: the smallest bad step over ranks (a bad loss's step, else a bad weight's), as a max of
+            # negatives, and whether it was a loss.
+            local = self.first_bad_host if self.first_bad_host != NO_STEP else state.step if weights_bad else NO_STEP
+            worst, loss_bad = state.dist.max([-local if local != NO_STEP else -math.inf,
+                                              1.0 if self.first_bad_host != NO_STEP else 0.0])
+            if worst != -math.inf:
+                (self._raise if loss_bad else self._raise_weights)(int(-worst), state.epoch + 1)
             return
         local = int(self.first_bad)
         # The smallest bad step over ranks, as a max of negatives (the Dist context offers sum and max).
         worst = state.dist.max([-local if local != NO_STEP else -math.inf])[0]
         if worst != -math.inf:
             self._raise(int(-worst), state.epoch + 1)
+
+    @staticmethod
+    def _raise_weights(step: int, epoch: int) -> None:
+        raise NonFiniteLoss(f"the weights became non-finite (inf/NaN) by step {step} (epoch {epoch}): a non-finite "
+                            "gradient reached them; training stopped. Lower the lr, check the data for NaN, or pass "
+                            "--on-nonfinite skip")
 
     @staticmethod
     def _raise(step: int, epoch: int) -> None:

@@ -28,6 +28,9 @@ def test_a_nan_on_one_rank_stops_all_ranks_at_the_same_step(tmp_path, step):
     assert result.returncode == 0, result.stderr[-3000:]
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert messages[0].split(";")[0] == messages[1].split(";")[0]  # the same step and epoch on both ranks
-    assert f"at step {step} (epoch {1 if step <= 32 else 2})" in messages[0]
+    # As on one process (README, Reliability), a NaN gradient under a finite loss is caught by the next step's loss:
+    # several CPU ranks read their losses and agree on the first bad step instead of a gradient pass every step.
+    caught = step + 1
+    assert f"at step {caught} (epoch {1 if caught <= 32 else 2})" in messages[0]
     saved = checkpoint.load(resume_checkpoint(tmp_path / "out", None))  # the last good one: before the bad step
     assert saved["step"] < step and all(torch.isfinite(t).all() for t in saved["model"].values())

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from leantrain.errors import TrainingDiverged
 from leantrain.train.guards import NonFiniteGuard
 
 CPU = torch.device("cpu")
@@ -61,3 +62,42 @@ def test_weights_in_fp16_whose_norm_overflows_are_still_finite():
     assert _all_finite([big, torch.ones(3)]) and not _all_finite([big, torch.tensor([math.nan])])
     big[0] = math.inf
     assert not _all_finite([big])
+
+
+class _TwoRanks:
+    """Rank 0's view of a two-rank world: ``max`` meets the other rank's values (its first bad step, as the guard
+    sends it) and records every collective."""
+
+    world_size = 2
+
+    def __init__(self, other_bad_step: int | None):
+        self.other, self.calls = other_bad_step, 0
+
+    def max(self, values):
+        self.calls += 1
+        theirs = [-self.other if self.other else -math.inf, 1.0 if self.other else 0.0]
+        return [max(a, b) for a, b in zip(values, theirs)]
+
+
+def _cpu_state(dist, step):
+    from types import SimpleNamespace
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    return SimpleNamespace(step=step, epoch=0, dist=dist, optimizer=torch.optim.SGD([weight], lr=0.1))
+
+
+@pytest.mark.parametrize("mine, theirs, stop", [(5, None, 5), (None, 3, 3), (7, 4, 4), (None, None, None)])
+def test_several_cpu_ranks_read_the_loss_on_the_host_and_agree_on_the_first_bad_step(mine, theirs, stop):
+    # No gradient pass per step on the CPU: each rank notes its first bad loss; at the interval the ranks take the
+    # smallest, in one collective, and all stop there.
+    dist = _TwoRanks(theirs)
+    guard = NonFiniteGuard("stop", CPU, 2, scaler_checks_grads=False)
+    for step in range(1, 9):
+        guard.note(_cpu_state(dist, step - 1), torch.tensor(math.nan if step == mine else 1.0))
+    assert dist.calls == 0  # nothing is exchanged between the intervals
+    if stop is None:
+        guard.check(_cpu_state(dist, 8))
+    else:
+        with pytest.raises(TrainingDiverged, match=rf"at step {stop} \(epoch 1\)"):
+            guard.check(_cpu_state(dist, 8))
+    assert dist.calls == 1
