@@ -4,6 +4,7 @@
     baseline       the user's recipe, once: its final metric sets the target, its wall time the cost of a run
     round 1        each applicable candidate once, the baseline's seed, stopped early when clearly behind
     combination    the winners added one at a time (greedy), each kept only if it beats the last
+    batch ladder   on top of them, the batch ×4 a rung with its lr rule and warmup-cosine, while it keeps winning
     repeats        further seeds, interleaved (baseline, then the contenders), while the budget holds
     the answer     the ranked table, the recommendation, the recipe to keep (report.py, recipe.py)
 
@@ -12,7 +13,6 @@ Every ``auto`` choice is made once (``tuning.decided_once``) and reused by every
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +24,9 @@ from torch import nn
 
 from leantrain.advice.budget import Budget, render_seconds
 from leantrain.advice.candidates import Candidate, Machine, candidates
+from leantrain.advice.candidates import batch as batch_candidate
 from leantrain.advice.measure import Measurement, StopWhenHopeless, measure
-from leantrain.advice.recommend import BASELINE, Advice, Goal, Row, faster, judge
+from leantrain.advice.recommend import BASELINE, Advice, Goal, faster, judge
 from leantrain.advice.screen import Screened, auto_candidates, concrete, one_line, screen
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.dataset import Dataset
@@ -36,6 +37,7 @@ from leantrain.train.run import RunRequest
 BEHIND_MARGIN = 1.5  # a candidate past 1.5x the baseline's time to target without reaching it is stopped
 DEFAULT_TOLERANCE = 0.005  # the target: the baseline's final metric less this (experiments' baseline-final)
 MAX_COMBINED = 8  # winners added greedily, at most (each one race)
+LADDER_STEP = 4  # the batch ladder's rungs: the user's batch ×4, ×16, ...
 SCREENING_SHARE = 0.25  # of the budget, at most, for the dry steps: the rest is for measuring
 MAX_REPEATS = 5  # seeds per recipe, at most: beyond, the budget buys little the spread does not already say
 
@@ -244,48 +246,68 @@ class Advisor:
 
     def combine(self, usable: list[Screened], goal: Goal, base: Measurement) -> None:
         """Greedy: start from the fastest winner, add the next while the combination beats the last one kept; then
-        give the fastest bigger batch that lost quality its warmup (see ``rescue``)."""
+        climb the batch ladder on top of what was kept (``climb``)."""
         advice = judge(self.measurements, goal)
-        by_name = {s.candidate.name: s for s in usable}
+        by_name = {s.candidate.name: s.candidate for s in usable}
         rows = {r.recipe: r for r in advice.rows}
         winners = sorted((r.recipe for r in advice.rows if r.recipe in by_name and _is_winner(r, advice)),
                          key=lambda name: -(rows[name].speedup or 0.0))
-        kept_name, kept = (winners[0], dict(by_name[winners[0]].candidate.changes)) if winners else ("", {})
+        kept = [by_name[winners[0]]] if winners else []
         for name in winners[1:MAX_COMBINED + 1]:
-            changes = by_name[name].candidate.changes
-            if set(changes) & set(kept):
+            if set(by_name[name].changes) & set(_changes(kept)):
                 continue  # two values for one setting (two Adam kernels): not a combination
-            m = self._combination(f"{kept_name} + {name}", {**kept, **changes}, goal, base)
-            if m is None and f"{kept_name} + {name}" in self.combinations:
-                return  # it did not fit in the budget: nor will the next
-            now = {r.recipe: r for r in judge(self.measurements, goal).rows}
-            combined, before = now[f"{kept_name} + {name}"], now[kept_name]
-            if _is_winner(combined, judge(self.measurements, goal)) and (combined.speedup or 0) > (before.speedup or 0):
-                kept_name, kept = f"{kept_name} + {name}", {**kept, **changes}
-        self.rescue(usable, goal, base, kept_name, kept)
+            trial = [*kept, by_name[name]]
+            if self._combination(trial, goal, base) is None:
+                if _name(trial) in self.combinations:
+                    return  # it did not fit in the budget: nor will the next
+                continue  # not a valid recipe (said)
+            if self._beats(_name(trial), _name(kept), goal):
+                kept = trial
+        self.climb(usable, goal, base, kept)
 
-    def rescue(self, usable: list[Screened], goal: Goal, base: Measurement, kept_name: str,
-               kept: dict[str, Any]) -> None:
-        """A bigger batch takes fewer, larger steps and often loses quality with a constant lr; a warmup and a decay
-        are what large-batch training needs (Goyal et al. 2017). The fastest such batch per epoch is tried once more
-        with warmup-cosine, on top of the winners kept."""
-        schedule = next((s for s in usable if s.candidate.technique == "schedule"), None)
+    def climb(self, usable: list[Screened], goal: Goal, base: Measurement, kept: list[Candidate]) -> None:
+        """The batch ladder, on top of the winners kept: the batch ×4 a rung up to the largest a candidate tries
+        (batch_size auto's choice), its lr scaled by the rule, with warmup-cosine where the user's lr is constant.
+        A bigger batch alone often loses quality and a schedule alone wins little; together they are what
+        large-batch training needs (Goyal et al. 2017), so each rung is one move. It climbs while each rung wins and
+        beats the rung below."""
+        rest = [c for c in kept if c.technique not in ("batch_size", "schedule")]
+        if "batch_size" in _changes(rest):
+            return  # the batch is split over processes there: the ladder climbs one process's batch
+        schedule = [s.candidate for s in usable if s.candidate.technique == "schedule"][:1]
+        below = None
+        for size in self._rungs(usable):
+            trial = [*rest, batch_candidate(self.request.baseline, size), *schedule]
+            name = _name(trial)
+            if not any(m.recipe == name for m in self.measurements):
+                if self._combination(trial, goal, base) is None:
+                    return  # it did not fit in the budget (or is not a valid recipe): nor will a bigger one
+            advice = judge(self.measurements, goal)
+            row = next(r for r in advice.rows if r.recipe == name)
+            if not _is_winner(row, advice) or (below is not None and (row.speedup or 0.0) <= below):
+                return  # a bigger batch still will not do better
+            below = row.speedup
+
+    def _rungs(self, usable: list[Screened]) -> list[int]:
+        """The ladder's batch sizes: the user's ×4, ×16, ... below the largest batch a candidate tries, then that."""
+        start = self.baseline.batch_size
+        tried = [c.changes["batch_size"] for c in (s.candidate for s in usable)
+                 if c.technique == "batch_size" and isinstance(c.changes.get("batch_size"), int)]
+        if not isinstance(start, int) or not tried or max(tried) <= start:
+            return []
+        sizes = [start * LADDER_STEP]
+        while sizes[-1] * LADDER_STEP < max(tried):
+            sizes.append(sizes[-1] * LADDER_STEP)
+        return [size for size in sizes if size < max(tried)] + [max(tried)]
+
+    def _beats(self, recipe: str, than: str, goal: Goal) -> bool:
+        """Whether ``recipe`` beats the baseline and is faster than ``than`` (the combination it grew from)."""
         advice = judge(self.measurements, goal)
-        base_row = next(r for r in advice.rows if r.recipe == BASELINE)
-        batches = {s.candidate.name: s for s in usable if s.candidate.technique == "batch_size"}
-        lost = [r for r in advice.rows if r.recipe in batches and not faster(r, base_row) and _lost_quality(r)
-                and _per_epoch(r) < _per_epoch(base_row)]
-        if schedule is None or not lost:
-            return
-        fastest = min(lost, key=_per_epoch)
-        changes = {**{k: v for k, v in kept.items() if k not in batches[fastest.recipe].candidate.changes},
-                   **batches[fastest.recipe].candidate.changes, **schedule.candidate.changes}
-        name = " + ".join(filter(None, [kept_name if set(kept) <= set(changes) else "", fastest.recipe,
-                                        schedule.candidate.name]))
-        if name not in self.combinations:
-            self._combination(name, changes, goal, base)
+        rows = {r.recipe: r for r in advice.rows}
+        return _is_winner(rows[recipe], advice) and (rows[recipe].speedup or 0.0) > (rows[than].speedup or 0.0)
 
-    def _combination(self, name: str, changes: dict[str, Any], goal: Goal, base: Measurement) -> Measurement | None:
+    def _combination(self, trial: list[Candidate], goal: Goal, base: Measurement) -> Measurement | None:
+        name, changes = _name(trial), _changes(trial)
         try:
             config = RunConfig.from_dict({**self.baseline.to_dict(), **changes}, where=name).validated()
         except UsageError as e:
@@ -318,18 +340,12 @@ class Advisor:
                     return
 
 
-def _lost_quality(row: Row) -> bool:
-    """Trained, but not to the target in time, or to a worse final metric: not a crash."""
-    problem = row.problem or ""
-    worse = row.quality is not None and not row.quality.within_band and row.quality.direction == "worse"
-    return worse or problem == "did not reach the target" or problem.startswith("stopped: behind")
+def _name(trial: list[Candidate]) -> str:
+    return " + ".join(c.name for c in trial)
 
 
-def _per_epoch(row: Row) -> float:
-    """Median training seconds per epoch of a row's finished runs (inf when none finished)."""
-    times = [m.train_s / len(m.record["epochs"]) for m in row.measurements
-             if m.record is not None and m.failure is None and m.record["epochs"] and m.train_s is not None]
-    return statistics.median(times) if times else float("inf")
+def _changes(trial: list[Candidate]) -> dict[str, Any]:
+    return {key: value for c in trial for key, value in c.changes.items()}
 
 
 def _is_winner(row: Any, advice: Advice) -> bool:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from leantrain.tuning.choice import lr_rule, scaled_lr
+
 # Registered techniques advise does not try for speed, and why (shown under "not tried").
 NOT_FOR_SPEED = {
     "grad_clip": "gradient clipping guards stability, it does not speed training up",
@@ -62,17 +64,21 @@ def _optimizer(base: dict[str, Any], machine: Machine) -> list[Candidate]:
 
 def lr_for_batch(base: dict[str, Any], batch_size: int) -> float:
     """The learning rate for a larger batch: by its square root under Adam, linearly under sgd (as batch_size auto)."""
-    factor = batch_size / int(base["batch_size"])
-    return float(base["lr"]) * (factor if base["optimizer"] == "sgd" else math.sqrt(factor))
+    return scaled_lr(float(base["lr"]), batch_size, int(base["batch_size"]), base["optimizer"])
+
+
+def batch(base: dict[str, Any], size: int) -> Candidate:
+    """The baseline at batch ``size``, its lr scaled by the rule batch_size auto uses."""
+    factor = size / int(base["batch_size"])
+    how = f"×{factor:g}" if lr_rule(base["optimizer"]) == "linear" else f"by √{factor:g} = {math.sqrt(factor):.3g}"
+    return Candidate(f"batch {size}", "batch_size", {"batch_size": size, "lr": lr_for_batch(base, size)},
+                     f"{factor:g}× the batch (fewer, fuller steps), lr scaled {how} ({lr_rule(base['optimizer'])})")
 
 
 def _batch(base: dict[str, Any], machine: Machine) -> list[Candidate]:
     if not isinstance(base["batch_size"], int):
         return []
-    bigger = int(base["batch_size"]) * 4
-    rule = "linearly (sgd)" if base["optimizer"] == "sgd" else "by √4 = 2 (Adam)"
-    return [Candidate(f"batch {bigger}", "batch_size", {"batch_size": bigger, "lr": lr_for_batch(base, bigger)},
-                      f"4× the batch (fewer, fuller steps), lr scaled {rule}")]
+    return [batch(base, int(base["batch_size"]) * 4)]
 
 
 def _loader(base: dict[str, Any], machine: Machine) -> list[Candidate]:

@@ -1,5 +1,5 @@
 """The advisor's plan on a fake machine: every run's cost and result injected, the clock advanced by them. So the budget,
-the greedy combination, the large-batch rescue and the repeats are tested exactly, whatever this machine is doing."""
+the greedy combination, the batch ladder and the repeats are tested exactly, whatever this machine is doing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,19 +26,21 @@ class FakeMachine:
         self.now = 0.0
         self.runs: list[tuple[str, int]] = []
         self.raced: list[tuple[str, int, bool]] = []
+        self.auto_choices: dict[str, dict[str, Any]] = {}  # an auto candidate's name -> what it chose when screened
 
     def epoch_s(self, config: RunConfig) -> float:
         s = 2.0
         s *= 0.5 if config.precision == "bf16" else 1.0
         s *= 0.8 if config.optimizer == "fused-adam" else 1.0
-        s *= 0.3 if isinstance(config.batch_size, int) and config.batch_size >= 256 else 1.0
+        batch = config.batch_size if isinstance(config.batch_size, int) else 64
+        s *= 0.1 if batch >= 4096 else 0.15 if batch >= 1024 else 0.3 if batch >= 256 else 1.0
         s *= 1.3 if config.compile else 1.0
         return s
 
     def accuracy(self, config: RunConfig) -> list[float]:
         big = isinstance(config.batch_size, int) and config.batch_size >= 256
-        if big and config.schedule != "warmup-cosine":
-            return [0.60, 0.70, 0.74, 0.76]  # a bigger batch with a constant lr loses quality
+        if (big and config.schedule != "warmup-cosine") or (config.batch_size == 4096):
+            return [0.60, 0.70, 0.74, 0.76]  # a bigger batch with a constant lr loses quality; 4096 loses it anyway
         return [0.70, 0.78, 0.80, 0.805]
 
     def measure(self, recipe: str, config: RunConfig, request_for: Any, guard: Any, runs_dir: Path) -> Measurement:
@@ -67,7 +69,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMachine:
             return Screened(candidate, None, candidate.not_applicable)
         machine.now += 1.0
         config = RunConfig.from_dict(candidate.apply(baseline))
-        return Screened(candidate, config, None, 1.0, {})
+        return Screened(candidate, config, None, 1.0, machine.auto_choices.get(candidate.name, {}))
 
     monkeypatch.setattr(advisor_module, "screen", screen)
     monkeypatch.setattr(advisor_module, "measure", machine.measure)
@@ -120,6 +122,31 @@ def test_a_bigger_batch_that_lost_quality_gets_its_warmup(fake: FakeMachine, tmp
     assert findings.advice.recommended.recipe == "batch 256 + warmup-cosine"
     assert findings.combinations["batch 256 + warmup-cosine"] == {"batch_size": 256, "lr": pytest.approx(2e-3),
                                                                    "schedule": "warmup-cosine"}
+
+
+def test_the_batch_ladder_climbs_with_the_schedule_while_it_wins(fake: FakeMachine, tmp_path: Path) -> None:
+    # batch_size auto chose 4096: the ladder tries 256, 1024 and 4096, each with its lr and warmup-cosine, as one move
+    # (alone, every bigger batch loses quality and warmup-cosine wins nothing); 4096 loses quality, 1024 is the answer.
+    fake.auto_choices["batch_size auto"] = {"batch_size": 4096, "lr": 8e-3}
+    findings = advise(fake, 900, ("batch_size", "schedule"), tmp_path)
+    rungs = [r for r, seed in fake.runs if seed == 0 and r.endswith("+ warmup-cosine")]
+    assert rungs == ["batch 256 + warmup-cosine", "batch 1024 + warmup-cosine", "batch 4096 + warmup-cosine"]
+    assert findings.combinations["batch 1024 + warmup-cosine"] == {"batch_size": 1024, "lr": pytest.approx(4e-3),
+                                                                    "schedule": "warmup-cosine"}
+    assert findings.advice.recommended is not None
+    assert findings.advice.recommended.recipe == "batch 1024 + warmup-cosine"
+
+
+def test_the_ladder_stops_at_the_first_rung_that_loses(fake: FakeMachine, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    accuracy = fake.accuracy
+    monkeypatch.setattr(fake, "accuracy", lambda config: [0.5, 0.55, 0.6, 0.62] if config.batch_size == 1024
+                        else accuracy(config))
+    fake.auto_choices["batch_size auto"] = {"batch_size": 4096, "lr": 8e-3}
+    findings = advise(fake, 900, ("batch_size", "schedule"), tmp_path)
+    assert "batch 4096 + warmup-cosine" not in [r for r, _ in fake.runs]  # 1024 lost: no bigger rung is tried
+    assert findings.advice.recommended is not None
+    assert findings.advice.recommended.recipe == "batch 256 + warmup-cosine"
 
 
 def test_a_budget_too_small_for_the_baseline(fake: FakeMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
