@@ -32,10 +32,10 @@ from leantrain.train.optim import make_optimizer
 
 GIB = 2**30
 DRY_BATCHES = (2, DRY_SAMPLES)  # two sizes give the fixed part and the per-sample part of the activations
-# Where activation checkpointing's module wrappers are defined (leantrain's own, and PyTorch's checkpoint_wrapper):
-# such a wrapper may checkpoint only in training mode, and the dry steps must see its recomputation.
-CHECKPOINT_WRAPPERS = frozenset({"leantrain.techniques.checkpointing",
-                                 "torch.distributed.algorithms._checkpoint.checkpoint_wrapper"})
+# Where PyTorch's activation-checkpointing module wrapper (checkpoint_wrapper, as a user's model may hold) is defined:
+# such a wrapper may checkpoint only in training mode, and the dry steps must see its recomputation. leantrain's own
+# checkpointing replaces a module's forward in place (techniques/recompute.py) and recomputes whenever grad is on.
+CHECKPOINT_WRAPPERS = frozenset({"torch.distributed.algorithms._checkpoint.checkpoint_wrapper"})
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -150,8 +150,9 @@ def _at(sizes: list[int], measured: list[int], batch_size: int) -> int:
 
 @contextlib.contextmanager
 def _dry_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode, except activation checkpointing's own wrappers (they recompute in backward as in training, whatever
-    they gate on); the mode of every module, the buffers and the random state put back, the gradients dropped."""
+    """Eval mode, except PyTorch's activation-checkpointing wrappers (they recompute in backward as in training,
+    whatever they gate on); the mode of every module, the buffers and the random state put back, the gradients
+    dropped."""
     modes = [(m, m.training) for m in model.modules()]
     rng = torch.get_rng_state()
     buffers = [b.detach().clone() for b in model.buffers()]
