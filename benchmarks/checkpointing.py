@@ -15,11 +15,13 @@ left out of the medians when clean runs exist.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from techniques import interleaved, print_table  # benchmarks/techniques.py: this script's folder is on sys.path
 
 import leantrain
 from leantrain import data as data_sets
@@ -54,8 +56,8 @@ def measure(case: str, repeats: int) -> list[dict[str, dict]]:
     """``repeats`` rounds, each running every setting once, in turn: [{setting: run}]."""
     model_spec, data_spec, batch_size = CASES[case]
     dataset = data_sets.load(data_spec)
-    run_once(model_spec, dataset, "off", batch_size)  # warm-up: allocator, kernels, peak-FLOPs cache
-    return [{s: run_once(model_spec, dataset, s, batch_size) for s in SETTINGS} for _ in range(repeats)]
+    return interleaved({s: functools.partial(run_once, model_spec, dataset, s, batch_size) for s in SETTINGS}, repeats,
+                       warmup=functools.partial(run_once, model_spec, dataset, "off", batch_size))
 
 
 def _spread(values: list[float], fmt: Callable[[float], str]) -> str:
@@ -82,15 +84,6 @@ def summarize(rounds: list[dict[str, dict]]) -> list[list[str]]:
             str(rounds[-1][setting]["segments"] or "-"),
         ])
     return rows
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print(f"\n{title}")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -69,13 +70,20 @@ def run_once(model_spec: str, dataset, techniques, batch_size: int) -> dict:
     }
 
 
+def interleaved(runs: Mapping[str, Callable[[], dict]], repeats: int, warmup: Callable[[], object]) -> list[dict[str, dict]]:
+    """``warmup`` once (allocator, kernels, peak-FLOPs cache), then ``repeats`` rounds, each running every one of
+    ``runs`` once, in turn, so that slow drift of the machine hits all alike: [{name: its run}] (also used by
+    benchmarks/checkpointing.py)."""
+    warmup()
+    return [{name: run() for name, run in runs.items()} for _ in range(repeats)]
+
+
 def measure(model_spec: str, data_spec: str, batch_size: int, repeats: int, table: dict) -> dict[str, list[dict]]:
     dataset = data_sets.load(data_spec)
-    results: dict[str, list[dict]] = {name: [] for name in table}
-    run_once(model_spec, dataset, [], batch_size)  # warm-up: allocator, kernels, peak-FLOPs cache
-    for _ in range(repeats):
-        for name, make in table.items():  # interleaved: each round runs every variant once
-            results[name].append(run_once(model_spec, dataset, make(), batch_size))
+    rounds = interleaved({name: lambda make=make: run_once(model_spec, dataset, make(), batch_size)
+                          for name, make in table.items()}, repeats,
+                         warmup=lambda: run_once(model_spec, dataset, [], batch_size))
+    results = {name: [r[name] for r in rounds] for name in table}
     for name, runs in results.items():  # re-measure polluted runs once, if time allows
         for i, run in enumerate(runs):
             if run["foreign"] > POLLUTED_CORES:
