@@ -358,7 +358,9 @@ def test_the_cli_refuses_a_model_without_blocks_with_exit_2_and_writes_nothing(t
     assert not out.exists()
 
 
-def test_an_experiment_with_checkpointing_on_a_model_without_blocks_fails_before_any_run(tmp_path):
+def _experiment(tmp_path, cases, checkpointing):
+    """An experiment file with the ``cases`` tables (TOML text), a recipe ``plain`` (the baseline) and a recipe
+    ``ckpt`` with ``checkpointing``."""
     path = tmp_path / "exp.toml"
     path.write_text(f"""
 [experiment]
@@ -371,17 +373,22 @@ data = "healthcare-sim:n=200"
 epochs = 1
 device = "cpu"
 
-[[cases]]
+{cases}
+[recipes.plain]
+
+[recipes.ckpt]
+checkpointing = "{checkpointing}"
+""")
+    return path
+
+
+def test_an_experiment_with_checkpointing_on_a_model_without_blocks_fails_before_any_run(tmp_path):
+    path = _experiment(tmp_path, f"""[[cases]]
 model = "mlp:hidden=16,depth=4"
 
 [[cases]]
 model = "{HERE}:NoBlocks"
-
-[recipes.plain]
-
-[recipes.ckpt]
-checkpointing = "sqrt"
-""")
+""", checkpointing="sqrt")
     out = tmp_path / "results"
     with pytest.raises(UsageError) as raised:
         run_experiment(load_experiment(path), out, quiet=True)
@@ -391,27 +398,10 @@ checkpointing = "sqrt"
 
 
 def test_an_experiment_case_may_name_its_modules_and_its_baseline_ignores_them(tmp_path):
-    path = tmp_path / "exp.toml"
-    path.write_text(f"""
-[experiment]
-name = "ckpt"
-baseline = "plain"
-seeds = [0]
-
-[defaults]
-data = "healthcare-sim:n=200"
-epochs = 1
-device = "cpu"
-
-[[cases]]
+    path = _experiment(tmp_path, f"""[[cases]]
 model = "{HERE}:NoBlocks"
 checkpointing_modules = "Linear"
-
-[recipes.plain]
-
-[recipes.ckpt]
-checkpointing = "full"
-""")
+""", checkpointing="full")
     written = run_experiment(load_experiment(path), tmp_path / "results", quiet=True)
     records = {r["run"]["recipe"]: r for r in (json.loads(p.read_text()) for p in written)}
     assert records["ckpt"]["epochs"][0]["checkpointed_modules"] == ["fc1", "fc2"]
