@@ -35,6 +35,7 @@ from leantrain.machine import usable_cpus
 from leantrain.train.run import RunRequest
 
 BEHIND_MARGIN = 1.5  # a candidate past 1.5x the baseline's time to target without reaching it is stopped
+BEHIND_SLACK_S = 2.0  # ... and past 2 s more than it: a hiccup on a busy machine is not being clearly behind
 DEFAULT_TOLERANCE = 0.005  # the target: the baseline's final metric less this (experiments' baseline-final)
 MAX_COMBINED = 8  # winners added greedily, at most (each one race)
 LADDER_STEP = 4  # the batch ladder's rungs: the user's batch ×4, ×16, ...
@@ -210,11 +211,11 @@ class Advisor:
 
     def _expected(self, base: Measurement, config: RunConfig, goal: Goal, race: bool) -> float:
         """A run's expected wall time: the baseline's, or for a race its set-up and validation plus the longest it may
-        train (1.5x the baseline's time to target); launched workers start their own processes, about as long again."""
+        train (``behind_after`` the baseline's time to target); launched workers start their own processes, about as long again."""
         cost = base.wall_s
         base_time, trained = goal.time(base), base.train_s
         if race and base_time is not None and trained is not None:
-            cost = min(cost, max(0.0, base.wall_s - trained) + BEHIND_MARGIN * base_time)
+            cost = min(cost, max(0.0, base.wall_s - trained) + behind_after(base_time))
         return cost * (2.0 if config.procs is not None else 1.0)
 
     def _run_one(self, recipe: str, config: RunConfig, seed: int, goal: Goal, base: Measurement,
@@ -224,7 +225,8 @@ class Advisor:
             self.not_fitted.append(f"{recipe} (seed {seed})")
             return None
         base_time = goal.time(base)
-        behind = None if base_time is None or recipe == BASELINE else BEHIND_MARGIN * base_time  # the reference runs on
+        # Only a race is stopped as behind: the reference runs on, and a repeat trains every epoch (its final quality).
+        behind = behind_after(base_time) if race and base_time is not None and recipe != BASELINE else None
         guard = StopWhenHopeless(self.budget, behind, goal.target_for(seed),
                                  goal.metric, goal.higher_is_better, race=race and goal.target is not None)
         m = measure(recipe, measured, self.request_for, guard, self.request.runs_dir)
@@ -338,6 +340,11 @@ class Advisor:
                 assert config is not None
                 if self._run_one(recipe, config, seed, goal, base) is None:
                     return
+
+
+def behind_after(base_time: float) -> float:
+    """The training time past which a race that has not reached the target is clearly behind."""
+    return max(BEHIND_MARGIN * base_time, base_time + BEHIND_SLACK_S)
 
 
 def _name(trial: list[Candidate]) -> str:

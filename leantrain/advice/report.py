@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from leantrain.advice.advisor import Findings
+from leantrain.advice.advisor import BEHIND_MARGIN, BEHIND_SLACK_S, Findings
 from leantrain.advice.budget import render_seconds
 from leantrain.advice.recommend import BASELINE, SINGLE_RUN_MARGIN, Row
 from leantrain.experiments.machine_report import machine_line
@@ -84,7 +84,8 @@ def render(findings: Findings, env: dict[str, Any], recipe_markdown: str, baseli
 def _method(findings: Findings) -> str:
     repeats = max((r.repeats for r in findings.advice.rows), default=0)
     return (f"How: each candidate is your recipe with one change, raced to the baseline's target (stopped once there, "
-            f"or once 1.5× behind the baseline); the fastest are then trained for all your epochs, interleaved with the "
+            f"or once {BEHIND_MARGIN:g}× behind the baseline and at least {BEHIND_SLACK_S:g} s); the fastest are then "
+            f"trained for all your epochs, interleaved with the "
             f"baseline, {repeats} repeat(s) at most (seeds paired), which measures their final quality; speed-ups are the baseline's "
             f"time over the recipe's, median [min–max]. A recipe is recommended only if it beats the baseline beyond "
             f"the spread (with one repeat: by {SINGLE_RUN_MARGIN:.0%} or more) and its final {findings.goal.metric} "

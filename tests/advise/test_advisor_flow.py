@@ -26,6 +26,7 @@ class FakeMachine:
         self.now = 0.0
         self.runs: list[tuple[str, int]] = []
         self.raced: list[tuple[str, int, bool]] = []
+        self.behind: list[tuple[str, int, float | None]] = []  # the training time past which each run is stopped
         self.auto_choices: dict[str, dict[str, Any]] = {}  # an auto candidate's name -> what it chose when screened
 
     def epoch_s(self, config: RunConfig) -> float:
@@ -45,6 +46,7 @@ class FakeMachine:
 
     def measure(self, recipe: str, config: RunConfig, request_for: Any, guard: Any, runs_dir: Path) -> Measurement:
         self.runs.append((recipe, config.seed))
+        self.behind.append((recipe, config.seed, guard.behind_s))
         self.now += RUN_COST_S
         epochs = [{"time_s": self.epoch_s(config), "val_acc": a, "activation_bytes": 1, "foreign_cpu_cores": 0.0}
                   for a in self.accuracy(config)]
@@ -96,6 +98,10 @@ def test_winners_combined_and_the_budget_held(fake: FakeMachine, tmp_path: Path)
     # the first round races to the target; the repeats train every epoch, which is where quality is measured
     assert all(raced for recipe, seed, raced in fake.raced if seed == 0 and recipe != "baseline")
     assert not any(raced for recipe, seed, raced in fake.raced if seed > 0)
+    # a race is stopped once clearly behind: past 1.5x the baseline's time to target (three epochs of 2 s) and 2 s
+    # more at least; a repeat never is, nor the baseline
+    assert {b for recipe, seed, b in fake.behind if seed == 0 and recipe != "baseline"} == {9.0}
+    assert {b for recipe, seed, b in fake.behind if seed > 0 or recipe == "baseline"} == {None}
     best = findings.advice.recommended
     assert best.final is not None and any(not m.raced for m in best.measurements)
 
@@ -158,3 +164,9 @@ def test_a_budget_too_small_for_the_baseline(fake: FakeMachine, tmp_path: Path, 
     monkeypatch.setattr(advisor_module, "measure", stopped)
     with pytest.raises(UsageError, match=r"too small: one baseline run takes about 2 min 00 s .* at least --budget 5m"):
         advise(fake, 40, ("precision",), tmp_path)
+
+
+def test_a_short_race_gets_two_seconds_of_slack() -> None:
+    # a baseline at its target in 0.8 s: a race is behind past 2.8 s, not 1.2 s (a hiccup on a busy machine)
+    assert advisor_module.behind_after(0.8) == pytest.approx(2.8)
+    assert advisor_module.behind_after(60.0) == pytest.approx(90.0)
