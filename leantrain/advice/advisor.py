@@ -5,6 +5,7 @@
     round 1        each applicable candidate once, the baseline's seed, stopped early when clearly behind
     combination    the winners added one at a time (greedy), each kept only if it beats the last
     batch ladder   on top of them, the batch ×4 a rung with its lr rule and warmup-cosine, while it keeps winning
+    pruning        each member of the fastest combination left out in turn, kept out where that is faster
     repeats        further seeds, interleaved (baseline, then the contenders), while the budget holds
     the answer     the ranked table, the recommendation, the recipe to keep (report.py, recipe.py)
 
@@ -26,7 +27,7 @@ from leantrain.advice.budget import Budget, render_seconds
 from leantrain.advice.candidates import Candidate, Machine, candidates
 from leantrain.advice.candidates import batch as batch_candidate
 from leantrain.advice.measure import Measurement, StopWhenHopeless, measure
-from leantrain.advice.recommend import BASELINE, Advice, Goal, faster, judge
+from leantrain.advice.recommend import BASELINE, Advice, Goal, Row, faster, judge
 from leantrain.advice.screen import Screened, auto_candidates, concrete, one_line, screen
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.dataset import Dataset
@@ -265,30 +266,48 @@ class Advisor:
                 continue  # not a valid recipe (said)
             if self._beats(_name(trial), _name(kept), goal):
                 kept = trial
-        self.climb(usable, goal, base, kept)
+        self.prune(self.climb(usable, goal, base, kept), goal, base)
 
-    def climb(self, usable: list[Screened], goal: Goal, base: Measurement, kept: list[Candidate]) -> None:
+    def climb(self, usable: list[Screened], goal: Goal, base: Measurement, kept: list[Candidate]) -> list[Candidate]:
         """The batch ladder, on top of the winners kept: the batch ×4 a rung up to the largest a candidate tries
         (batch_size auto's choice), its lr scaled by the rule, with warmup-cosine where the user's lr is constant.
         A bigger batch alone often loses quality and a schedule alone wins little; together they are what
         large-batch training needs (Goyal et al. 2017), so each rung is one move. It climbs while each rung wins and
-        beats the rung below."""
+        beats the rung below. Returns the fastest of the kept combination and the rungs."""
         rest = [c for c in kept if c.technique not in ("batch_size", "schedule")]
         if "batch_size" in _changes(rest):
-            return  # the batch is split over processes there: the ladder climbs one process's batch
+            return kept  # the batch is split over processes there: the ladder climbs one process's batch
         schedule = [s.candidate for s in usable if s.candidate.technique == "schedule"][:1]
-        below = None
+        best, below = kept, None
         for size in self._rungs(usable):
             trial = [*rest, batch_candidate(self.request.baseline, size), *schedule]
-            name = _name(trial)
-            if not any(m.recipe == name for m in self.measurements):
-                if self._combination(trial, goal, base) is None:
-                    return  # it did not fit in the budget (or is not a valid recipe): nor will a bigger one
-            advice = judge(self.measurements, goal)
-            row = next(r for r in advice.rows if r.recipe == name)
-            if not _is_winner(row, advice) or (below is not None and (row.speedup or 0.0) <= below):
-                return  # a bigger batch still will not do better
+            if not self._tried(trial, goal, base):
+                break  # it did not fit in the budget (or is not a valid recipe): nor will a bigger one
+            row = self._row(_name(trial), goal)
+            if not _is_winner(row, judge(self.measurements, goal)) or (below is not None and (row.speedup or 0.0) <= below):
+                break  # a bigger batch still will not do better
             below = row.speedup
+            if not best or self._beats(_name(trial), _name(best), goal):
+                best = trial
+        return best
+
+    def prune(self, best: list[Candidate], goal: Goal, base: Measurement) -> None:
+        """Each member of the best combination left out in turn, kept out where the rest is faster without it: a
+        winner added early (at batch 64) may cost time once the ladder has changed the batch."""
+        for member in [c for c in best if c.technique not in ("batch_size", "schedule")]:
+            trial = [c for c in best if c is not member]
+            if len(best) < 2 or not self._tried(trial, goal, base):
+                return
+            if self._beats(_name(trial), _name(best), goal):
+                best = trial
+
+    def _tried(self, trial: list[Candidate], goal: Goal, base: Measurement) -> bool:
+        """Whether ``trial`` has been measured, racing it now if not (False: it did not fit, or is not valid)."""
+        return any(m.recipe == _name(trial) for m in self.measurements) or \
+            self._combination(trial, goal, base) is not None
+
+    def _row(self, recipe: str, goal: Goal) -> Row:
+        return next(r for r in judge(self.measurements, goal).rows if r.recipe == recipe)
 
     def _rungs(self, usable: list[Screened]) -> list[int]:
         """The ladder's batch sizes: the user's ×4, ×16, ... below the largest batch a candidate tries, then that."""

@@ -155,6 +155,25 @@ def test_the_ladder_stops_at_the_first_rung_that_loses(fake: FakeMachine, tmp_pa
     assert findings.advice.recommended.recipe == "batch 256 + warmup-cosine"
 
 
+def test_a_winner_that_costs_time_on_the_ladder_is_pruned(fake: FakeMachine, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # adaptive batching wins at batch 64 (0.9x the epoch) and is kept; at batch 1024 it costs 1.5x: left out again
+    epoch_s = fake.epoch_s
+
+    def with_adaptive(config: RunConfig) -> float:
+        batch = config.batch_size if isinstance(config.batch_size, int) else 64
+        factor = (0.9 if batch < 256 else 1.5 if batch >= 1024 else 1.0) if config.accumulation == "adaptive" else 1.0
+        return epoch_s(config) * factor
+
+    monkeypatch.setattr(fake, "epoch_s", with_adaptive)
+    fake.auto_choices["batch_size auto"] = {"batch_size": 4096, "lr": 8e-3}
+    findings = advise(fake, 1200, ("batch_size", "schedule", "accumulation"), tmp_path)
+    recipes = [r for r, seed in fake.runs if seed == 0]
+    assert "adaptive batching + batch 1024 + warmup-cosine" in recipes  # the ladder on top of the winner kept
+    assert findings.advice.recommended is not None
+    assert findings.advice.recommended.recipe == "batch 1024 + warmup-cosine"  # the winner left out again
+
+
 def test_a_budget_too_small_for_the_baseline(fake: FakeMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def stopped(recipe: str, config: RunConfig, request_for: Any, guard: Any, runs_dir: Path) -> Measurement:
         fake.now += 30.0
