@@ -391,5 +391,6 @@ def _chose(s: Screened) -> str:
 
 
 def _values(chose: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in chose.items())
+    """'batch_size 2048, lr 0.00566': a scaled lr to three figures (the recipe keeps it exact)."""
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in chose.items())
 
