@@ -97,10 +97,10 @@ class StopWhenHopeless(Callback):
         if self.budget.left < 0:
             self.out_of_budget = True
             raise RunStopped(f"the budget ran out in epoch {state.epoch + 1} of {state.total_epochs}")
-        if (self.behind_s is not None and not self.reached
-                and self.budget.now() - self.fit_started > WALL_PER_TRAINING * self.behind_s):
-            raise RunStopped(f"behind: still in epoch {state.epoch + 1} after {WALL_PER_TRAINING:g}x the time the "
-                             "baseline needed to reach the target")
+        wall = self.budget.now() - self.fit_started
+        if self.behind_s is not None and not self.reached and wall > WALL_PER_TRAINING * self.behind_s:
+            raise RunStopped(f"behind: still in epoch {state.epoch + 1} after {wall:.1f} s without reaching the target "
+                             f"(a race is behind past {self.behind_s:.1f} s of training)")
 
     def _rest(self, records: list[dict[str, Any]], left: int, trained: float) -> float:
         """The wall time the rest of the run is expected to take: its epochs so far (compilation, a one-off, left out),
