@@ -6,9 +6,11 @@ Pure: it reads measurements and decides, so a decision is tested with injected t
   metric less the tolerance, as the default experiment measures it); speed-ups are paired by seed;
 - quality is the final metric's difference from the baseline's, judged in seed 001's ±0.5% band (being better is
   never a problem);
-- a recipe is recommended only if it beats the baseline beyond the spread: with two or more repeats every paired
-  speed-up is above 1 and its slowest time is below the baseline's fastest; with one, by at least
-  ``SINGLE_RUN_MARGIN`` (said in the advice);
+- a recipe is recommended only if it beats the baseline beyond the spread: with ``SIGN_TEST_PAIRS`` or more seeds
+  paired with the baseline's, every paired speed-up is above 1 (were it no faster, all n pairs would favour it with
+  chance 2^-n); with two, both are and its slowest time is below the baseline's fastest as well; with one, by at
+  least ``SINGLE_RUN_MARGIN`` (said in the advice). Seeds reach the target in different epochs, so times differ
+  more between seeds than between recipes on one seed: pairs are the measure;
 - a recipe that crashed, diverged, did nothing (a compile that traced no graph), was stopped, or never reached the
   target is reported with why, and never recommended.
 """
@@ -22,6 +24,7 @@ from leantrain.experiments.quality import QualityDelta, quality_delta
 from leantrain.train.metrics import NOISY_FOREIGN_CORES
 
 SINGLE_RUN_MARGIN = 0.10  # one measurement each: a speed-up under 1.10× is within what one repeat can tell
+SIGN_TEST_PAIRS = 3  # this many paired seeds, all faster, are beyond the spread on their own (chance 1 in 8 or less)
 BASELINE = "baseline"
 
 
@@ -160,6 +163,8 @@ def faster(row: Row, base: Row) -> bool:
         return False
     if row.quality is not None and not row.quality.within_band and row.quality.direction == "worse":
         return False
+    if len(row.speedups) >= SIGN_TEST_PAIRS:
+        return min(row.speedups) > 1.0
     if len(row.times) >= 2 and len(base.times) >= 2:
         return min(row.speedups) > 1.0 and max(row.times) < min(base.times)
     return (row.speedup or 0.0) >= 1.0 + SINGLE_RUN_MARGIN

@@ -48,6 +48,20 @@ def test_nothing_beyond_the_spread_keeps_the_recipe() -> None:
     assert "nothing beats the baseline beyond its spread" in advice.reason
 
 
+def test_three_paired_seeds_all_faster_are_beyond_the_spread() -> None:
+    # Seeds differ more than recipes (the baseline's time to target 1.5-3.0 s): unpaired, fused Adam's slowest (2.6 s)
+    # is not below the baseline's fastest; paired, it is 1.15x faster on every seed.
+    def seed_run(recipe: str, seed: int, scale: float) -> Measurement:
+        return run(recipe, seed, [scale * (0.5 + 0.25 * seed)] * 4, [0.70, 0.78, 0.80, 0.805])
+    ms = [m for seed in range(3) for m in (seed_run(BASELINE, seed, 1.0), seed_run("fused Adam", seed, 1 / 1.15))]
+    advice = judge(ms, GOAL)
+    assert advice.recommended is not None and advice.recommended.recipe == "fused Adam"
+    two = [m for m in ms if m.seed < 2]  # two pairs: the unpaired check still applies
+    assert judge(two, GOAL).recommended is None
+    one_slower = [*ms[:-1], seed_run("fused Adam", 2, 1.02)]  # one pair of three not faster: within the spread
+    assert judge(one_slower, GOAL).recommended is None
+
+
 def test_one_repeat_needs_the_margin() -> None:
     just = [baseline(0), run("threads", 0, [1.9] * 4, [0.70, 0.78, 0.80, 0.805])]  # 1.05x from one run each
     assert judge(just, GOAL).recommended is None
