@@ -7,15 +7,17 @@ Pure: it reads measurements and decides, so a decision is tested with injected t
 - quality is the final metric's difference from the baseline's, judged in seed 001's ±0.5% band (being better is
   never a problem);
 - a recipe is recommended only if it beats the baseline beyond the spread: with ``SIGN_TEST_PAIRS`` or more seeds
-  paired with the baseline's, every paired speed-up is above 1 (were it no faster, all n pairs would favour it with
-  chance 2^-n); with two, both are and its slowest time is below the baseline's fastest as well; with one, by at
-  least ``SINGLE_RUN_MARGIN`` (said in the advice). Seeds reach the target in different epochs, so times differ
-  more between seeds than between recipes on one seed: pairs are the measure;
+  paired with the baseline's, by a one-sided sign test (were it no faster, as many of its pairs would be faster with
+  chance at most ``SIGN_TEST_ALPHA``: 3 of 3, 4 of 4, 5 of 6, 6 of 7, 7 of 8, 8 of 10); with two, both are faster and
+  its slowest time is below the baseline's fastest as well; with one, by at least ``SINGLE_RUN_MARGIN`` (said in the
+  advice). Seeds reach the target in different epochs, so times differ more between seeds than between recipes on
+  one seed: pairs are the measure;
 - a recipe that crashed, diverged, did nothing (a compile that traced no graph), was stopped, or never reached the
   target is reported with why, and never recommended.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -24,7 +26,8 @@ from leantrain.experiments.quality import QualityDelta, quality_delta
 from leantrain.train.metrics import NOISY_FOREIGN_CORES
 
 SINGLE_RUN_MARGIN = 0.10  # one measurement each: a speed-up under 1.10× is within what one repeat can tell
-SIGN_TEST_PAIRS = 3  # this many paired seeds, all faster, are beyond the spread on their own (chance 1 in 8 or less)
+SIGN_TEST_PAIRS = 3  # from this many paired seeds, the sign test decides (3 of 3 faster: chance 1 in 8)
+SIGN_TEST_ALPHA = 0.125  # the chance, were a recipe no faster, of as many faster pairs as it had, at most
 BASELINE = "baseline"
 
 
@@ -164,10 +167,15 @@ def faster(row: Row, base: Row) -> bool:
     if row.quality is not None and not row.quality.within_band and row.quality.direction == "worse":
         return False
     if len(row.speedups) >= SIGN_TEST_PAIRS:
-        return min(row.speedups) > 1.0
+        return sign_test(sum(s > 1.0 for s in row.speedups), len(row.speedups)) <= SIGN_TEST_ALPHA
     if len(row.times) >= 2 and len(base.times) >= 2:
         return min(row.speedups) > 1.0 and max(row.times) < min(base.times)
     return (row.speedup or 0.0) >= 1.0 + SINGLE_RUN_MARGIN
+
+
+def sign_test(wins: int, pairs: int) -> float:
+    """The chance of ``wins`` or more faster pairs of ``pairs`` were the recipe no faster (each pair a coin toss)."""
+    return sum(math.comb(pairs, k) for k in range(wins, pairs + 1)) / 2**pairs
 
 
 def _why_keep(rows: list[Row]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from leantrain.advice.advisor import BEHIND_MARGIN, BEHIND_SLACK_S, Findings
 from leantrain.advice.budget import render_seconds
-from leantrain.advice.recommend import BASELINE, SIGN_TEST_PAIRS, SINGLE_RUN_MARGIN, Row
+from leantrain.advice.recommend import BASELINE, SIGN_TEST_ALPHA, SIGN_TEST_PAIRS, SINGLE_RUN_MARGIN, Row
 from leantrain.experiments.machine_report import machine_line
 from leantrain.experiments.quality import QUALITY_BAND
 from leantrain.experiments.report import median_spread
@@ -88,8 +88,9 @@ def _method(findings: Findings) -> str:
             f"trained for all your epochs, interleaved with the "
             f"baseline, {repeats} repeat(s) at most (seeds paired), which measures their final quality; speed-ups are the baseline's "
             f"time over the recipe's, median [min–max]. A recipe is recommended only if it beats the baseline beyond "
-            f"the spread (with {SIGN_TEST_PAIRS} or more seeds paired, every paired speed-up above 1; with two, also "
-            f"its slowest time below the baseline's fastest; with one repeat, by {SINGLE_RUN_MARGIN:.0%} or more) "
+            f"the spread (with {SIGN_TEST_PAIRS} or more seeds paired, a one-sided sign test at {SIGN_TEST_ALPHA:g}: 3 of "
+            f"3 pairs faster, 5 of 6, 8 of 10; with two, both faster and its slowest time below the baseline's fastest; "
+            f"with one repeat, by {SINGLE_RUN_MARGIN:.0%} or more) "
             f"and its final {findings.goal.metric} "
             f"stays within ±{QUALITY_BAND:.1%} of the baseline's (better is always fine). Repeats marked noisy had other "
             f"processes using CPU beside them.")

@@ -62,6 +62,19 @@ def test_three_paired_seeds_all_faster_are_beyond_the_spread() -> None:
     assert judge(one_slower, GOAL).recommended is None
 
 
+@pytest.mark.parametrize("pairs, slower, recommended", [(5, 1, False), (7, 1, True), (8, 2, False), (10, 2, True)])
+def test_more_pairs_may_hold_a_slower_one(pairs: int, slower: int, recommended: bool) -> None:
+    # A one-sided sign test at 1 in 8: 4 faster of 5 (chance 0.19 were it no faster) is not enough, 6 of 7 (0.06) is;
+    # 6 of 8 (0.14) is not, 8 of 10 (0.05) is.
+    ms = []
+    for seed in range(pairs):
+        scale = 1.02 if seed < slower else 1 / 1.15
+        ms += [run(BASELINE, seed, [0.5] * 4, [0.70, 0.78, 0.80, 0.805]),
+               run("fused Adam", seed, [0.5 * scale] * 4, [0.70, 0.78, 0.80, 0.805])]
+    advice = judge(ms, GOAL)
+    assert (advice.recommended is not None) is recommended
+
+
 def test_one_repeat_needs_the_margin() -> None:
     just = [baseline(0), run("threads", 0, [1.9] * 4, [0.70, 0.78, 0.80, 0.805])]  # 1.05x from one run each
     assert judge(just, GOAL).recommended is None
