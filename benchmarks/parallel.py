@@ -68,6 +68,7 @@ DDP_KNOBS: dict[str, dict[str, Any]] = {
 KNOBS_CASE = "MLP 512-2048-2048-20, batch 512"
 CEILING = "ceiling: 2 independent runs x 1 thread, no DDP"
 HAND_WRITTEN = "hand-written DDP loop (plain DistributedDataParallel, gloo, FileStore)"
+RUN_LIMIT_S = 300  # per epoch, for every launched arm: a hung rank ends the benchmark with its log, never blocks it
 
 
 def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, env: dict) -> dict:
@@ -77,8 +78,11 @@ def run_layout(case: dict, procs: int | str, threads: int | None, epochs: int, e
     values.setdefault("parallel", "ddp")
     with tempfile.TemporaryDirectory() as out:
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
-        done = subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--procs",
-                               str(procs), "--quiet", "--out", out], capture_output=True, text=True, env=env)
+        try:
+            done = subprocess.run([sys.executable, "-m", "leantrain", "train", *flags, "--procs", str(procs), "--quiet",
+                                   "--out", out], capture_output=True, text=True, env=env, timeout=RUN_LIMIT_S * epochs)
+        except subprocess.TimeoutExpired as e:
+            sys.exit(f"{procs} procs still running after {RUN_LIMIT_S * epochs} s:\n{(e.stderr or b'')[-3000:]!r}")
         if done.returncode != 0:
             sys.exit(f"{procs} procs failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         (path,) = Path(out).glob("*.json")
@@ -95,7 +99,12 @@ def run_two_alone(case: dict, epochs: int, env: dict) -> float:
         runs = [subprocess.Popen([sys.executable, "-m", "leantrain", "train", *flags, "--quiet", "--out", f"{out}/{i}"],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
         for run in runs:
-            _, err = run.communicate()
+            try:
+                _, err = run.communicate(timeout=RUN_LIMIT_S * epochs)
+            except subprocess.TimeoutExpired:
+                for other in runs:
+                    other.kill()
+                sys.exit(f"an independent run still running after {RUN_LIMIT_S * epochs} s")
             if run.returncode != 0:
                 sys.exit(f"an independent run failed (exit {run.returncode}):\n{err[-3000:]}")
         records = [json.loads(next(Path(f"{out}/{i}").glob("*.json")).read_text()) for i in range(2)]
@@ -113,13 +122,14 @@ def hand_written_ddp(case: dict, epochs: int, env: dict) -> float:
         ranks = [subprocess.Popen([sys.executable, __file__, "--hand-written-rank", str(rank), folder, json.dumps(case),
                                    str(epochs)], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
                  for rank, log in zip(range(2), logs)]
+        deadline = time.monotonic() + RUN_LIMIT_S * epochs
         while any(rank.poll() is None for rank in ranks):
             failed = [(r, log) for r, log in zip(ranks, logs) if r.poll() not in (None, 0)]
-            if failed:  # the other rank would wait for it until the process group's timeout
+            if failed or time.monotonic() > deadline:  # the other rank would wait until the group's timeout
                 for rank in ranks:
                     rank.kill()
-                sys.exit(f"the hand-written DDP loop failed (exit {failed[0][0].returncode}):\n"
-                         f"{failed[0][1].read_text()[-3000:]}")
+                why = f"exit {failed[0][0].returncode}" if failed else f"still running after {RUN_LIMIT_S * epochs} s"
+                sys.exit(f"the hand-written DDP loop failed ({why}):\n" + "\n".join(log.read_text()[-1500:] for log in logs))
             time.sleep(0.2)
         if any(rank.returncode for rank in ranks):
             sys.exit(f"the hand-written DDP loop failed:\n{logs[0].read_text()[-1500:]}\n{logs[1].read_text()[-1500:]}")
@@ -169,6 +179,10 @@ def hand_written_rank(rank: int, folder: str, case: dict, epochs: int, world: in
         if rank == 0:
             (Path(folder) / "rate.json").write_text(json.dumps({"samples_per_s": statistics.median(rates)}))
     finally:
+        # DDP's reducer holds the group: freed after the group is left, it would destroy it with the GIL held, and a
+        # gloo worker still dropping the last all-reduce's tensors waits for the GIL (a hang at exit; see
+        # leantrain.parallel.ddp.DataParallel.release). Freed first, the group dies in destroy_process_group.
+        model = optimizer = None  # noqa: F841
         torch_dist.destroy_process_group()
 
 
