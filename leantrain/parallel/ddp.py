@@ -40,6 +40,14 @@ def wrap_ddp(module: nn.Module, *, device_type: str, bucket_cap_mb: float = 25.0
     return ddp
 
 
+def release_reducer(ddp: DistributedDataParallel) -> None:
+    """Free ``ddp``'s C++ reducer and its logger now, whoever still holds the module (a traceback's frames): called
+    while the process group is joined, so that the reducer never holds the group's last reference (see
+    ``DataParallel.release``). The module trains no more after it."""
+    ddp._remove_autograd_hooks()
+    ddp.reducer = ddp.logger = None
+
+
 def _parameter_ids(model: nn.Module) -> tuple[int, ...]:
     return tuple(id(p) for p in model.parameters())
 
@@ -88,6 +96,5 @@ class DataParallel(ModeHooks):
         one of two ranks). Freed here, the group's last reference is Python's, whose destructor lets go of the
         GIL first."""
         if self.ddp is not None:
-            self.ddp._remove_autograd_hooks()
-            self.ddp.reducer = self.ddp.logger = None
+            release_reducer(self.ddp)
         self.ddp = None

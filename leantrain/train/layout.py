@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from leantrain import data as data_sets
 from leantrain import models
@@ -33,7 +34,7 @@ from leantrain.errors import UsageError
 from leantrain.fileio import write_json
 from leantrain.machine import cpu_name
 from leantrain.parallel import env as parallel_env
-from leantrain.parallel.ddp import wrap_ddp
+from leantrain.parallel.ddp import release_reducer, wrap_ddp
 from leantrain.parallel.dist import Dist, process_group
 from leantrain.parallel.launch import WorkersFailed, cores_available, run_local_workers
 from leantrain.parallel.mpi import gradient_buffers, mpi_group
@@ -73,19 +74,23 @@ def time_steps(config: RunConfig, dist: Dist) -> float:
     batches = TensorBatches(dataset.x_train, dataset.y_train, config.batch, rank=dist.rank,
                             world_size=dist.world_size)
     times = []
-    for step, (x, y) in enumerate(_cycle(batches)):
-        start = time.perf_counter()
-        loss = task.loss_sum(task.forward(forward, x, y), y) / task.units(y)
-        loss.backward()
-        for buffer in buffers:
-            buffer.average_(dist)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        dist.barrier()
-        if step >= WARMUP_STEPS:
-            times.append(dist.max([time.perf_counter() - start])[0])
-        if len(times) == TIMED_STEPS:
-            break
+    try:
+        for step, (x, y) in enumerate(_cycle(batches)):
+            start = time.perf_counter()
+            loss = task.loss_sum(task.forward(forward, x, y), y) / task.units(y)
+            loss.backward()
+            for buffer in buffers:
+                buffer.average_(dist)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            dist.barrier()
+            if step >= WARMUP_STEPS:
+                times.append(dist.max([time.perf_counter() - start])[0])
+            if len(times) == TIMED_STEPS:
+                break
+    finally:
+        if isinstance(forward, DistributedDataParallel):
+            release_reducer(forward)  # while the group is joined, also on an error (parallel/ddp.py)
     return config.batch * dist.world_size / statistics.median(times)
 
 
