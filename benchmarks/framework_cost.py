@@ -9,7 +9,9 @@ after the first of an epoch's training time over its steps, then median [min-max
 the CPU other processes used meanwhile (a median above 0.15 cores marks the row noisy: re-run it).
 
     python benchmarks/framework_cost.py [--batch 64 512] [--loader tensor|dataloader] [--threads 1] [--repeats 5]
-                                        [--epochs 4] [--data imagenet-sim:n=20000]
+                                        [--epochs 4] [--data imagenet-sim:n=20000] [--in-situ]
+
+``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop instead.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from leantrain.data import load
 from leantrain.data.dataset import Dataset
 from leantrain.machine import cpu_name
 from leantrain.models import build
+from leantrain.techniques.amp import Precision
+from leantrain.train import loop
 from leantrain.train.guards import Guards
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.run import execute
@@ -123,6 +127,38 @@ def table(times: dict[str, list[float]], foreign: dict[str, list[float]]) -> str
     return "\n".join(lines)
 
 
+# The per-step pieces timed inside the real loop by ``--in-situ``: (owner, attribute, label).
+PIECES = (
+    (loop, "_train_step", "whole step"),
+    (loop, "_backward_step", "forward and backward (with the count)"),
+    (Precision, "step", "optimizer step"),
+    (tasks.Classification, "correct", "training-accuracy count"),
+    (Guards, "before_optimizer_step", "non-finite guard"),
+    (loop, "_count", "counting units and samples"),
+)
+
+
+def in_situ(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, float]:
+    """Median microseconds per call of each piece, timed inside leantrain's own loop (a timer around each call: a
+    piece costs more there than alone, where its code and data stay in cache)."""
+    calls: dict[str, list[int]] = {label: [] for _, _, label in PIECES}
+
+    def timer(original: Callable[..., object], label: str) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter_ns()
+            result = original(*args, **kwargs)
+            calls[label].append(time.perf_counter_ns() - start)
+            return result
+        return timed
+
+    patches = tuple((owner, name, timer(getattr(owner, name), label)) for owner, name, label in PIECES)
+    leantrain(data, batch, loader, epochs, patches, spec)  # untimed: first-call kernel selection
+    for values in calls.values():
+        values.clear()
+    leantrain(data, batch, loader, epochs, patches, spec)
+    return {label: statistics.median(values) / 1000 for label, values in calls.items() if values}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -131,10 +167,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--loader", choices=("tensor", "dataloader"), default="tensor")
     parser.add_argument("--data", default="imagenet-sim:n=20000")
+    parser.add_argument("--in-situ", action="store_true", help="time each per-step piece inside leantrain's loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load(args.data)
     for batch in args.batch:
+        if args.in_situ:
+            print(f"\n# in situ: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), "
+                  f"{args.data}, {args.loader} batches of {batch}\n| piece | µs per call (median) |\n|---|---|")
+            for label, us in in_situ(data, args.data, batch, args.loader, args.epochs).items():
+                print(f"| {label} | {us:,.1f} |")
+            continue
         load_before = os.getloadavg()[0]
         times, foreign = measure(variants(data, args.data, batch, args.loader, args.epochs), args.repeats)
         print(f"\n# {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
