@@ -27,7 +27,7 @@ from leantrain.advice.budget import Budget, render_seconds
 from leantrain.advice.candidates import Candidate, Machine, candidates
 from leantrain.advice.candidates import batch as batch_candidate
 from leantrain.advice.measure import Measurement, StopWhenHopeless, measure
-from leantrain.advice.recommend import BASELINE, Advice, Goal, Row, faster, judge
+from leantrain.advice.recommend import BASELINE, Advice, Goal, faster, judge
 from leantrain.advice.screen import Screened, auto_candidates, concrete, one_line, screen
 from leantrain.config import RunConfig, resolve_device
 from leantrain.data.dataset import Dataset
@@ -283,8 +283,9 @@ class Advisor:
             trial = [*rest, batch_candidate(self.request.baseline, size), *schedule]
             if not self._tried(trial, goal, base):
                 break  # it did not fit in the budget (or is not a valid recipe): nor will a bigger one
-            row = self._row(_name(trial), goal)
-            if not _is_winner(row, judge(self.measurements, goal)) or (below is not None and (row.speedup or 0.0) <= below):
+            advice = judge(self.measurements, goal)
+            row = next(r for r in advice.rows if r.recipe == _name(trial))
+            if not _is_winner(row, advice) or (below is not None and (row.speedup or 0.0) <= below):
                 break  # a bigger batch still will not do better
             below = row.speedup
             if not best or self._beats(_name(trial), _name(best), goal):
@@ -305,9 +306,6 @@ class Advisor:
         """Whether ``trial`` has been measured, racing it now if not (False: it did not fit, or is not valid)."""
         return any(m.recipe == _name(trial) for m in self.measurements) or \
             self._combination(trial, goal, base) is not None
-
-    def _row(self, recipe: str, goal: Goal) -> Row:
-        return next(r for r in judge(self.measurements, goal).rows if r.recipe == recipe)
 
     def _rungs(self, usable: list[Screened]) -> list[int]:
         """The ladder's batch sizes: the user's ×4, ×16, ... below the largest batch a candidate tries, then that."""

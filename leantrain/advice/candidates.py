@@ -62,17 +62,13 @@ def _optimizer(base: dict[str, Any], machine: Machine) -> list[Candidate]:
                       "the same Adam update in one fused kernel")]
 
 
-def lr_for_batch(base: dict[str, Any], batch_size: int) -> float:
-    """The learning rate for a larger batch: by its square root under Adam, linearly under sgd (as batch_size auto)."""
-    return scaled_lr(float(base["lr"]), batch_size, int(base["batch_size"]), base["optimizer"])
-
-
 def batch(base: dict[str, Any], size: int) -> Candidate:
-    """The baseline at batch ``size``, its lr scaled by the rule batch_size auto uses."""
-    factor = size / int(base["batch_size"])
-    how = f"×{factor:g}" if lr_rule(base["optimizer"]) == "linear" else f"by √{factor:g} = {math.sqrt(factor):.3g}"
-    return Candidate(f"batch {size}", "batch_size", {"batch_size": size, "lr": lr_for_batch(base, size)},
-                     f"{factor:g}× the batch (fewer, fuller steps), lr scaled {how} ({lr_rule(base['optimizer'])})")
+    """The baseline at batch ``size``, its lr scaled by the rule batch_size auto uses (√ under Adam, linear sgd)."""
+    factor, rule = size / int(base["batch_size"]), lr_rule(base["optimizer"])
+    lr = scaled_lr(float(base["lr"]), size, int(base["batch_size"]), base["optimizer"])
+    how = f"×{factor:g}" if rule == "linear" else f"by √{factor:g} = {math.sqrt(factor):.3g}"
+    return Candidate(f"batch {size}", "batch_size", {"batch_size": size, "lr": lr},
+                     f"{factor:g}× the batch (fewer, fuller steps), lr scaled {how} ({rule})")
 
 
 def _batch(base: dict[str, Any], machine: Machine) -> list[Candidate]:

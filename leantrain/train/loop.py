@@ -359,9 +359,6 @@ def _forward_backward(
     if meter is None:  # every step but a measured one: no context to enter
         return _forward_backward_plain(state, x, y, loss_divisor, contextlib.nullcontext())
     with meter.measure():
-        if state.forward_backward is not None:
-            with meter.backward():
-                return state.forward_backward(x, y, loss_divisor)
         return _forward_backward_plain(state, x, y, loss_divisor, meter.backward())
 
 
@@ -371,7 +368,8 @@ def _forward_backward_plain(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``_forward_backward`` inside whatever measures it; ``backward`` is entered around the backward pass."""
     if state.forward_backward is not None:  # a pipeline schedule: forward and backward in one call (never compiled)
-        return state.forward_backward(x, y, loss_divisor)
+        with backward:
+            return state.forward_backward(x, y, loss_divisor)
     with state.precision.autocast():
         output = state.task.forward(state.forward, x, y)
         loss = state.task.loss_sum(output, y)
