@@ -25,7 +25,6 @@ from unittest import mock
 import torch
 from torch import nn
 
-from leantrain import tasks
 from leantrain.config import RunConfig
 from leantrain.data import load
 from leantrain.data.dataset import Dataset
@@ -33,11 +32,10 @@ from leantrain.machine import cpu_name
 from leantrain.models import build
 from leantrain.techniques.amp import Precision
 from leantrain.train import loop
+from leantrain.train.correct_count import KEEP_BATCHES, CorrectCount
 from leantrain.train.guards import Guards
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.run import execute
-
-COUNT = tasks.Classification.correct
 
 
 def _batches(data: Dataset, batch: int, loader: str, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,8 +85,7 @@ def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tupl
 
 def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
     no_guard = (Guards, "before_optimizer_step", lambda self, state, loss: False)
-    # The training steps' outputs require grad; validation's do not: only training's count is switched off.
-    no_count = (tasks.Classification, "correct", lambda self, o, t: None if o.requires_grad else COUNT(self, o, t))
+    no_count = (CorrectCount, "add", lambda self, output, target: None)  # training's count; validation's is kept
     return {
         "plain loop": lambda: plain(data, batch, loader, epochs),
         "leantrain": lambda: leantrain(data, batch, loader, epochs, (), spec),
@@ -132,15 +129,17 @@ PIECES = (
     (loop, "_train_step", "whole step"),
     (loop, "_backward_step", "forward and backward (with the count)"),
     (Precision, "step", "optimizer step"),
-    (tasks.Classification, "correct", "training-accuracy count"),
+    (CorrectCount, "add", "training-accuracy count: the predictions"),
+    (CorrectCount, "_compare_kept", f"training-accuracy count: compare the kept ones (every {KEEP_BATCHES} batches)"),
     (Guards, "before_optimizer_step", "non-finite guard"),
     (loop, "_count", "counting units and samples"),
 )
 
 
-def in_situ(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, float]:
-    """Median microseconds per call of each piece, timed inside leantrain's own loop (a timer around each call: a
-    piece costs more there than alone, where its code and data stay in cache)."""
+def in_situ(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, tuple[float, float]]:
+    """Each piece's median microseconds per call and its microseconds per step (all its calls' time over the
+    steps: what a piece called every few steps costs a step), timed inside leantrain's own loop (a timer around
+    each call: a piece costs more there than alone, where its code and data stay in cache)."""
     calls: dict[str, list[int]] = {label: [] for _, _, label in PIECES}
 
     def timer(original: Callable[..., object], label: str) -> Callable[..., object]:
@@ -156,7 +155,9 @@ def in_situ(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> d
     for values in calls.values():
         values.clear()
     leantrain(data, batch, loader, epochs, patches, spec)
-    return {label: statistics.median(values) / 1000 for label, values in calls.items() if values}
+    steps = len(calls["whole step"])
+    return {label: (statistics.median(values) / 1000, sum(values) / steps / 1000)
+            for label, values in calls.items() if values}
 
 
 def main() -> None:
@@ -174,9 +175,10 @@ def main() -> None:
     for batch in args.batch:
         if args.in_situ:
             print(f"\n# in situ: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), "
-                  f"{args.data}, {args.loader} batches of {batch}\n| piece | µs per call (median) |\n|---|---|")
-            for label, us in in_situ(data, args.data, batch, args.loader, args.epochs).items():
-                print(f"| {label} | {us:,.1f} |")
+                  f"{args.data}, {args.loader} batches of {batch}\n| piece | µs per call (median) | µs per step |\n"
+                  "|---|---|---|")
+            for label, (per_call, per_step) in in_situ(data, args.data, batch, args.loader, args.epochs).items():
+                print(f"| {label} | {per_call:,.1f} | {per_step:,.1f} |")
             continue
         load_before = os.getloadavg()[0]
         times, foreign = measure(variants(data, args.data, batch, args.loader, args.epochs), args.repeats)

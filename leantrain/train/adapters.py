@@ -107,6 +107,8 @@ class AdaptedTask:
         # Training accuracy is counted per the base task's unit: kept where that unit is still the loop's.
         keeps_units = not self.custom_loss or getattr(base, "units_are_samples", False)
         self.train_metric = base.train_metric if keeps_units else None
+        if self.train_metric is not None and hasattr(base, "predictions"):  # forward already picked the output
+            self.predictions = base.predictions
 
     def forward(self, model: Callable[..., Any], x: Any, y: Tensor) -> Any:
         def forward(*args: Any, **kwargs: Any) -> Any:  # the task's call (seq2seq passes targets too)

@@ -24,6 +24,7 @@ from leantrain.data.streaming import StreamVal
 from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
 from leantrain.techniques.base import Event, Technique, fire
+from leantrain.train.correct_count import CorrectCount
 from leantrain.train.guards import Guards
 from leantrain.train.loggers import NO_LOG, StepLog
 from leantrain.train.metrics import ForeignCpuMeter, SavedTensorMeter, now, state_bytes
@@ -96,7 +97,7 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # A mid-epoch checkpoint's epoch continues where it stopped: same sums, same next batch.
-    run, state.progress = _EpochRun.resume(state.progress or EpochProgress()), None
+    run, state.progress = _EpochRun.resume(state.progress or EpochProgress(), state.task), None
     micro_batches = islice(batches.epoch(state.epoch), run.drawn, None)
     foreign_cpu = ForeignCpuMeter()
     epoch_batches = len(batches)
@@ -131,34 +132,31 @@ class _EpochRun:
     (state.py), from which a resume continues: the same sums, the same next batch."""
 
     sums: EpochSums  # units, samples, steps and tokens so far; the loss and correct count are put in at the end
+    correct: CorrectCount  # the training-accuracy count (a resumed epoch's starts from the saved part's)
     drawn: int = 0  # micro-batches drawn from ``batches.epoch(e)`` so far; a resume skips this many
-    # Per-step losses and correct counts stay on the device, added up at the epoch's end: no kernel per step for sums.
+    # Per-step losses stay on the device, added up at the epoch's end: no kernel per step for sums.
     step_losses: list[torch.Tensor] = field(default_factory=list)
     step_units: list[int] = field(default_factory=list)  # what each step's loss is divided by (0: a skipped step)
-    step_correct: list[torch.Tensor] = field(default_factory=list)
-    correct_before: torch.Tensor | None = None  # the resumed part's count of correct units
     activation_bytes: int = 0
     elapsed_before: float = 0.0  # training time before the interruption (epoch time_s adds it)
 
     @classmethod
-    def resume(cls, saved: EpochProgress) -> _EpochRun:
+    def resume(cls, saved: EpochProgress, task: Any) -> _EpochRun:
         sums = EpochSums(units=saved.units, samples=saved.samples, steps=saved.steps, tokens=saved.tokens)
-        return cls(sums, saved.micro_batches, saved.step_losses, saved.step_units, [], saved.correct_sum,
-                   saved.activation_bytes, saved.elapsed_s)
+        return cls(sums, CorrectCount(task, saved.correct_sum), saved.micro_batches, saved.step_losses,
+                   saved.step_units, saved.activation_bytes, saved.elapsed_s)
 
     def progress(self, elapsed_s: float) -> EpochProgress:
         """What a mid-epoch checkpoint saves, ``elapsed_s`` into this process's part of the epoch."""
         sums = self.sums
         return EpochProgress(self.drawn, sums.steps, sums.units, sums.samples, sums.tokens, self.step_losses,
-                             self.step_units, self.elapsed_before + elapsed_s, self.activation_bytes, self.correct())
-
-    def correct(self) -> torch.Tensor | None:
-        return _total(self.correct_before, self.step_correct)
+                             self.step_units, self.elapsed_before + elapsed_s, self.activation_bytes,
+                             self.correct.total())
 
     def finish(self, step_sums: list[float], timed_samples: int) -> EpochSums:
         """This rank's sums at the epoch's end; ``step_sums``: the per-step losses, on the host. A skipped step
         (no units) leaves its loss out."""
-        correct = self.correct()
+        correct = self.correct.total()
         return dataclasses.replace(
             self.sums, loss=sum(total for total, units in zip(step_sums, self.step_units) if units),
             correct=float(correct) if correct is not None else 0.0, timed_samples=timed_samples,
@@ -212,21 +210,22 @@ def _train_step(
     run.drawn += len(step_batches)
     meter = SavedTensorMeter(list(state.model.parameters())) if measure else None
     step_units, step_samples, step_tokens = _count(state.task, step_batches)
-    corrects_before = len(run.step_correct)
+    corrects_before = run.correct.mark()
     step_loss = _backward_step(state, step_batches, techniques, _loss_divisor(state, step_units), meter,
-                               run.step_correct)
+                               run.correct)
     state.precision.unscale_(state.optimizer)
     log.step(state, step_loss, step_units, step_samples, step_tokens, len(step_batches))
     fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
     if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
         state.optimizer.zero_grad(set_to_none=True)
-        del run.step_correct[corrects_before:]
+        run.correct.drop_since(corrects_before)
         step_units = 0  # a step of no units: its loss is left out of the epoch's
     else:
         state.precision.step(state.optimizer)
         state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
+    run.correct.step_done()
     run.step_losses.append(step_loss)
     run.step_units.append(step_units)
     run.sums.add(units=step_units, samples=step_samples, steps=1, tokens=step_tokens)
@@ -238,22 +237,19 @@ def _train_step(
 
 def _backward_step(
     state: TrainState, step_batches: list[tuple[Any, torch.Tensor]], techniques: list[Technique],
-    loss_divisor: float | int, meter: SavedTensorMeter | None, correct: list[torch.Tensor],
+    loss_divisor: float | int, meter: SavedTensorMeter | None, correct: CorrectCount,
 ) -> torch.Tensor:
     """Forward and backward over a step's micro-batches, the mode's gradient sync after the last; returns the
-    step's summed loss (detached) and appends each micro-batch's correct count (if the task counts one) to
-    ``correct``."""
+    step's summed loss (detached) and adds each micro-batch's training output to the ``correct`` count."""
     last = len(step_batches) - 1
     step_loss: torch.Tensor | None = None
     for index, (x, y) in enumerate(step_batches):
         if index < last:
             with state.no_sync():
-                loss, counted = _forward_backward(state, x, y, loss_divisor, meter)
+                loss = _forward_backward(state, x, y, loss_divisor, meter, correct)
         else:
-            loss, counted = _forward_backward(state, x, y, loss_divisor, meter)
+            loss = _forward_backward(state, x, y, loss_divisor, meter, correct)
             state.sync_gradients()
-        if counted is not None:
-            correct.append(counted)
         step_loss = loss if step_loss is None else step_loss + loss  # no kernel at one micro-batch per step
         fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
     assert step_loss is not None
@@ -313,14 +309,6 @@ def _count(task: Any, step_batches: list[tuple[Any, torch.Tensor]]) -> tuple[int
     return units, samples, tokens
 
 
-def _total(before: torch.Tensor | None, counts: list[torch.Tensor]) -> torch.Tensor | None:
-    """A running count kept as per-step device scalars, added up (one kernel) when it is read."""
-    if not counts:
-        return before
-    total = torch.stack(counts).sum()
-    return total if before is None else total + before
-
-
 def _loss_divisor(state: TrainState, step_units: int) -> float | int:
     """What each rank divides its summed loss by, so that the gradient (DDP averages it over ranks) is the
     mean over every unit of the step on all ranks. Ranks hold equal sample counts, so where a unit is a
@@ -351,33 +339,36 @@ def _with_rank_memory(dist: Dist, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _forward_backward(
-    state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int, meter: SavedTensorMeter | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One micro-batch; returns its summed loss (detached) and its correct units (None where the task counts
-    none). The gradient is of the per-unit mean over the step: backward starts from 1 / loss_divisor rather than
+    state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int, meter: SavedTensorMeter | None,
+    correct: CorrectCount,
+) -> torch.Tensor:
+    """One micro-batch; returns its summed loss (detached) and adds its output to the ``correct`` count. The
+    gradient is of the per-unit mean over the step: backward starts from 1 / loss_divisor rather than
     from a divided loss, which spares a kernel forward and one backward (the same numbers)."""
     if meter is None:  # every step but a measured one: no context to enter
-        return _forward_backward_plain(state, x, y, loss_divisor, contextlib.nullcontext())
+        return _forward_backward_plain(state, x, y, loss_divisor, contextlib.nullcontext(), correct)
     with meter.measure():
-        return _forward_backward_plain(state, x, y, loss_divisor, meter.backward())
+        return _forward_backward_plain(state, x, y, loss_divisor, meter.backward(), correct)
 
 
 def _forward_backward_plain(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, loss_divisor: float | int,
-    backward: contextlib.AbstractContextManager[Any],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    backward: contextlib.AbstractContextManager[Any], correct: CorrectCount,
+) -> torch.Tensor:
     """``_forward_backward`` inside whatever measures it; ``backward`` is entered around the backward pass."""
     if state.forward_backward is not None:  # a pipeline schedule: forward and backward in one call (never compiled)
         with backward:
-            return state.forward_backward(x, y, loss_divisor)
+            loss, counted = state.forward_backward(x, y, loss_divisor)
+        correct.add_count(counted)
+        return loss
     with state.precision.autocast():
         output = state.task.forward(state.forward, x, y)
         loss = state.task.loss_sum(output, y)
-    correct = state.task.correct(output, y)  # an argmax count: no graph (a user's metric runs under no_grad)
+    correct.add(output, y)  # counts no graph; keeps (detached) only a small output, never a language model's logits
     del output  # not held through backward: a language model's logits are the largest activation
     with backward:
         state.precision.scale(loss).backward(state.mean_gradient(loss_divisor, loss))
-    return loss.detach(), correct
+    return loss.detach()
 
 
 @torch.no_grad()

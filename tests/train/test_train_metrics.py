@@ -1,6 +1,7 @@
 """Per-epoch training accuracy, counted on the forward passes training makes anyway."""
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -28,14 +29,16 @@ def _data(n=250, seed=0):
     return lt.data.from_tensors(x, y)
 
 
-def test_train_accuracy_equals_a_direct_count_of_each_steps_predictions():
-    data = _data()
+# 8 steps an epoch (counted together at its end), and 163 (kept outputs counted every 64 steps, then the rest)
+@pytest.mark.parametrize("n, batch_size", [(250, 32), (1300, 8)])
+def test_train_accuracy_equals_a_direct_count_of_each_steps_predictions(n, batch_size):
+    data = _data(n)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     shadow = copy.deepcopy(model)
     snaps = Snapshots()
-    record = lt.fit(model, data, epochs=2, batch_size=32, lr=5e-2, seed=3, techniques=[snaps])
-    batches = TensorBatches(data.x_train, data.y_train, 32, shuffle=True, seed=3)
+    record = lt.fit(model, data, epochs=2, batch_size=batch_size, lr=5e-2, seed=3, techniques=[snaps])
+    batches = TensorBatches(data.x_train, data.y_train, batch_size, shuffle=True, seed=3)
     steps = iter(snaps.weights[step] for step in sorted(snaps.weights))
     for epoch in range(2):
         correct = total = 0

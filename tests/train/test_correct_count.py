@@ -1,0 +1,76 @@
+"""The training-accuracy count: predictions kept and compared together give each batch's count made alone."""
+import torch
+
+from leantrain.tasks import Classification, SequenceToSequence
+from leantrain.train.correct_count import KEEP_BATCHES, CorrectCount
+
+
+def _batch(generator, rows=16, classes=5):
+    return torch.randn(rows, classes, generator=generator), torch.randint(0, classes, (rows,), generator=generator)
+
+
+def _alone(output, target):
+    return int((output.argmax(-1) == target).sum())
+
+
+def test_kept_predictions_compared_together_equal_each_batch_counted_alone():
+    g = torch.Generator().manual_seed(0)
+    count, expected = CorrectCount(Classification()), 0
+    steps = KEEP_BATCHES + 9
+    for _ in range(steps):
+        for rows in (16, 3):  # two micro-batches a step, of different sizes
+            output, target = _batch(g, rows)
+            count.add(output.requires_grad_(), target)
+            expected += _alone(output, target)
+        count.step_done()
+        assert len(count.kept) < KEEP_BATCHES + 2  # compared on the way, not held for the epoch
+        assert all(not predictions.requires_grad for predictions, _ in count.kept)  # no graph kept alive
+    assert len(count.counts) == 2 * steps // KEEP_BATCHES  # full intervals compared on the way, the rest at the end
+    assert int(count.total()) == expected
+
+
+def test_a_dropped_step_is_left_out_before_and_after_an_interval_is_compared():
+    g = torch.Generator().manual_seed(1)
+    count, expected = CorrectCount(Classification(), before=torch.tensor(7)), 7
+    for step in range(3 * KEEP_BATCHES):
+        mark = count.mark()
+        output, target = _batch(g)
+        count.add(output, target)
+        if step % 5 == 0:
+            count.drop_since(mark)  # skip mode leaves this step out
+        else:
+            expected += _alone(output, target)
+        count.step_done()
+    assert int(count.total()) == expected
+
+
+def test_a_task_without_predictions_is_counted_each_batch():
+    g = torch.Generator().manual_seed(2)
+    counted = []
+
+    class Counted:
+        train_metric = "train_acc"
+
+        def correct(self, output, target):
+            counted.append(len(target))
+            return Classification().correct(output, target)
+
+    count = CorrectCount(Counted())
+    output, target = _batch(g)
+    count.add(output, target)
+    assert counted == [16] and not count.kept and int(count.total()) == _alone(output, target)
+    assert not hasattr(SequenceToSequence, "predictions")  # its count masks padding: each batch counts its own
+
+
+def test_a_task_without_a_count_totals_none_or_the_resumed_part():
+    class NoCount:
+        train_metric = None
+
+        def correct(self, output, target):
+            return None
+
+    count = CorrectCount(NoCount())
+    count.add(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    count.step_done()
+    assert count.total() is None
+    assert int(CorrectCount(NoCount(), before=torch.tensor(4)).total()) == 4
