@@ -4,9 +4,10 @@ share an alphabet).
 
 ``model(src, tgt_in)`` -> teacher-forced logits (N, T, vocab); ``decode=True`` adds a greedy decode. The cached
 decoder runs the encoder once, computes each block's cross-attention keys/values from it once, and keeps each
-block's self-attention keys/values for the tokens decoded so far (the key/value cache), so each step runs one
-position. ``decode_cache = False`` recomputes the whole model on the prefix each step (``models/decoding.py``);
-the tokens are the same.
+block's self-attention keys/values for the tokens decoded so far (the key/value cache, preallocated for the whole
+decode and filled a position a step, not concatenated anew each step), so each step runs one position.
+``decode_cache = False`` recomputes the whole model on the prefix each step (``models/decoding.py``); the tokens
+are the same.
 """
 from __future__ import annotations
 
@@ -73,18 +74,23 @@ class DecoderBlock(nn.Module):
         self.norm3, self.mlp = nn.LayerNorm(d_model), _mlp(d_model, ff)
         self.drop = nn.Dropout(dropout)
 
-    def forward(
-        self, x: torch.Tensor, memory_kv: KV, src_mask: torch.Tensor, causal: torch.Tensor | None,
-        cache: KV | None = None,
-    ) -> tuple[torch.Tensor, KV]:
-        """With ``cache`` (the earlier positions' keys/values), ``x`` holds only the new position(s)."""
+    def forward(self, x: torch.Tensor, memory_kv: KV, src_mask: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+        """Every target position at once (teacher forcing), ``causal`` masking the later ones."""
+        h = self.norm1(x)
+        x = x + self.drop(self.self_attn(h, self.self_attn.keys_values(h), causal))
+        x = x + self.drop(self.cross_attn(self.norm2(x), memory_kv, src_mask))
+        return x + self.drop(self.mlp(self.norm3(x)))
+
+    def step(self, x: torch.Tensor, memory_kv: KV, src_mask: torch.Tensor, cache: KV, t: int) -> torch.Tensor:
+        """One new position ``t`` (``x``: (N, 1, d)); ``cache`` holds the keys/values of positions before t in
+        buffers of the whole decode's length (N, heads, steps, head_dim), and this writes position t's."""
         h = self.norm1(x)
         k, v = self.self_attn.keys_values(h)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        x = x + self.drop(self.self_attn(h, (k, v), causal))
+        cache[0][:, :, t : t + 1] = k
+        cache[1][:, :, t : t + 1] = v
+        x = x + self.drop(self.self_attn(h, (cache[0][:, :, : t + 1], cache[1][:, :, : t + 1]), None))
         x = x + self.drop(self.cross_attn(self.norm2(x), memory_kv, src_mask))
-        return x + self.drop(self.mlp(self.norm3(x))), (k, v)
+        return x + self.drop(self.mlp(self.norm3(x)))
 
 
 class Seq2SeqTransformer(GreedyDecoding, nn.Module):
@@ -122,16 +128,11 @@ class Seq2SeqTransformer(GreedyDecoding, nn.Module):
         memory = self.encoder_norm(x)
         return [cast(DecoderBlock, b).cross_attn.keys_values(memory) for b in self.decoder], mask
 
-    def _decode(
-        self, tokens: torch.Tensor, start: int, memory_kv: list[KV], mask: torch.Tensor,
-        caches: list[KV] | None, causal: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, list[KV]]:
-        x = self.drop(self.embedding(tokens) + self.tgt_pos[start : start + tokens.shape[1]])
-        new_caches = []
-        for i, block in enumerate(self.decoder):
-            x, kv = block(x, memory_kv[i], mask, causal, None if caches is None else caches[i])
-            new_caches.append(kv)
-        return F.linear(self.decoder_norm(x), self.embedding.weight), new_caches
+    def _decode(self, tokens: torch.Tensor, memory_kv: list[KV], mask: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.embedding(tokens) + self.tgt_pos[: tokens.shape[1]])
+        for block, memory in zip(self.decoder, memory_kv):
+            x = block(x, memory, mask, causal)
+        return F.linear(self.decoder_norm(x), self.embedding.weight)
 
     def forward(
         self, src: torch.Tensor, tgt_in: torch.Tensor, decode: bool = False
@@ -139,7 +140,7 @@ class Seq2SeqTransformer(GreedyDecoding, nn.Module):
         memory_kv, mask = self.encode(src)
         length = tgt_in.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=src.device).tril()
-        logits, _ = self._decode(tgt_in, 0, memory_kv, mask, None, causal)
+        logits = self._decode(tgt_in, memory_kv, mask, causal)
         if not decode:
             return logits
         bos, steps = tgt_in[:, 0], tgt_in.shape[1]
@@ -151,11 +152,15 @@ class Seq2SeqTransformer(GreedyDecoding, nn.Module):
         self, memory_kv: list[KV], mask: torch.Tensor, bos: torch.Tensor, steps: int, early_exit: bool = False
     ) -> torch.Tensor:
         """Greedy decode of ``steps`` tokens after ``bos`` with the key/value cache; pad after a sequence's EOS."""
-        caches: list[list[KV] | None] = [None]
+        keys, _ = memory_kv[0]
+        shape = (keys.shape[0], keys.shape[1], steps, keys.shape[3])
+        caches = [(keys.new_empty(shape), keys.new_empty(shape)) for _ in self.decoder]
 
         def next_logits(token: torch.Tensor, t: int) -> torch.Tensor:
-            logits, caches[0] = self._decode(token[:, None], t, memory_kv, mask, caches[0], None)
-            return logits[:, -1]
+            x = self.drop(self.embedding(token[:, None]) + self.tgt_pos[t : t + 1])
+            for block, memory, cache in zip(self.decoder, memory_kv, caches):
+                x = cast(DecoderBlock, block).step(x, memory, mask, cache, t)
+            return F.linear(self.decoder_norm(x[:, -1]), self.embedding.weight)
 
         return greedy_loop(next_logits, bos, steps, pad_index=self.pad_index, eos_index=self.eos_index,
                            early_exit=early_exit)
