@@ -12,15 +12,19 @@ from leantrain.errors import UsageError
 def add_commands(commands: Any) -> None:
     """Add the subcommands to ``leantrain``'s subparsers."""
     evaluate = commands.add_parser("evaluate", help="exact match of a saved model on polynomial lines; writes its mistakes")
-    evaluate.add_argument("model", type=Path, metavar="RUN_DIR_OR_MODEL", help="a *.model.pt, or the run folder holding one")
+    evaluate.add_argument("model", type=Path, nargs="?", metavar="RUN_DIR_OR_MODEL",
+                          help="a *.model.pt, or the run folder holding one (default: the polynomial model leantrain ships)")
     evaluate.add_argument("--data", required=True, help="polynomial-file:path=FILE (factored=expanded lines), "
                                                         "or polynomial:n=N,seed=S (generated)")
-    evaluate.add_argument("--mistakes", type=Path, help="where to write the wrong lines (default: beside the model)")
+    evaluate.add_argument("--mistakes", type=Path, help="where to write the wrong lines (default: beside the model; for the "
+                                                        "shipped model, in the current folder)")
     _shared(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     predict = commands.add_parser("predict", help="expand factored lines (stdin or FILE) with a saved model, one line out per line in")
-    predict.add_argument("model", type=Path, metavar="RUN_DIR_OR_MODEL")
+    predict.add_argument("model", type=Path, nargs="?", metavar="RUN_DIR_OR_MODEL",
+                         help="a *.pt model file or a run folder (default: the polynomial model leantrain ships); "
+                              "any other path is read as FILE")
     predict.add_argument("file", type=Path, nargs="?", help="input lines (default: stdin)")
     _shared(predict)
     predict.set_defaults(handler=_predict)
@@ -42,12 +46,13 @@ def _decoder(args: argparse.Namespace) -> Any:
     from leantrain.config import resolve_device
     from leantrain.inference.lines import LineDecoder
     from leantrain.inference.model_file import load_model
+    from leantrain.inference.shipped import shipped_model
 
     if args.threads is not None:
         if args.threads <= 0:
             raise UsageError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    saved = load_model(args.model, resolve_device(args.device, "--device"))
+    saved = load_model(args.model or shipped_model(), resolve_device(args.device, "--device"))
     return LineDecoder(saved, cache=args.decode_cache == "on", batch_size=args.batch_size, beam=args.beam)
 
 
@@ -58,7 +63,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     pairs = evaluation_lines(args.data, decoder)
     ev = evaluate(decoder, pairs)
     model_file: Path = decoder.saved.path
-    mistakes = args.mistakes or model_file.with_name(model_file.name.removesuffix(".model.pt") + ".mistakes.txt")
+    beside = model_file.parent if args.model else Path()  # not into the installed package
+    mistakes = args.mistakes or beside / (model_file.name.removesuffix(".model.pt") + ".mistakes.txt")
     write_mistakes(mistakes, ev)
     how = f"beam {args.beam}" if args.beam > 1 else f"greedy, decode cache {args.decode_cache}"
     print(render(ev, f"{model_file.name} on {args.data} ({how})"))
@@ -68,7 +74,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from leantrain.inference.predict import predict_stream
+    from leantrain.inference.shipped import is_model_path
 
+    if args.file is None and args.model is not None and not is_model_path(args.model):
+        args.model, args.file = None, args.model  # `leantrain predict lines.txt`: the shipped model on a file
     decoder = _decoder(args)
     if args.file is None:
         predict_stream(decoder, sys.stdin, sys.stdout, "stdin")

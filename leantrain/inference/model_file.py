@@ -53,18 +53,25 @@ def _plain(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_model(path: Path, model: nn.Module | dict[str, Any], *, model_spec: str, data_spec: str, data: Dataset,
-               record: str | None = None) -> Path:
+               record: str | None = None, weights_dtype: torch.dtype | None = None) -> Path:
+    """``weights_dtype`` (e.g. torch.float16): floating-point weights stored in it, half the file; loading copies
+    them back into the model's own dtype."""
+    state = model if isinstance(model, dict) else model.state_dict()
     payload = {
         "format": FORMAT, "version": VERSION, "model_spec": model_spec, "data_spec": data_spec, "record": record,
         "task": data.task, "num_classes": data.num_classes, "info": _plain(data.info),
         "x_shape": list(data.x_train.shape[1:]), "x_dtype": str(data.x_train.dtype).removeprefix("torch."),
         "y_shape": list(data.y_train.shape[1:]), "y_dtype": str(data.y_train.dtype).removeprefix("torch."),
         # A module, or its (gathered) state dict: a sharded or staged model's whole weights.
-        "state_dict": {k: v.detach().cpu() for k, v in (model if isinstance(model, dict) else model.state_dict()).items()},
+        "state_dict": {k: _stored(v.detach().cpu(), weights_dtype) for k, v in state.items()},
     }
     with atomic_path(path) as tmp:  # a crash never leaves half a model file under the final name
         torch.save(payload, tmp)
     return path
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def find_model(path: Path) -> Path:

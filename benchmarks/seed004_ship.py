@@ -1,0 +1,94 @@
+"""Ship seed 004's model: a training checkpoint (or a model file) written as the model ``leantrain predict`` and
+``leantrain evaluate`` use when none is named (leantrain/shipped/polynomial.model.pt): its weights in fp16 where
+the fp16 copy decodes held-out *generated* lines exactly as the fp32 weights do, else in fp32 (the real lines are
+for reporting, never for choosing). Refused above MAX_BYTES.
+
+    python benchmarks/seed004_ship.py results/seed004-best/transformer-d128-default-s0.ckpt [--check 5000]
+    leantrain evaluate --data polynomial-file:path=../shared/data/polynomial/real-val-100k.txt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import leantrain as lt
+from leantrain import models
+from leantrain.data.polynomial import generate_lines
+from leantrain.inference.lines import LineDecoder
+from leantrain.inference.model_file import load_model, save_model
+from leantrain.inference.shipped import shipped_path
+from leantrain.machine import cpu_name
+from leantrain.registry import parse_spec
+from leantrain.train.checkpoint import load as load_checkpoint
+
+CHECK_SEED = 977  # the generator's seed for the check lines: not training's (0), not the real file
+MAX_BYTES = 10_000_000  # what the repository carries
+
+
+def _from_checkpoint(path: Path) -> tuple[dict[str, Any], str, str, dict[str, Any]]:
+    """(weights, model spec, data spec, provenance) of a training checkpoint: the weights of its last step."""
+    saved = load_checkpoint(path)
+    config = saved["config"]
+    progress = saved.get("progress") or {}
+    training_s = sum(r["time_s"] for r in saved["records"]) + progress.get("elapsed_s", 0.0)
+    provenance = {"checkpoint": path.name, "epochs_done": saved["epoch"], "step": saved["step"],
+                  "samples_seen": saved["samples_seen"], "training_s": round(training_s, 1),
+                  "schedule": saved.get("technique_labels")}
+    return saved["model"], config["model"], config["data"], provenance
+
+
+def _stand_in(data_spec: str) -> Any:
+    """The data set's shapes and vocabulary from a few lines (the model file keeps those, not the data)."""
+    name, options = parse_spec(data_spec)
+    options.update(n="64", val_fraction="0.5")
+    return lt.data.load(name + ":" + ",".join(f"{k}={v}" for k, v in options.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a training checkpoint (*.ckpt) or a model file (*.model.pt)")
+    parser.add_argument("--out", type=Path, default=shipped_path())
+    parser.add_argument("--check", type=int, default=5000, help="generated lines the fp16 copy must decode alike")
+    args = parser.parse_args()
+    if args.source.suffix == ".ckpt":
+        weights, model_spec, data_spec, provenance = _from_checkpoint(args.source)
+    else:
+        saved = load_model(args.source)
+        weights, model_spec, data_spec = saved.model.state_dict(), saved.model_spec, saved.data_spec
+        provenance = {"model_file": args.source.name, "record": saved.record}
+    data = _stand_in(data_spec)
+    model = models.build(model_spec, data)
+    model.load_state_dict(weights)
+    provenance.update(cpu=cpu_name(), capability=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__,
+                      python=platform.python_version())
+    lines = [line.partition("=")[0] for line in generate_lines(args.check, seed=CHECK_SEED)]
+    with tempfile.TemporaryDirectory() as tmp:
+        full = save_model(Path(tmp) / "fp32.model.pt", model, model_spec=model_spec, data_spec=data_spec, data=data)
+        half = save_model(Path(tmp) / "fp16.model.pt", model, model_spec=model_spec, data_spec=data_spec, data=data,
+                          weights_dtype=torch.float16)
+        expected = LineDecoder(load_model(full), batch_size=1000).predict(lines)
+        got = LineDecoder(load_model(half), batch_size=1000).predict(lines)
+        differ = sum(a != b for a, b in zip(expected, got))
+    provenance["weights"] = "fp32" if differ else "fp16"
+    provenance["check"] = (f"fp16 weights decoded {differ} of {len(lines)} generated lines (seed {CHECK_SEED}) "
+                           f"unlike fp32: {provenance['weights']} shipped")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
+        written = save_model(Path(tmp) / args.out.name, model, model_spec=model_spec, data_spec=data_spec, data=data,
+                             record=json.dumps(provenance), weights_dtype=None if differ else torch.float16)
+        if written.stat().st_size > MAX_BYTES:
+            sys.exit(f"{written.stat().st_size:,} bytes: over the {MAX_BYTES:,} the repository carries; not shipped")
+        written.replace(args.out)
+    print(f"shipped: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); {provenance['check']}")
+    print(json.dumps(provenance, indent=1))
+
+
+if __name__ == "__main__":
+    main()
