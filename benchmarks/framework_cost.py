@@ -11,11 +11,14 @@ the CPU other processes used meanwhile (a median above 0.15 cores marks the row 
     python benchmarks/framework_cost.py [--batch 64 512] [--loader tensor|dataloader] [--threads 1] [--repeats 5]
                                         [--epochs 4] [--data imagenet-sim:n=20000] [--in-situ]
 
-``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop instead.
+``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop instead; ``--ops``
+counts the aten operators a step dispatches in each loop (what a noisy machine cannot blur).
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import statistics
 import time
@@ -24,6 +27,7 @@ from unittest import mock
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from leantrain.config import RunConfig
 from leantrain.data import load
@@ -69,7 +73,7 @@ def plain(data: Dataset, batch: int, loader: str, epochs: int) -> float:
 
 
 def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tuple[tuple[object, str, object], ...] = (),
-              spec: str = "") -> float:
+              spec: str = "", per_step: bool = True) -> float:
     config = RunConfig(model="mlp", data=spec, epochs=epochs, batch_size=batch, lr=1e-3, loader=loader,
                        device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
     started = [mock.patch.object(*p) for p in patches]
@@ -80,7 +84,7 @@ def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tupl
     finally:
         for p in started:
             p.stop()
-    return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:])
+    return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:]) if per_step else 0.0
 
 
 def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
@@ -160,6 +164,42 @@ def in_situ(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> d
             for label, values in calls.items() if values}
 
 
+class _OperatorCount(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operators(data: Dataset, spec: str, batch: int, loader: str, steps: int = 4) -> dict[str, collections.Counter[str]]:
+    """The aten operators of ``steps`` training steps (after two untimed ones) in the plain loop and in leantrain's
+    (``_train_step``: batch drawing, the same in both, left out)."""
+    torch.manual_seed(0)
+    model = build("mlp", data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = list(_batches(data, batch, loader, 0))[: steps + 2]
+    plain_count = _OperatorCount()
+    for index, (x, y) in enumerate(batches):
+        with plain_count if index >= 2 else contextlib.nullcontext():
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    lean_count, calls = _OperatorCount(), [0]
+    original = loop._train_step
+
+    def counted(*args: object, **kwargs: object) -> int:
+        calls[0] += 1
+        with lean_count if 2 < calls[0] <= steps + 2 else contextlib.nullcontext():
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    leantrain(data, batch, loader, 1, ((loop, "_train_step", counted),), spec, per_step=False)
+    return {"plain loop": plain_count.counts, "leantrain": lean_count.counts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -169,10 +209,20 @@ def main() -> None:
     parser.add_argument("--loader", choices=("tensor", "dataloader"), default="tensor")
     parser.add_argument("--data", default="imagenet-sim:n=20000")
     parser.add_argument("--in-situ", action="store_true", help="time each per-step piece inside leantrain's loop")
+    parser.add_argument("--ops", action="store_true", help="count each loop's aten operators per step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load(args.data)
     for batch in args.batch:
+        if args.ops:
+            counts = operators(data, args.data, batch, args.loader)
+            plain_ops, lean_ops = counts["plain loop"], counts["leantrain"]
+            print(f"\n# aten operators per step, batch {batch}: plain loop {sum(plain_ops.values()) / 4:g}, "
+                  f"leantrain {sum(lean_ops.values()) / 4:g}\n| operator | plain loop | leantrain |\n|---|---|---|")
+            for name in sorted(set(plain_ops) | set(lean_ops)):
+                if plain_ops[name] != lean_ops[name]:
+                    print(f"| {name} | {plain_ops[name] / 4:g} | {lean_ops[name] / 4:g} |")
+            continue
         if args.in_situ:
             print(f"\n# in situ: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), "
                   f"{args.data}, {args.loader} batches of {batch}\n| piece | µs per call (median) | µs per step |\n"
