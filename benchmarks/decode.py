@@ -9,6 +9,7 @@ Batched decodes group lines by length and stop once every line of the batch has 
 table shows the median lines/s [min-max], the speedup against the per-sample loop, and the CPU other processes
 used (runs above ~0.15 cores are marked: a shared machine is not a measurement).
 
+    python benchmarks/decode.py --shipped                                             # the model leantrain ships
     python benchmarks/decode.py --model results/seed004-accuracy/<run>.model.pt     # a trained model
     python benchmarks/decode.py --spec seq2seq --n 2000                               # untrained: every line 30 steps
 """
@@ -27,6 +28,7 @@ from leantrain.data.polynomial import BOS, EOS, PAD
 from leantrain.experiments.report import NOISY_CPU_CORES, median_spread
 from leantrain.inference.lines import LineDecoder
 from leantrain.inference.model_file import SavedModel, load_model
+from leantrain.inference.shipped import shipped_model
 from leantrain.models.decoding import greedy_by_recompute
 from leantrain.train.metrics import ForeignCpuMeter
 
@@ -54,6 +56,7 @@ def untrained(spec: str) -> SavedModel:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a *.model.pt (default: an untrained --spec model)")
+    parser.add_argument("--shipped", action="store_true", help="the polynomial model leantrain ships")
     parser.add_argument("--spec", default="seq2seq", help="model spec when no --model (default: the seed's LSTM size)")
     parser.add_argument("--lines", type=Path, default=REAL, help="factored=expanded lines (default: the 100k real lines)")
     parser.add_argument("--n", type=int, default=5000, help="lines for the batched variants")
@@ -64,7 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    saved = load_model(args.model) if args.model else untrained(args.spec)
+    saved = load_model(shipped_model() if args.shipped else args.model) if args.shipped or args.model \
+        else untrained(args.spec)
     sources = [line.partition("=")[0] for line in args.lines.read_text().splitlines()[: args.n] if line.strip()]
     cached = LineDecoder(saved, cache=True, batch_size=args.batch_size)
     uncached = LineDecoder(saved, cache=False, batch_size=args.batch_size)
