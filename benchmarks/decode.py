@@ -67,8 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    saved = load_model(shipped_model() if args.shipped else args.model) if args.shipped or args.model \
-        else untrained(args.spec)
+    model_file = shipped_model() if args.shipped else args.model
+    saved = load_model(model_file) if model_file else untrained(args.spec)
     sources = [line.partition("=")[0] for line in args.lines.read_text().splitlines()[: args.n] if line.strip()]
     cached = LineDecoder(saved, cache=True, batch_size=args.batch_size)
     uncached = LineDecoder(saved, cache=False, batch_size=args.batch_size)

@@ -9,7 +9,7 @@ after the first of an epoch's training time over its steps, then median [min-max
 the CPU other processes used meanwhile (a median above 0.15 cores marks the row noisy: re-run it).
 
     python benchmarks/framework_cost.py [--batch 64 512] [--loader tensor|dataloader] [--threads 1] [--repeats 5]
-                                        [--epochs 4] [--data imagenet-sim:n=20000] [--in-situ]
+                                        [--epochs 4] [--data imagenet-sim:n=20000] [--in-situ | --ops]
 
 ``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop instead; ``--ops``
 counts the aten operators a step dispatches in each loop (what a noisy machine cannot blur).
@@ -73,7 +73,7 @@ def plain(data: Dataset, batch: int, loader: str, epochs: int) -> float:
 
 
 def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tuple[tuple[object, str, object], ...] = (),
-              spec: str = "", per_step: bool = True) -> float:
+              spec: str = "") -> float:
     config = RunConfig(model="mlp", data=spec, epochs=epochs, batch_size=batch, lr=1e-3, loader=loader,
                        device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
     started = [mock.patch.object(*p) for p in patches]
@@ -84,7 +84,7 @@ def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tupl
     finally:
         for p in started:
             p.stop()
-    return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:]) if per_step else 0.0
+    return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:])
 
 
 def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
@@ -174,9 +174,13 @@ class _OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def operators(data: Dataset, spec: str, batch: int, loader: str, steps: int = 4) -> dict[str, collections.Counter[str]]:
-    """The aten operators of ``steps`` training steps (after two untimed ones) in the plain loop and in leantrain's
+OPS_STEPS = 4  # steps whose operators ``--ops`` counts, after two
+
+
+def operators(data: Dataset, spec: str, batch: int, loader: str) -> dict[str, collections.Counter[str]]:
+    """The aten operators of ``OPS_STEPS`` training steps (after two) in the plain loop and in leantrain's
     (``_train_step``: batch drawing, the same in both, left out)."""
+    steps = OPS_STEPS
     torch.manual_seed(0)
     model = build("mlp", data)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -196,7 +200,7 @@ def operators(data: Dataset, spec: str, batch: int, loader: str, steps: int = 4)
         with lean_count if 2 < calls[0] <= steps + 2 else contextlib.nullcontext():
             return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    leantrain(data, batch, loader, 1, ((loop, "_train_step", counted),), spec, per_step=False)
+    leantrain(data, batch, loader, 2, ((loop, "_train_step", counted),), spec)
     return {"plain loop": plain_count.counts, "leantrain": lean_count.counts}
 
 
@@ -217,11 +221,11 @@ def main() -> None:
         if args.ops:
             counts = operators(data, args.data, batch, args.loader)
             plain_ops, lean_ops = counts["plain loop"], counts["leantrain"]
-            print(f"\n# aten operators per step, batch {batch}: plain loop {sum(plain_ops.values()) / 4:g}, "
-                  f"leantrain {sum(lean_ops.values()) / 4:g}\n| operator | plain loop | leantrain |\n|---|---|---|")
+            print(f"\n# aten operators per step, batch {batch}: plain loop {sum(plain_ops.values()) / OPS_STEPS:g}, "
+                  f"leantrain {sum(lean_ops.values()) / OPS_STEPS:g}\n| operator | plain loop | leantrain |\n|---|---|---|")
             for name in sorted(set(plain_ops) | set(lean_ops)):
                 if plain_ops[name] != lean_ops[name]:
-                    print(f"| {name} | {plain_ops[name] / 4:g} | {lean_ops[name] / 4:g} |")
+                    print(f"| {name} | {plain_ops[name] / OPS_STEPS:g} | {lean_ops[name] / OPS_STEPS:g} |")
             continue
         if args.in_situ:
             print(f"\n# in situ: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), "

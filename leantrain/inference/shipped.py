@@ -1,6 +1,6 @@
 """The polynomial model leantrain ships: what ``leantrain predict`` and ``leantrain evaluate`` use when no model is
-named. Its weights are stored in fp16 (half the file; loading puts them back in the model's fp32), written by
-``benchmarks/seed004_ship.py`` only after the fp16 copy decoded held-out lines exactly as the fp32 model did.
+named. Written by ``benchmarks/seed004_ship.py``: its weights in fp16 (half the file; loading puts them back in the
+model's fp32) where the fp16 copy decoded held-out generated lines exactly as fp32 did, else in fp32.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def _data(n=250, seed=0):
     return lt.data.from_tensors(x, y)
 
 
-# 8 steps an epoch (counted together at its end), and 163 (kept outputs counted every 64 steps, then the rest)
+# 8 steps an epoch (their predictions compared at its end), and 163 (compared every 64 steps, then the rest)
 @pytest.mark.parametrize("n, batch_size", [(250, 32), (1300, 8)])
 def test_train_accuracy_equals_a_direct_count_of_each_steps_predictions(n, batch_size):
     data = _data(n)
