@@ -1,14 +1,15 @@
 """Guards against silent divergence: non-finite losses/gradients before the optimizer step, and loss spikes.
 
 Non-finite check (stop mode, the default). Each step the loop hands the guard the step's summed loss.
-  - On the CPU the loss is a host scalar: it is read every step, which costs a fraction of a microsecond.
-    The gradients are not read every step: a fused pass over them costs ~10-20 us, 2-4% of a small model's
-    step (benchmarks/guards.py), and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A non-finite
-    gradient with a finite loss makes the weights non-finite, so the next step's loss is caught, and the
-    weights themselves are checked every ``DEVICE_CHECK_EVERY`` steps and before every checkpoint is written
-    (for the weights no forward reads, such as an embedding row no batch looked up yet). One process stops
-    before the bad loss's update; several CPU ranks note their first bad step and agree on the smallest at
-    the interval (one small all-reduce), so every rank stops at the same step.
+  - On the CPU the losses are kept, and read every ``DEVICE_CHECK_EVERY`` steps, before every checkpoint is
+    written and at the epoch's end, together (one stack, one host read): reading each step's loss as it came
+    cost ~1% of a small model's step (``benchmarks/framework_cost.py --paired``). The gradients are not read
+    every step: a fused pass over them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py),
+    and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A non-finite gradient with a finite loss makes
+    the weights non-finite, so the next step's loss is non-finite, and the weights themselves are checked at
+    the same times (for the weights no forward reads, such as an embedding row no batch looked up yet). The
+    error names the first bad step; several CPU ranks agree on the smallest (one small all-reduce), so every
+    rank stops at the same step.
   - On CUDA, the loss and the gradients' norms are folded into one scalar
     (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host
     sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
@@ -54,10 +55,11 @@ class NonFiniteGuard:
     def __init__(self, mode: str, device: torch.device, world_size: int, scaler_checks_grads: bool):
         self.mode = mode  # "stop" or "skip"
         self.scaler_checks_grads = scaler_checks_grads
-        # On the CPU reading the loss is nearly free: every step (one process: before the update).
+        # On the CPU the step losses are kept and read together at the interval (on CUDA: folded on the device).
         self.loss_on_host = device.type != "cuda"
         self.alone = world_size == 1
-        self.first_bad_host = NO_STEP  # several CPU ranks: this rank's first bad loss, until the ranks agree
+        self.kept_losses: list[torch.Tensor] = []  # the CPU's step losses since the last check
+        self.kept_from = 0  # the step (from 1) of kept_losses[0]
         self.check_every = DEVICE_CHECK_EVERY
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
         self.skipped = 0  # steps of this epoch skipped by this guard (skip mode, fp32/bf16); fp16's are the scaler's
@@ -109,15 +111,13 @@ class NonFiniteGuard:
         return skip
 
     def note(self, state: Any, step_loss: torch.Tensor) -> None:
-        """Stop mode: read the loss now (one CPU process), or remember the first bad step on the device; either
-        way look at everything when the interval comes round."""
+        """Stop mode: keep the loss (CPU), or remember the first bad step on the device; either way look at
+        everything when the interval comes round."""
         step = state.step + 1  # the step being taken, counted from 1
         if self.loss_on_host:
-            if not math.isfinite(float(step_loss)):
-                if self.alone:
-                    self._raise(step, state.epoch + 1)
-                if self.first_bad_host == NO_STEP:
-                    self.first_bad_host = step
+            if not self.kept_losses:
+                self.kept_from = step
+            self.kept_losses.append(step_loss)
             if step % self.check_every == 0:
                 self.check(state)
             return
@@ -132,17 +132,20 @@ class NonFiniteGuard:
         if self.mode != "stop":
             return
         if self.loss_on_host:
+            first_bad_loss = self._first_bad_kept()
             weights = [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
-            weights_bad = bool(weights) and not _all_finite(weights)
+            weights_bad = first_bad_loss == NO_STEP and bool(weights) and not _all_finite(weights)
             if self.alone:
+                if first_bad_loss != NO_STEP:
+                    self._raise(first_bad_loss, state.epoch + 1)
                 if weights_bad:
                     self._raise_weights(state.step, state.epoch + 1)
                 return
             # Every rank joins: the smallest bad step over ranks (a bad loss's step, else a bad weight's), as a max of
             # negatives, and whether it was a loss.
-            local = self.first_bad_host if self.first_bad_host != NO_STEP else state.step if weights_bad else NO_STEP
+            local = first_bad_loss if first_bad_loss != NO_STEP else state.step if weights_bad else NO_STEP
             worst, loss_bad = state.dist.max([-local if local != NO_STEP else -math.inf,
-                                              1.0 if self.first_bad_host != NO_STEP else 0.0])
+                                              1.0 if first_bad_loss != NO_STEP else 0.0])
             if worst != -math.inf:
                 (self._raise if loss_bad else self._raise_weights)(int(-worst), state.epoch + 1)
             return
@@ -151,6 +154,16 @@ class NonFiniteGuard:
         worst = state.dist.max([-local if local != NO_STEP else -math.inf])[0]
         if worst != -math.inf:
             self._raise(int(-worst), state.epoch + 1)
+
+    def _first_bad_kept(self) -> int:
+        """The first kept step whose loss is not finite (NO_STEP if none); the kept losses are then let go."""
+        kept, self.kept_losses = self.kept_losses, []
+        if not kept:
+            return NO_STEP
+        finite = torch.isfinite(torch.stack(kept))
+        if bool(finite.all()):
+            return NO_STEP
+        return self.kept_from + int(finite.logical_not().nonzero()[0, 0])
 
     @staticmethod
     def _raise_weights(step: int, epoch: int) -> None:

@@ -56,8 +56,8 @@ def test_a_diverging_lr_stops_with_one_line_naming_step_and_epoch_and_exit_3(tmp
 
 
 def test_nan_in_the_gradients_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    # On one CPU process the loss is read every step and the gradients are not: step 8's NaN gradient reaches
-    # the weights, and step 9's loss is the one that stops the run.
+    # On the CPU the losses are kept and read before each checkpoint, the gradients are not: step 8's NaN gradient
+    # reaches the weights, step 9's loss is the first bad one, and the check before step 9's checkpoint stops the run.
     with pytest.raises(TrainingDiverged, match=r"at step 9 \(epoch 1\).*last good checkpoint is kept"):
         lt.fit(tiny_model(), tiny_data(), techniques=[PoisonGrads({8})], checkpoint_dir=tmp_path,
                checkpoint_every="3", **OPTIONS)
