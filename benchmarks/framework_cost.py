@@ -9,10 +9,16 @@ after the first of an epoch's training time over its steps, then median [min-max
 the CPU other processes used meanwhile (a median above 0.15 cores marks the row noisy: re-run it).
 
     python benchmarks/framework_cost.py [--batch 64 512] [--loader tensor|dataloader] [--threads 1] [--repeats 5]
-                                        [--epochs 4] [--data imagenet-sim:n=20000] [--in-situ | --ops]
+                                        [--epochs 4] [--data imagenet-sim:n=20000] [--paired N | --in-situ | --ops]
 
-``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop instead; ``--ops``
-counts the aten operators a step dispatches in each loop (what a noisy machine cannot blur).
+``--paired N`` alternates the two loops epoch by epoch in one leantrain run instead (N epochs of each): after each
+of leantrain's epochs a callback trains one epoch of the plain loop on its own model and optimizer, so each of
+leantrain's epochs lies between two of the plain loop's, a fraction of a second apart, and is compared with their
+mean. A machine whose speed drifts by ±20% between whole runs blurs these pairs far less. ``--repeats`` such runs
+per variant: a run's pairs share one placement of the models in memory, which moves a whole run by a few percent
+(its pairs' 95% confidence interval does not cover the next run's median), so the runs are the repeats.
+``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop; ``--ops`` counts the
+aten operators a step dispatches in each loop (what a noisy machine cannot blur).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from leantrain.machine import cpu_name
 from leantrain.models import build
 from leantrain.techniques.amp import Precision
 from leantrain.train import loop
+from leantrain.train.callbacks import Callback
 from leantrain.train.correct_count import KEEP_BATCHES, CorrectCount
 from leantrain.train.guards import Guards
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
@@ -55,47 +62,67 @@ def _batches(data: Dataset, batch: int, loader: str, epoch: int) -> Iterator[tup
         yield data.x_train.index_select(0, index), data.y_train.index_select(0, index)
 
 
-def plain(data: Dataset, batch: int, loader: str, epochs: int) -> float:
-    torch.manual_seed(0)
-    model = build("mlp", data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    per_step = []
-    for epoch in range(epochs):
+class PlainLoop:
+    """The hand-written loop: its own model, Adam and loss; one epoch per call, timed."""
+
+    def __init__(self, data: Dataset, batch: int, loader: str):
+        torch.manual_seed(0)
+        self.data, self.batch, self.loader = data, batch, loader
+        self.model = build("mlp", data)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def epoch(self, epoch: int) -> float:
+        """Seconds per step over one epoch."""
+        model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         start, steps = time.perf_counter(), 0
-        for x, y in _batches(data, batch, loader, epoch):
+        for x, y in _batches(self.data, self.batch, self.loader, epoch):
             loss_fn(model(x), y).backward()
             optimizer.step()
             optimizer.zero_grad()
             steps += 1
-        per_step.append((time.perf_counter() - start) / steps)
-    return statistics.median(per_step[1:])
+        return (time.perf_counter() - start) / steps
+
+
+def plain(data: Dataset, batch: int, loader: str, epochs: int) -> float:
+    plain_loop = PlainLoop(data, batch, loader)
+    return statistics.median([plain_loop.epoch(epoch) for epoch in range(epochs)][1:])
+
+
+@contextlib.contextmanager
+def _patched(patches: tuple[tuple[object, str, object], ...]) -> Iterator[None]:
+    """``(owner, attribute, replacement)`` patched for the duration: a piece of leantrain switched off."""
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(mock.patch.object(*patch))
+        yield
 
 
 def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tuple[tuple[object, str, object], ...] = (),
               spec: str = "") -> float:
     config = RunConfig(model="mlp", data=spec, epochs=epochs, batch_size=batch, lr=1e-3, loader=loader,
                        device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
-    started = [mock.patch.object(*p) for p in patches]
-    for p in started:
-        p.start()
-    try:
+    with _patched(patches):
         record = execute(config, dataset=data, quiet=True)
-    finally:
-        for p in started:
-            p.stop()
     return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:])
 
 
+NO_GUARD = (Guards, "before_optimizer_step", lambda self, state, loss: False)
+NO_COUNT = (CorrectCount, "add", lambda self, output, target: None)  # training's count; validation's is kept
+
+
 def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
-    no_guard = (Guards, "before_optimizer_step", lambda self, state, loss: False)
-    no_count = (CorrectCount, "add", lambda self, output, target: None)  # training's count; validation's is kept
     return {
         "plain loop": lambda: plain(data, batch, loader, epochs),
         "leantrain": lambda: leantrain(data, batch, loader, epochs, (), spec),
-        "leantrain, no non-finite guard": lambda: leantrain(data, batch, loader, epochs, (no_guard,), spec),
-        "leantrain, no training-accuracy count": lambda: leantrain(data, batch, loader, epochs, (no_count,), spec),
+        "leantrain, no non-finite guard": lambda: leantrain(data, batch, loader, epochs, (NO_GUARD,), spec),
+        "leantrain, no training-accuracy count": lambda: leantrain(data, batch, loader, epochs, (NO_COUNT,), spec),
     }
+
+
+def paired_variants() -> dict[str, tuple[tuple[object, str, object], ...]]:
+    return {"leantrain": (), "leantrain, no non-finite guard": (NO_GUARD,),
+            "leantrain, no training-accuracy count": (NO_COUNT,)}
 
 
 def measure(arms: dict[str, Callable[[], float]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -125,6 +152,62 @@ def table(times: dict[str, list[float]], foreign: dict[str, list[float]]) -> str
                      f"{statistics.median(speed):.3f}× [{min(speed):.3f}–{max(speed):.3f}] | "
                      f"{1e6 * (median - base):+.1f} | {statistics.median(foreign[name]):.2f} "
                      f"[{min(foreign[name]):.2f}–{max(foreign[name]):.2f}]{noisy} |")
+    return "\n".join(lines)
+
+
+class PlainEpochBeside(Callback):
+    """After each of leantrain's epochs, one epoch of the plain loop (its own model and optimizer)."""
+
+    def __init__(self, plain_loop: PlainLoop):
+        self.plain_loop = plain_loop
+        self.per_step: list[float] = []
+
+    def on_epoch_end(self, state: object, record: dict[str, object]) -> None:
+        self.per_step.append(self.plain_loop.epoch(len(self.per_step)))
+
+
+def paired(data: Dataset, spec: str, batch: int, loader: str, pairs: int,
+           patches: tuple[tuple[object, str, object], ...] = ()) -> list[float]:
+    """Per pair, the plain loop's speed over leantrain's: leantrain's epoch i (i >= 1: the first is warm-up) against
+    the mean of the plain loop's epochs just before and just after it (a linear drift cancels)."""
+    beside = PlainEpochBeside(PlainLoop(data, batch, loader))
+    config = RunConfig(model="mlp", data=spec, epochs=pairs + 1, batch_size=batch, lr=1e-3, loader=loader,
+                       device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
+    with _patched(patches):
+        record = execute(config, dataset=data, quiet=True, techniques=[beside])
+    lean = [e["time_s"] / e["train_steps"] for e in record["epochs"]]
+    plain_ = beside.per_step
+    return [(plain_[i - 1] + plain_[i]) / 2 / lean[i] for i in range(1, len(lean))]
+
+
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """The median and a distribution-free 95% confidence interval for it: the order statistics whose ranks the
+    binomial(n, 1/2) distribution brackets (normal approximation, n >= 10)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half_width = 1.96 * (n ** 0.5) / 2
+    low, high = max(0, int(n / 2 - half_width)), min(n - 1, int(n / 2 + half_width + 1) - 1)
+    return statistics.median(ordered), ordered[low], ordered[high]
+
+
+def paired_table(data: Dataset, spec: str, batch: int, loader: str, pairs: int, runs: int) -> str:
+    """Each variant ``runs`` times (runs interleaved, the order rotated): a run's pairs share one placement of each
+    model in memory, which shifts a whole run by a few percent, so runs, not pairs, are the repeats."""
+    arms = paired_variants()
+    names = list(arms)
+    per_run: dict[str, list[float]] = {name: [] for name in names}
+    pooled: dict[str, list[float]] = {name: [] for name in names}
+    for run in range(runs):
+        for name in names[run % len(names):] + names[:run % len(names)]:
+            speeds = paired(data, spec, batch, loader, pairs, arms[name])
+            per_run[name].append(statistics.median(speeds))
+            pooled[name] += speeds
+    lines = ["| variant | × plain loop's speed: median of the runs' medians [min–max] | all pairs: median [95% CI] |",
+             "|---|---|---|"]
+    for name in names:
+        median, low, high = median_interval(pooled[name])
+        lines.append(f"| {name} | {statistics.median(per_run[name]):.3f}× [{min(per_run[name]):.3f}–"
+                     f"{max(per_run[name]):.3f}] | {median:.3f}× [{low:.3f}–{high:.3f}] |")
     return "\n".join(lines)
 
 
@@ -214,6 +297,7 @@ def main() -> None:
     parser.add_argument("--data", default="imagenet-sim:n=20000")
     parser.add_argument("--in-situ", action="store_true", help="time each per-step piece inside leantrain's loop")
     parser.add_argument("--ops", action="store_true", help="count each loop's aten operators per step")
+    parser.add_argument("--paired", type=int, metavar="N", help="alternate the two loops epoch by epoch, N pairs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load(args.data)
@@ -226,6 +310,13 @@ def main() -> None:
             for name in sorted(set(plain_ops) | set(lean_ops)):
                 if plain_ops[name] != lean_ops[name]:
                     print(f"| {name} | {plain_ops[name] / OPS_STEPS:g} | {lean_ops[name] / OPS_STEPS:g} |")
+            continue
+        if args.paired:
+            print(f"\n# paired epochs: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch "
+                  f"{torch.__version__}, {args.threads} thread(s), {args.data}, {args.loader} batches of {batch}, "
+                  f"{args.repeats} runs of {args.paired} pairs a variant, load average {os.getloadavg()[0]:.2f} before")
+            print(paired_table(data, args.data, batch, args.loader, args.paired, args.repeats))
+            print(f"load average {os.getloadavg()[0]:.2f} after")
             continue
         if args.in_situ:
             print(f"\n# in situ: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), "
