@@ -3,7 +3,6 @@ import io
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from leantrain.cli import main
@@ -79,7 +78,5 @@ def test_the_shipped_model_answers_a_line_piped_to_predict():
     assert done.stdout.startswith("x**2") and done.stdout.endswith("\n") and done.stdout.count("\n") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model is the seed004-best run's part-way checkpoint (79.33% exact "
-                                       "match on the real lines; it writes x**2+x-2): replaced when the run is done")
 def test_the_shipped_model_expands_the_issues_line_correctly():
     assert _predict_as_a_user_types_it("(x+1)*(x-2)").stdout == "x**2-x-2\n"
