@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import os
 import statistics
 import time
@@ -98,10 +99,15 @@ def _patched(patches: tuple[tuple[object, str, object], ...]) -> Iterator[None]:
         yield
 
 
+def _config(spec: str, batch: int, loader: str, epochs: int) -> RunConfig:
+    """leantrain's side: the plain loop's model, batch, Adam 1e-3 and fp32, on this process's threads."""
+    return RunConfig(model="mlp", data=spec, epochs=epochs, batch_size=batch, lr=1e-3, loader=loader, device="cpu",
+                     threads=torch.get_num_threads(), memory_check=False).validated()
+
+
 def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tuple[tuple[object, str, object], ...] = (),
               spec: str = "") -> float:
-    config = RunConfig(model="mlp", data=spec, epochs=epochs, batch_size=batch, lr=1e-3, loader=loader,
-                       device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
+    config = _config(spec, batch, loader, epochs)
     with _patched(patches):
         record = execute(config, dataset=data, quiet=True)
     return statistics.median(e["time_s"] / e["train_steps"] for e in record["epochs"][1:])
@@ -111,18 +117,19 @@ NO_GUARD = (Guards, "before_optimizer_step", lambda self, state, loss: False)
 NO_COUNT = (CorrectCount, "add", lambda self, output, target: None)  # training's count; validation's is kept
 
 
+# leantrain as it runs, and with one piece switched off: the patches of each.
+LEANTRAIN_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
+    "leantrain": (),
+    "leantrain, no non-finite guard": (NO_GUARD,),
+    "leantrain, no training-accuracy count": (NO_COUNT,),
+}
+
+
 def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
-    return {
-        "plain loop": lambda: plain(data, batch, loader, epochs),
-        "leantrain": lambda: leantrain(data, batch, loader, epochs, (), spec),
-        "leantrain, no non-finite guard": lambda: leantrain(data, batch, loader, epochs, (NO_GUARD,), spec),
-        "leantrain, no training-accuracy count": lambda: leantrain(data, batch, loader, epochs, (NO_COUNT,), spec),
-    }
-
-
-def paired_variants() -> dict[str, tuple[tuple[object, str, object], ...]]:
-    return {"leantrain": (), "leantrain, no non-finite guard": (NO_GUARD,),
-            "leantrain, no training-accuracy count": (NO_COUNT,)}
+    arms: dict[str, Callable[[], float]] = {"plain loop": lambda: plain(data, batch, loader, epochs)}
+    for name, patches in LEANTRAIN_ARMS.items():
+        arms[name] = functools.partial(leantrain, data, batch, loader, epochs, patches, spec)
+    return arms
 
 
 def measure(arms: dict[str, Callable[[], float]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -171,13 +178,11 @@ def paired(data: Dataset, spec: str, batch: int, loader: str, pairs: int,
     """Per pair, the plain loop's speed over leantrain's: leantrain's epoch i (i >= 1: the first is warm-up) against
     the mean of the plain loop's epochs just before and just after it (a linear drift cancels)."""
     beside = PlainEpochBeside(PlainLoop(data, batch, loader))
-    config = RunConfig(model="mlp", data=spec, epochs=pairs + 1, batch_size=batch, lr=1e-3, loader=loader,
-                       device="cpu", threads=torch.get_num_threads(), memory_check=False).validated()
     with _patched(patches):
-        record = execute(config, dataset=data, quiet=True, techniques=[beside])
+        record = execute(_config(spec, batch, loader, pairs + 1), dataset=data, quiet=True, techniques=[beside])
     lean = [e["time_s"] / e["train_steps"] for e in record["epochs"]]
-    plain_ = beside.per_step
-    return [(plain_[i - 1] + plain_[i]) / 2 / lean[i] for i in range(1, len(lean))]
+    around = beside.per_step
+    return [(around[i - 1] + around[i]) / 2 / lean[i] for i in range(1, len(lean))]
 
 
 def median_interval(values: list[float]) -> tuple[float, float, float]:
@@ -193,7 +198,7 @@ def median_interval(values: list[float]) -> tuple[float, float, float]:
 def paired_table(data: Dataset, spec: str, batch: int, loader: str, pairs: int, runs: int) -> str:
     """Each variant ``runs`` times (runs interleaved, the order rotated): a run's pairs share one placement of each
     model in memory, which shifts a whole run by a few percent, so runs, not pairs, are the repeats."""
-    arms = paired_variants()
+    arms = LEANTRAIN_ARMS
     names = list(arms)
     per_run: dict[str, list[float]] = {name: [] for name in names}
     pooled: dict[str, list[float]] = {name: [] for name in names}

@@ -2,14 +2,14 @@
 
 Non-finite check (stop mode, the default). Each step the loop hands the guard the step's summed loss.
   - On the CPU the losses are kept, and read every ``DEVICE_CHECK_EVERY`` steps, before every checkpoint is
-    written and at the epoch's end, together (one stack, one host read): reading each step's loss as it came
-    cost ~1% of a small model's step (``benchmarks/framework_cost.py --paired``). The gradients are not read
-    every step: a fused pass over them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py),
-    and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A non-finite gradient with a finite loss makes
-    the weights non-finite, so the next step's loss is non-finite, and the weights themselves are checked at
-    the same times (for the weights no forward reads, such as an embedding row no batch looked up yet). The
-    error names the first bad step; several CPU ranks agree on the smallest (one small all-reduce), so every
-    rank stops at the same step.
+    written and at the epoch's end, with the weights (one stack, one host read for both): reading each step's
+    loss as it came made the guard's call 5.7 us at a small model's 0.85 ms step, now 2.1 us
+    (``benchmarks/framework_cost.py --in-situ``). The gradients are not read every step: a fused pass over
+    them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py), and ~1.3 ms (a full read of
+    21 MB) on a 5M-parameter model. A non-finite gradient with a finite loss makes the weights non-finite, so
+    the next step's loss is non-finite, and the weights themselves are checked at the same times (for the
+    weights no forward reads, such as an embedding row no batch looked up yet). The error names the first bad
+    step; several CPU ranks agree on the smallest (one small all-reduce), so every rank stops at the same step.
   - On CUDA, the loss and the gradients' norms are folded into one scalar
     (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host
     sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
@@ -132,9 +132,13 @@ class NonFiniteGuard:
         if self.mode != "stop":
             return
         if self.loss_on_host:
-            first_bad_loss = self._first_bad_kept()
+            losses, self.kept_losses = torch.stack(self.kept_losses) if self.kept_losses else None, []
             weights = [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
-            weights_bad = first_bad_loss == NO_STEP and bool(weights) and not _all_finite(weights)
+            checked = weights + [losses] if losses is not None else weights
+            # One read for the kept losses and the weights together; only a bad one is looked at again.
+            all_finite = not checked or _all_finite(checked)
+            first_bad_loss = NO_STEP if all_finite else self._first_bad(losses)
+            weights_bad = not all_finite and first_bad_loss == NO_STEP
             if self.alone:
                 if first_bad_loss != NO_STEP:
                     self._raise(first_bad_loss, state.epoch + 1)
@@ -155,15 +159,12 @@ class NonFiniteGuard:
         if worst != -math.inf:
             self._raise(int(-worst), state.epoch + 1)
 
-    def _first_bad_kept(self) -> int:
-        """The first kept step whose loss is not finite (NO_STEP if none); the kept losses are then let go."""
-        kept, self.kept_losses = self.kept_losses, []
-        if not kept:
+    def _first_bad(self, losses: torch.Tensor | None) -> int:
+        """The first step among the kept ``losses`` (stacked) whose loss is not finite; NO_STEP if none is."""
+        if losses is None:
             return NO_STEP
-        finite = torch.isfinite(torch.stack(kept))
-        if bool(finite.all()):
-            return NO_STEP
-        return self.kept_from + int(finite.logical_not().nonzero()[0, 0])
+        bad = torch.isfinite(losses).logical_not_().nonzero()
+        return self.kept_from + int(bad[0, 0]) if len(bad) else NO_STEP
 
     @staticmethod
     def _raise_weights(step: int, epoch: int) -> None:
