@@ -5,7 +5,7 @@ same ``leantrain`` command runs again in N worker processes, which find their ra
 variables. The rendezvous is torchrun's ``--standalone`` one (c10d on localhost, port 0: the OS picks a
 free port). Workers inherit the terminal; only rank 0 prints. The launcher's own log lines are kept
 quiet: a failed job is one line, its cause (see failures.py), and its exit status becomes ours (2 for a usage
-error, 128+N for signal N). A worker that hangs is killed ``SHUTDOWN_GRACE_S`` after the others stopped.
+error, 128+N for signal N). A worker that hangs is killed ``HUNG_WORKER_GRACE_S`` after the others stopped.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run_local_workers(procs: int, python_args: list[str], *, max_restarts: int =
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=f"leantrain-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, monitor_interval=0.1,
-        shutdown_timeout=SHUTDOWN_GRACE_S,
+        shutdown_timeout=HUNG_WORKER_GRACE_S,
     )
     with failure_dir() as reasons, HungWorkerReaper(reasons):
         try:
@@ -65,6 +65,11 @@ def run_local_workers(procs: int, python_args: list[str], *, max_restarts: int =
 
 
 SHUTDOWN_GRACE_S = 3  # a stopped worker unwinds in well under this; one that is hung (or SIGSTOPped) is then killed
+# Under torch elastic the grace counts from a worker's stated failure (or the agent's SIGTERM), and the hang it ends
+# already waited --dist-timeout: 1 s keeps a hung job's end within --dist-timeout + 5 s on a loaded machine (3 s
+# left it ~0.7 s inside on a quiet one). A worker killed on its way out loses nothing: its stated reason wins, and
+# checkpoints are written atomically.
+HUNG_WORKER_GRACE_S = 1
 
 
 class WorkersFailed(Exception):
@@ -86,7 +91,7 @@ class WorkersFailed(Exception):
 
 
 class HungWorkerReaper:
-    """Kills the workers still alive ``SHUTDOWN_GRACE_S`` after one of them stated why it failed.
+    """Kills the workers still alive ``HUNG_WORKER_GRACE_S`` after one of them stated why it failed.
 
     torch elastic gives a worker that ignores SIGTERM 30 s before it kills it, and a hung or SIGSTOPped worker
     ignores it: a hang would end 30 s past ``--dist-timeout``. A worker that writes a reason (failures.py) is on
@@ -107,13 +112,13 @@ class HungWorkerReaper:
 
     def _watch(self) -> None:
         seen: set[tuple[str, float]] = set()
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.1):
             stated = {(p.name, p.stat().st_mtime) for p in self.reasons.glob("rank*.txt")}
             if stated <= seen:
                 continue
             seen |= stated
             workers = child_pids()  # this job's (a restarted job's workers are new processes)
-            if self._stop.wait(SHUTDOWN_GRACE_S):
+            if self._stop.wait(HUNG_WORKER_GRACE_S):
                 return
             for pid in workers & child_pids():
                 with contextlib.suppress(ProcessLookupError):
