@@ -221,8 +221,8 @@ PIECES = (
     (loop, "_train_step", "whole step"),
     (loop, "_backward_step", "forward and backward (with the count)"),
     (Precision, "step", "optimizer step"),
-    (CorrectCount, "add", "training-accuracy count: the predictions"),
-    (CorrectCount, "_compare_kept", f"training-accuracy count: compare the kept ones (every {KEEP_BATCHES} batches)"),
+    (CorrectCount, "add", "training-accuracy count: keep the output (or its predictions)"),
+    (CorrectCount, "_compare_kept", f"training-accuracy count: predict and compare the kept ones (every {KEEP_BATCHES} batches)"),
     (Guards, "before_optimizer_step", "non-finite guard"),
     (loop, "_count", "counting units and samples"),
 )

@@ -5,7 +5,9 @@ A classifier's count is three small kernels a step (argmax, compare, sum): at a 
 CPU) they were the loop's largest own cost (``benchmarks/framework_cost.py --in-situ``). Where the task names its
 predictions (``predictions``: its count is ``(predictions(output) == target).sum()``), a step makes only them;
 they and the targets (one value a sample) are compared and summed together every ``KEEP_BATCHES`` micro-batches:
-the same number from one kernel a step and three every ``KEEP_BATCHES``.
+the same number from one kernel a step and three every ``KEEP_BATCHES``. On the CPU, where the outputs of
+``KEEP_BATCHES`` micro-batches fit in ``KEEP_OUTPUT_BYTES``, a step keeps its output itself (detached: a view, no
+kernel) and the predictions of all of them are made in one argmax: no kernel a step.
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ import torch
 from torch import Tensor
 
 KEEP_BATCHES = 64  # micro-batches whose predictions are kept before they are compared and summed together
+# Most memory the kept outputs may hold (20 classes at batch 512: 2.5 MiB for KEEP_BATCHES of them); a larger output
+# (1000 classes at 64 rows would hold 16 MiB) gives its predictions at once, its argmax a small part of its step.
+# Only on the CPU: a CUDA graph (compile's reduce-overhead) may reuse an output's memory for the next step, and a
+# CUDA step's argmax is an asynchronous launch the step does not wait for.
+KEEP_OUTPUT_BYTES = 4 << 20
 
 
 class CorrectCount:
@@ -27,31 +34,35 @@ class CorrectCount:
         self.before = before
         self.counts: list[Tensor] = []
         self.kept: list[tuple[Tensor, Tensor]] = []  # (predictions, targets) not yet compared
+        self.kept_outputs: list[tuple[Tensor, Tensor]] = []  # (detached outputs, targets) not yet predicted
         self._predictions = getattr(task, "predictions", None)
 
     def add(self, output: Any, target: Tensor) -> None:
         """One micro-batch's training output (with its graph: predictions build none) and target."""
-        if self._predictions is not None:
-            self.kept.append((self._predictions(output), target))
-        else:
+        if self._predictions is None:
             self.add_count(self.task.correct(output, target))
+        elif output.is_cpu and output.nbytes * KEEP_BATCHES <= KEEP_OUTPUT_BYTES:
+            self.kept_outputs.append((output.detach(), target))
+        else:
+            self.kept.append((self._predictions(output), target))
 
     def add_count(self, counted: Tensor | None) -> None:
         """A count made elsewhere (a pipeline's last stage); None where the task counts none."""
         if counted is not None:
             self.counts.append(counted)
 
-    def mark(self) -> tuple[int, int]:
-        return len(self.counts), len(self.kept)
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.counts), len(self.kept), len(self.kept_outputs)
 
-    def drop_since(self, mark: tuple[int, int]) -> None:
+    def drop_since(self, mark: tuple[int, int, int]) -> None:
         """Leave out what was added since ``mark`` (a step skip mode leaves out)."""
-        counts, kept = mark
+        counts, kept, kept_outputs = mark
         del self.counts[counts:]
         del self.kept[kept:]
+        del self.kept_outputs[kept_outputs:]
 
     def step_done(self) -> None:
-        if len(self.kept) >= KEEP_BATCHES:
+        if len(self.kept) + len(self.kept_outputs) >= KEEP_BATCHES:
             self._compare_kept()
 
     def total(self) -> Tensor | None:
@@ -63,9 +74,16 @@ class CorrectCount:
         return self.before if total is None else total + self.before
 
     def _compare_kept(self) -> None:
+        if self.kept_outputs:
+            self.kept.append((self._predictions(_cat([o for o, _ in self.kept_outputs])),
+                              _cat([t for _, t in self.kept_outputs])))
+            self.kept_outputs = []
         if not self.kept:
             return
-        predictions = torch.cat([p for p, _ in self.kept]) if len(self.kept) > 1 else self.kept[0][0]
-        targets = torch.cat([t for _, t in self.kept]) if len(self.kept) > 1 else self.kept[0][1]
+        predictions, targets = _cat([p for p, _ in self.kept]), _cat([t for _, t in self.kept])
         self.kept = []
         self.counts.append(predictions.eq_(targets).sum())  # the predictions are ours: compared in place
+
+
+def _cat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat(tensors) if len(tensors) > 1 else tensors[0]

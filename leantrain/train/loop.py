@@ -364,7 +364,7 @@ def _forward_backward_plain(
     with state.precision.autocast():
         output = state.task.forward(state.forward, x, y)
         loss = state.task.loss_sum(output, y)
-    correct.add(output, y)  # builds no graph; keeps at most the predictions, never the logits
+    correct.add(output, y)  # builds no graph; keeps the predictions, or a small CPU output detached
     del output  # not held through backward: a language model's logits are the largest activation
     with backward:
         state.precision.scale(loss).backward(state.mean_gradient(loss_divisor, loss))

@@ -2,6 +2,7 @@
 import torch
 
 from leantrain.tasks import Classification, SequenceToSequence
+from leantrain.train import correct_count
 from leantrain.train.correct_count import KEEP_BATCHES, CorrectCount
 
 
@@ -23,9 +24,22 @@ def test_kept_predictions_compared_together_equal_each_batch_counted_alone():
             count.add(output.requires_grad_(), target)
             expected += _alone(output, target)
         count.step_done()
-        assert len(count.kept) < KEEP_BATCHES + 2  # compared on the way, not held for the epoch
-        assert all(not predictions.requires_grad for predictions, _ in count.kept)  # no graph kept alive
+        assert len(count.kept_outputs) < KEEP_BATCHES + 2  # compared on the way, not held for the epoch
+        assert not count.kept  # small CPU outputs are kept as they are, their argmax made together
+        assert all(not output.requires_grad for output, _ in count.kept_outputs)  # no graph kept alive
     assert len(count.counts) == 2 * steps // KEEP_BATCHES  # full intervals compared on the way, the rest at the end
+    assert int(count.total()) == expected
+
+
+def test_outputs_past_the_memory_bound_give_their_predictions_at_once(monkeypatch):
+    monkeypatch.setattr(correct_count, "KEEP_OUTPUT_BYTES", 16 * 5 * 4 * KEEP_BATCHES - 1)  # one float less
+    g = torch.Generator().manual_seed(3)
+    count, expected = CorrectCount(Classification()), 0
+    for rows in (16, 3, 16):
+        output, target = _batch(g, rows)
+        count.add(output, target)
+        expected += _alone(output, target)
+    assert [len(p) for p, _ in count.kept] == [16, 16] and [len(o) for o, _ in count.kept_outputs] == [3]
     assert int(count.total()) == expected
 
 
