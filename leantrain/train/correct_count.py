@@ -75,6 +75,7 @@ class CorrectCount:
 
     def _compare_kept(self) -> None:
         if self.kept_outputs:
+            assert self._predictions is not None  # outputs are kept only where the task names its predictions
             self.kept.append((self._predictions(_cat([o for o, _ in self.kept_outputs])),
                               _cat([t for _, t in self.kept_outputs])))
             self.kept_outputs = []
