@@ -41,7 +41,8 @@ class CorrectCount:
         """One micro-batch's training output (with its graph: predictions build none) and target."""
         if self._predictions is None:
             self.add_count(self.task.correct(output, target))
-        elif output.is_cpu and output.nbytes * KEEP_BATCHES <= KEEP_OUTPUT_BYTES:
+        elif output.is_cpu and output.untyped_storage().nbytes() * KEEP_BATCHES <= KEEP_OUTPUT_BYTES:
+            # the storage, not the view: an output sliced from a larger tensor would keep all of it
             self.kept_outputs.append((output.detach(), target))
         else:
             self.kept.append((self._predictions(output), target))

@@ -40,6 +40,10 @@ def test_outputs_past_the_memory_bound_give_their_predictions_at_once(monkeypatc
         count.add(output, target)
         expected += _alone(output, target)
     assert [len(p) for p, _ in count.kept] == [16, 16] and [len(o) for o, _ in count.kept_outputs] == [3]
+    output, target = _batch(g, 16, classes=2 * 5)
+    count.add(output[:3, :5], target[:3] % 5)  # a small view of a larger output: its storage counts
+    expected += _alone(output[:3, :5], target[:3] % 5)
+    assert [len(p) for p, _ in count.kept] == [16, 16, 3]
     assert int(count.total()) == expected
 
 
