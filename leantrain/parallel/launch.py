@@ -52,7 +52,7 @@ def run_local_workers(procs: int, python_args: list[str], *, max_restarts: int =
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=f"leantrain-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, monitor_interval=0.1,
-        shutdown_timeout=HUNG_WORKER_GRACE_S,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
     )
     with failure_dir() as reasons, HungWorkerReaper(reasons):
         try:
@@ -65,10 +65,10 @@ def run_local_workers(procs: int, python_args: list[str], *, max_restarts: int =
 
 
 SHUTDOWN_GRACE_S = 3  # a stopped worker unwinds in well under this; one that is hung (or SIGSTOPped) is then killed
-# Under torch elastic the grace counts from a worker's stated failure (or the agent's SIGTERM), and the hang it ends
-# already waited --dist-timeout: 1 s keeps a hung job's end within --dist-timeout + 5 s on a loaded machine (3 s
-# left it ~0.7 s inside on a quiet one). A worker killed on its way out loses nothing: its stated reason wins, and
-# checkpoints are written atomically.
+# The reaper's grace counts from a worker's stated failure, and the hang it ends already waited --dist-timeout: 1 s
+# keeps a hung job's end within --dist-timeout + 5 s on a loaded machine (3 s left it ~0.7 s inside on a quiet one).
+# A sibling killed on its way out loses nothing the report needs: its stated reason wins, and checkpoints are
+# written atomically. (SIGTERM or Ctrl-C to the launcher keeps SHUTDOWN_GRACE_S: torch elastic's shutdown_timeout.)
 HUNG_WORKER_GRACE_S = 1
 
 
