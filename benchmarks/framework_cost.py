@@ -222,7 +222,8 @@ PIECES = (
     (loop, "_backward_step", "forward and backward (with the count)"),
     (Precision, "step", "optimizer step"),
     (CorrectCount, "add", "training-accuracy count: keep the output (or its predictions)"),
-    (CorrectCount, "_compare_kept", f"training-accuracy count: predict and compare the kept ones (every {KEEP_BATCHES} batches)"),
+    (CorrectCount, "_compare_kept", "training-accuracy count: predict and compare the kept ones "
+                                    f"(every {KEEP_BATCHES} micro-batches, and at the epoch's end)"),
     (Guards, "before_optimizer_step", "non-finite guard"),
     (loop, "_count", "counting units and samples"),
 )

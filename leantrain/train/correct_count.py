@@ -5,9 +5,10 @@ A classifier's count is three small kernels a step (argmax, compare, sum): at a 
 CPU) they were the loop's largest own cost (``benchmarks/framework_cost.py --in-situ``). Where the task names its
 predictions (``predictions``: its count is ``(predictions(output) == target).sum()``), a step makes only them;
 they and the targets (one value a sample) are compared and summed together every ``KEEP_BATCHES`` micro-batches:
-the same number from one kernel a step and three every ``KEEP_BATCHES``. On the CPU, where the outputs of
-``KEEP_BATCHES`` micro-batches fit in ``KEEP_OUTPUT_BYTES``, a step keeps its output itself (detached: a view, no
-kernel) and the predictions of all of them are made in one argmax: no kernel a step.
+the same number from one kernel a step and three every ``KEEP_BATCHES``. On the CPU, while the kept outputs fit in
+``KEEP_OUTPUT_BYTES``, a step keeps its output itself (detached: the same memory, no kernel) and the predictions of
+all of them are made in one argmax: no kernel a step. Only a plain tensor the forward pass made afresh is kept so: a
+view (of a weight, say, or of a larger tensor) could change, or hold more memory, before it is read.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import torch
 from torch import Tensor
 
 KEEP_BATCHES = 64  # micro-batches whose predictions are kept before they are compared and summed together
-# Most memory the kept outputs may hold (20 classes at batch 512: 2.5 MiB for KEEP_BATCHES of them); a larger output
-# (1000 classes at 64 rows would hold 16 MiB) gives its predictions at once, its argmax a small part of its step.
+# Most memory the kept outputs may hold together (20 classes at batch 512: 2.5 MiB for KEEP_BATCHES of them); an
+# output past it (1000 classes at 64 rows would need 16 MiB) gives its predictions at once, its argmax a small part
+# of its step.
 # Only on the CPU: a CUDA graph (compile's reduce-overhead) may reuse an output's memory for the next step, and a
 # CUDA step's argmax is an asynchronous launch the step does not wait for.
 KEEP_OUTPUT_BYTES = 4 << 20
@@ -35,17 +37,28 @@ class CorrectCount:
         self.counts: list[Tensor] = []
         self.kept: list[tuple[Tensor, Tensor]] = []  # (predictions, targets) not yet compared
         self.kept_outputs: list[tuple[Tensor, Tensor]] = []  # (detached outputs, targets) not yet predicted
+        self._kept_bytes = 0  # the kept outputs' memory
         self._predictions = getattr(task, "predictions", None)
 
     def add(self, output: Any, target: Tensor) -> None:
         """One micro-batch's training output (with its graph: predictions build none) and target."""
         if self._predictions is None:
             self.add_count(self.task.correct(output, target))
-        elif output.is_cpu and output.untyped_storage().nbytes() * KEEP_BATCHES <= KEEP_OUTPUT_BYTES:
-            # the storage, not the view: an output sliced from a larger tensor would keep all of it
+        elif self._reserve(output):
             self.kept_outputs.append((output.detach(), target))
         else:
             self.kept.append((self._predictions(output), target))
+
+    def _reserve(self, output: Any) -> bool:
+        """Whether the output may be kept as it is (a plain CPU tensor the forward pass made, not a view, within
+        the memory bound); if so its memory is counted as kept."""
+        if type(output) is not Tensor or not output.is_cpu or output._is_view():
+            return False
+        size = output.untyped_storage().nbytes()
+        if self._kept_bytes + size > KEEP_OUTPUT_BYTES:
+            return False
+        self._kept_bytes += size
+        return True
 
     def add_count(self, counted: Tensor | None) -> None:
         """A count made elsewhere (a pipeline's last stage); None where the task counts none."""
@@ -61,6 +74,7 @@ class CorrectCount:
         del self.counts[counts:]
         del self.kept[kept:]
         del self.kept_outputs[kept_outputs:]
+        self._kept_bytes = sum(o.untyped_storage().nbytes() for o, _ in self.kept_outputs)
 
     def step_done(self) -> None:
         if len(self.kept) + len(self.kept_outputs) >= KEEP_BATCHES:
@@ -79,12 +93,12 @@ class CorrectCount:
             assert self._predictions is not None  # outputs are kept only where the task names its predictions
             self.kept.append((self._predictions(_cat([o for o, _ in self.kept_outputs])),
                               _cat([t for _, t in self.kept_outputs])))
-            self.kept_outputs = []
+            self.kept_outputs, self._kept_bytes = [], 0
         if not self.kept:
             return
         predictions, targets = _cat([p for p, _ in self.kept]), _cat([t for _, t in self.kept])
         self.kept = []
-        self.counts.append(predictions.eq_(targets).sum())  # the predictions are ours: compared in place
+        self.counts.append((predictions == targets).sum())  # not in place: a task's predictions may be its output
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:

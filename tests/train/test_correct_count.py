@@ -1,4 +1,5 @@
 """The training-accuracy count: predictions kept and compared together give each batch's count made alone."""
+import pytest
 import torch
 
 from leantrain.tasks import Classification, SequenceToSequence
@@ -32,22 +33,36 @@ def test_kept_predictions_compared_together_equal_each_batch_counted_alone():
 
 
 def test_outputs_past_the_memory_bound_give_their_predictions_at_once(monkeypatch):
-    monkeypatch.setattr(correct_count, "KEEP_OUTPUT_BYTES", 16 * 5 * 4 * KEEP_BATCHES - 1)  # one float less
+    monkeypatch.setattr(correct_count, "KEEP_OUTPUT_BYTES", 2 * 16 * 5 * 4 - 1)  # two 16-row outputs, one float less
     g = torch.Generator().manual_seed(3)
     count, expected = CorrectCount(Classification()), 0
-    for rows in (16, 3, 16):
+    for rows in (16, 3, 16, 3):
         output, target = _batch(g, rows)
         count.add(output, target)
         expected += _alone(output, target)
-    assert [len(p) for p, _ in count.kept] == [16, 16] and [len(o) for o, _ in count.kept_outputs] == [3]
-    output, target = _batch(g, 16, classes=2 * 5)
-    count.add(output[:3, :5], target[:3] % 5)  # a small view of a larger output: its storage counts
-    expected += _alone(output[:3, :5], target[:3] % 5)
-    assert [len(p) for p, _ in count.kept] == [16, 16, 3]
+    assert [len(p) for p, _ in count.kept] == [16] and [len(o) for o, _ in count.kept_outputs] == [16, 3, 3]
     assert int(count.total()) == expected
 
 
-def test_a_dropped_step_is_left_out_before_and_after_an_interval_is_compared():
+def test_an_output_that_is_a_view_gives_its_predictions_at_once():
+    """A view may hold a larger tensor's memory, or change before it is read: a constant prior's output is a view
+    of its weight, which the next optimizer step moves."""
+    prior = torch.tensor([0.0, 1.0, 0.0])
+    target = torch.tensor([1, 1, 0, 2])
+    sliced = torch.randn(4, 10, generator=torch.Generator().manual_seed(4))[:, :3]  # a slice of a larger output
+    count = CorrectCount(Classification())
+    count.add(prior.expand(4, 3), target)  # class 1 for all: 2 correct
+    count.add(sliced, target)
+    expected = 2 + _alone(sliced, target)
+    prior.copy_(torch.tensor([1.0, 0.0, 0.0]))  # the update after the step: class 0 would give 1
+    assert not count.kept_outputs and len(count.kept) == 2
+    assert int(count.total()) == expected
+    assert prior.tolist() == [1.0, 0.0, 0.0]  # nothing written into the model's memory
+
+
+@pytest.mark.parametrize("bound", [correct_count.KEEP_OUTPUT_BYTES, 5 * 16 * 5 * 4])  # all kept; 5 then predicted
+def test_a_dropped_step_is_left_out_before_and_after_an_interval_is_compared(monkeypatch, bound):
+    monkeypatch.setattr(correct_count, "KEEP_OUTPUT_BYTES", bound)
     g = torch.Generator().manual_seed(1)
     count, expected = CorrectCount(Classification(), before=torch.tensor(7)), 7
     for step in range(3 * KEEP_BATCHES):
