@@ -5,7 +5,7 @@ same ``leantrain`` command runs again in N worker processes, which find their ra
 variables. The rendezvous is torchrun's ``--standalone`` one (c10d on localhost, port 0: the OS picks a
 free port). Workers inherit the terminal; only rank 0 prints. The launcher's own log lines are kept
 quiet: a failed job is one line, its cause (see failures.py), and its exit status becomes ours (2 for a usage
-error, 128+N for signal N). A worker that hangs is killed ``HUNG_WORKER_GRACE_S`` after the others stopped.
+error, 128+N for signal N). A worker that hangs is killed ``HUNG_WORKER_GRACE_S`` after another stated the job's failure.
 """
 from __future__ import annotations
 

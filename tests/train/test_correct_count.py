@@ -57,7 +57,20 @@ def test_an_output_that_is_a_view_gives_its_predictions_at_once():
     prior.copy_(torch.tensor([1.0, 0.0, 0.0]))  # the update after the step: class 0 would give 1
     assert not count.kept_outputs and len(count.kept) == 2
     assert int(count.total()) == expected
-    assert prior.tolist() == [1.0, 0.0, 0.0]  # nothing written into the model's memory
+
+
+def test_the_compare_writes_nothing_into_a_kept_output():
+    """A task whose predictions are its output itself (class indices from the model): the kept output is compared
+    as it is, and must come out unchanged."""
+
+    class Indices(Classification):
+        def predictions(self, output):
+            return output
+
+    output, target = torch.tensor([2, 0, 1]), torch.tensor([2, 1, 1])
+    count = CorrectCount(Indices())
+    count.add(output, target)
+    assert int(count.total()) == 2 and output.tolist() == [2, 0, 1]
 
 
 @pytest.mark.parametrize("bound", [correct_count.KEEP_OUTPUT_BYTES, 5 * 16 * 5 * 4])  # all kept; 5 then predicted
