@@ -69,6 +69,8 @@ class RunConfig:
                                         "or the index, of the tensor the loss takes (logits, 0); default logits for hf: models")
     length_buckets: bool = _opt(False, "padded token sequences (seq2seq): batch samples of similar length together "
                                        "and trim each batch's padding; the batch order stays random")
+    trim_padding: bool = _opt(False, "padded token sequences (seq2seq): trim each batch to its longest row; the same "
+                                     "batches as without, less padding computed (length_buckets trims too)")
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
     )
@@ -176,6 +178,12 @@ class RunConfig:
         return sizes
 
     @property
+    def padding_trimmed_by(self) -> str | None:
+        """The setting that trims batches of padded sequences to their longest row (their widths then vary):
+        length_buckets or trim_padding; None where neither is on."""
+        return "length_buckets" if self.length_buckets else "trim_padding" if self.trim_padding else None
+
+    @property
     def loggers(self) -> list[str]:
         """The ``log`` names, in the order given; empty without ``log``."""
         return [name.strip() for name in (self.log or "").split(",") if name.strip()]
@@ -228,8 +236,9 @@ class RunConfig:
             raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.length_buckets and self.loader != "tensor":
-            raise UsageError(f"{where}: length_buckets needs loader tensor, got loader {self.loader}")
+        for name in ("length_buckets", "trim_padding"):
+            if getattr(self, name) and self.loader != "tensor":
+                raise UsageError(f"{where}: {name} needs loader tensor, got loader {self.loader}")
         if isinstance(self.threads, str) and self.threads.isdigit():
             self.threads = int(self.threads)  # from the command line, a count arrives as text
         if self.threads is not None and self.threads != "auto" and not (isinstance(self.threads, int) and self.threads > 0):

@@ -13,10 +13,11 @@ from typing import Any
 
 from leantrain.errors import UsageError
 
-# Settings that never change what a run computes: they stay out of its identity.
+# Settings that never change what a run computes: they stay out of its identity. Some change how it is computed,
+# so the last bits of its sums may differ (threads, DDP's buckets, trim_padding: the same batches, less padding).
 NOT_IDENTITY = frozenset({"name", "target", "dist_timeout", "checkpoint_every", "procs", "backend", "threads",
                           "save_model", "log", "ddp_bucket_mb", "ddp_static_graph", "ddp_grad_as_bucket_view",
-                          "memory_check"})
+                          "memory_check", "trim_padding"})
 MAX_NAME = 120  # well under the usual 255-byte file-name limit, leaving room for suffixes
 SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 

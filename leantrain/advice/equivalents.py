@@ -23,6 +23,7 @@ PARALLEL_KEYS = ("parallel", "procs", "members", "ddp_bucket_mb", "ddp_static_gr
                  "ddp_compress", "shard_optimizer", "microbatches", "schedule_pp", "backend", "dist_timeout")
 WHY = {
     "length_buckets": "leantrain's loader batches padded sequences of similar length and trims their padding",
+    "trim_padding": "leantrain's loader trims each batch of padded sequences to its longest row",
     "on_nonfinite": "leantrain's guard skips (and counts) a step whose loss or gradients are not finite",
     "target": "leantrain's record: the time to reach it (no effect on training)",
     "name": "leantrain's run name (no effect on training)",

@@ -7,11 +7,12 @@ of a per-epoch permutation, with no per-sample Python work. ``DataLoaderBatches`
 Both draw epoch ``e``'s order from a generator seeded by ``(seed, e)``, so a run resumed at epoch ``e``
 sees exactly the batches the uninterrupted run saw.
 
-``TensorBatches(..., pad_index=P)`` batches padded token sequences by length: within windows of
-``BUCKET_WINDOW`` global batches of the shuffled order, samples are sorted by length and cut into batches,
-the batches are shuffled, and each batch is trimmed to its longest sample. A short-line batch then costs
-what its lines cost, not what the longest line of the data set costs; the losses of samples masked by
-padding (attention masks, ``ignore_index``) are unchanged.
+``TensorBatches(..., pad_index=P)`` trims each batch of padded token sequences to its longest sample: the same
+batches, without the padding columns every row of the batch has. Padding is masked (attention masks,
+``ignore_index``), so the losses are unchanged. With ``buckets=True`` it also batches them by length: within
+windows of ``BUCKET_WINDOW`` global batches of the shuffled order, samples are sorted by length and cut into
+batches, and the batches are shuffled. A short-line batch then costs what its lines cost, not what the longest
+line of the data set costs.
 """
 from __future__ import annotations
 
@@ -76,11 +77,11 @@ def say_if_batch_outgrows_share(batch_size: int, samples: int, world_size: int, 
 BUCKET_WINDOW = 64  # global batches sorted together: wide enough to group lengths, narrow enough to stay random
 
 
-def bucket_pad_index(dataset: Any) -> int:
-    """The pad index length buckets trim, or one line saying why this data set cannot be bucketed."""
+def bucket_pad_index(dataset: Any, setting: str = "length_buckets") -> int:
+    """The pad index that length buckets and trimming trim, or one line saying why ``setting`` cannot apply."""
     if dataset.streams is not None or "pad_index" not in dataset.info or dataset.x_train.is_floating_point() \
             or dataset.x_train.dim() != 2 or dataset.y_train.dim() != 2:
-        raise UsageError(f"length_buckets needs padded token sequences held in memory (seq2seq data such as "
+        raise UsageError(f"{setting} needs padded token sequences held in memory (seq2seq data such as "
                          f"polynomial); data {dataset.name} has none")
     return int(dataset.info["pad_index"])
 
@@ -95,10 +96,12 @@ def padded_lengths(tokens: Tensor, pad_index: int) -> Tensor:
 class TensorBatches:
     def __init__(
         self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-        rank: int = 0, world_size: int = 1, pad_index: int | None = None,
+        rank: int = 0, world_size: int = 1, pad_index: int | None = None, buckets: bool = False,
     ):
+        if buckets and pad_index is None:
+            raise ValueError("length buckets need the pad_index of the sequences they sort")
         self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.buckets = rank, world_size, buckets
         say_if_batch_outgrows_share(batch_size, len(x), world_size, rank)
         self.samples_per_rank = len(x) // world_size
         self.lengths: tuple[Tensor, Tensor] | None = None
@@ -111,7 +114,7 @@ class TensorBatches:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(len(self.x), generator=generator) if self.shuffle else torch.arange(len(self.x))
-        if self.lengths is not None:
+        if self.buckets:
             order = self._bucketed(order, generator)
         mine_cpu = rank_slice(order, self.rank, self.world_size, self.samples_per_rank)
         mine = mine_cpu.to(self.x.device)

@@ -43,8 +43,8 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "f
     the model as it will train, in the run's ``precision`` (can this machine run it so?), then with
     ``check_data=False``: the data were checked the first time (the inf/NaN scan reads every value)."""
     task = task_for(dataset, config.label_smoothing)
-    if config.length_buckets:
-        bucket_pad_index(dataset)
+    if config.padding_trimmed_by:
+        bucket_pad_index(dataset, config.padding_trimmed_by)
     name = config.model if config.model and type(model).__module__.startswith("leantrain") else type(model).__name__
     custom_loss = getattr(task, "custom_loss", False)
     if check_data:

@@ -382,9 +382,10 @@ def _batch_source(config: RunConfig, dataset: Dataset, dist: Dist) -> BatchSourc
     if dataset.streams is not None:  # read batch by batch (larger than memory, or several inputs)
         return StreamBatches(dataset.streams[0], config.batch, dist.device, seed=config.seed, rank=dist.rank,
                              world_size=dist.world_size)
-    if config.length_buckets:
+    if config.padding_trimmed_by:
         return TensorBatches(dataset.x_train, dataset.y_train, config.batch, seed=config.seed, rank=dist.rank,
-                             world_size=dist.world_size, pad_index=bucket_pad_index(dataset))
+                             world_size=dist.world_size, pad_index=bucket_pad_index(dataset, config.padding_trimmed_by),
+                             buckets=config.length_buckets)
     source = TensorBatches if config.loader == "tensor" else DataLoaderBatches
     return source(dataset.x_train, dataset.y_train, config.batch, shuffle=True, seed=config.seed,
                   rank=dist.rank, world_size=dist.world_size)

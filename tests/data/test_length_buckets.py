@@ -1,4 +1,4 @@
-"""Length buckets (``--length-buckets``) and label smoothing (``--label-smoothing``)."""
+"""Length buckets (``--length-buckets``), trimmed padding (``--trim-padding``) and label smoothing (``--label-smoothing``)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,9 @@ from leantrain.data.polynomial import polynomial
 from leantrain.errors import UsageError
 from leantrain.tasks import get_task
 from leantrain.train.adapters import task_for
+from leantrain.naming import settings_hash
 from leantrain.train.run import execute
+from leantrain.train.run_identity import differing_keys
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +27,8 @@ def _epoch(source, epoch=0):
 
 def test_buckets_visit_every_sample_once_per_epoch_with_each_batch_trimmed_to_its_longest(lines):
     x, y = lines.x_train, lines.y_train
-    batches = _epoch(TensorBatches(x, y, 50, seed=1, pad_index=0))
-    assert len(batches) == len(TensorBatches(x, y, 50, pad_index=0)) == 27
+    batches = _epoch(TensorBatches(x, y, 50, seed=1, pad_index=0, buckets=True))
+    assert len(batches) == len(TensorBatches(x, y, 50, pad_index=0, buckets=True)) == 27
     rows = {tuple(r[r != 0].tolist()) for bx, _ in batches for r in bx}
     assert sum(len(bx) for bx, _ in batches) == len(x) and rows == {tuple(r[r != 0].tolist()) for r in x}
     for bx, by in batches:
@@ -37,13 +39,27 @@ def test_buckets_visit_every_sample_once_per_epoch_with_each_batch_trimmed_to_it
 
 def test_buckets_are_seeded_by_epoch_and_shared_out_between_ranks_as_one_global_batch(lines):
     x, y = lines.x_train, lines.y_train
-    one = TensorBatches(x, y, 40, seed=5, pad_index=0)
+    one = TensorBatches(x, y, 40, seed=5, pad_index=0, buckets=True)
     assert [b[0].tolist() for b in _epoch(one, 2)] == [b[0].tolist() for b in _epoch(one, 2)]
     assert [b[0].shape for b in _epoch(one, 2)] != [b[0].shape for b in _epoch(one, 3)]
-    ranks = [_epoch(TensorBatches(x, y, 20, seed=5, pad_index=0, rank=r, world_size=2), 2) for r in range(2)]
+    ranks = [_epoch(TensorBatches(x, y, 20, seed=5, pad_index=0, buckets=True, rank=r, world_size=2), 2) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(_epoch(one, 2))
     for (whole, _), (first, _), (second, _) in zip(_epoch(one, 2), *ranks):  # batch k of the ranks = batch k of one
         assert sorted(_unpadded(whole)) == sorted(_unpadded(first) + _unpadded(second))
+
+
+def test_trimming_keeps_the_batches_and_cuts_only_the_padding_every_row_has(lines):
+    x, y = lines.x_train, lines.y_train
+    for rank in range(2):
+        plain = _epoch(TensorBatches(x, y, 50, seed=4, rank=rank, world_size=2), 1)
+        trimmed = _epoch(TensorBatches(x, y, 50, seed=4, rank=rank, world_size=2, pad_index=0), 1)
+        assert len(trimmed) == len(plain)
+        for (px, py), (tx, ty) in zip(plain, trimmed):
+            assert tx.shape[1] == int(padded_lengths(px, 0).max()) and ty.shape[1] == int(padded_lengths(py, 0).max())
+            assert torch.equal(px[:, : tx.shape[1]], tx) and torch.equal(py[:, : ty.shape[1]], ty)
+            assert not px[:, tx.shape[1]:].any() and not py[:, ty.shape[1]:].any()  # only padding was cut
+    widths = [tx.shape[1] for tx, _ in trimmed]
+    assert max(widths) < x.shape[1]  # random batches of 25 rows rarely hold the longest line: work is saved
 
 
 def _unpadded(rows):
@@ -72,11 +88,15 @@ def test_label_smoothing_changes_the_training_loss_only():
         torch.testing.assert_close(smoothed.loss_sum(logits, target), plain.loss_sum(logits, target))
 
 
-def test_label_smoothing_and_length_buckets_are_refused_where_they_do_not_apply():
+def test_label_smoothing_length_buckets_and_trimming_are_refused_where_they_do_not_apply():
     with pytest.raises(UsageError, match="label_smoothing must be in"):
         RunConfig(label_smoothing=1.0).validated()
     with pytest.raises(UsageError, match="length_buckets needs loader tensor"):
         RunConfig(length_buckets=True, loader="dataloader").validated()
+    with pytest.raises(UsageError, match="trim_padding needs loader tensor, got loader dataloader"):
+        RunConfig(trim_padding=True, loader="dataloader").validated()
+    with pytest.raises(UsageError, match="trim_padding varies batch shapes.*parallel pipeline"):
+        RunConfig(trim_padding=True, parallel="pipeline", procs=2).validated()
     regression = lt.data.from_tensors(torch.randn(20, 3), torch.randn(20, 1), task="regression")
     with pytest.raises(UsageError, match="not to the regression task"):
         task_for(regression, label_smoothing=0.1)
@@ -84,6 +104,8 @@ def test_label_smoothing_and_length_buckets_are_refused_where_they_do_not_apply(
 
     with pytest.raises(UsageError, match="length_buckets needs padded token sequences.*imagenet-sim"):
         bucket_pad_index(lt.data.load("imagenet-sim:n=100"))
+    with pytest.raises(UsageError, match="^trim_padding needs padded token sequences.*imagenet-sim"):
+        execute(RunConfig(model="mlp", data="imagenet-sim:n=100", trim_padding=True).validated(), quiet=True)
 
 
 def test_a_bucketed_smoothed_run_trains_end_to_end(tmp_path):
@@ -93,3 +115,37 @@ def test_a_bucketed_smoothed_run_trains_end_to_end(tmp_path):
     ).validated(), out_dir=tmp_path, quiet=True)
     epochs = record["epochs"]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] and epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+
+
+TRANSFORMER = "seq2seq-transformer:d_model=32,heads=2,encoder_layers=1,decoder_layers=1,ff=64"
+
+
+def test_a_trimmed_run_trains_as_the_untrimmed_one_and_resumes_it(tmp_path, monkeypatch):
+    """The same batches without their common padding: the same losses, to float rounding. So trim_padding is not part
+    of a run's identity: a run started without it resumes with it, under the same name."""
+    from leantrain.models.seq2seq_transformer import Seq2SeqTransformer
+
+    widths: list[int] = []
+    forward = Seq2SeqTransformer.forward
+
+    def seen(self, src, tgt_in, decode=False):
+        if self.training:
+            widths.append(src.shape[1])
+        return forward(self, src, tgt_in, decode)
+
+    monkeypatch.setattr(Seq2SeqTransformer, "forward", seen)
+
+    def run(trim):
+        config = RunConfig(model=TRANSFORMER, data="polynomial:n=600", epochs=2, batch_size=32, trim_padding=trim)
+        widths.clear()
+        epochs = execute(config.validated(), out_dir=tmp_path / str(trim), quiet=True)["epochs"]
+        return config.validated(), epochs, sum(widths) / len(widths)
+
+    (plain_config, plain, plain_width), (trimmed_config, trimmed, trimmed_width) = run(False), run(True)
+    assert trimmed_width < 0.95 * plain_width  # the run computed less padding
+    for key in ("train_loss", "val_loss", "val_exact_match"):
+        torch.testing.assert_close([e[key] for e in trimmed], [e[key] for e in plain], rtol=1e-4, atol=1e-5)
+    assert trimmed[0]["train_tokens"] == plain[0]["train_tokens"]  # padding is never counted as tokens
+    assert differing_keys(plain_config.to_dict(), trimmed_config.to_dict()) == []
+    assert trimmed_config.run_name == plain_config.run_name
+    assert settings_hash(plain_config.to_dict()) == settings_hash(trimmed_config.to_dict())

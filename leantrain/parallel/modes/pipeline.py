@@ -26,8 +26,8 @@ class Pipeline(ParallelStrategy):
     def check(self, config: RunConfig, where: str) -> None:
         super().check(config, where)
         refuse_fp16(config, where)
-        if config.length_buckets:
-            raise UsageError(f"{where}: length_buckets varies batch shapes, which a pipeline's stages cannot take; "
+        if config.padding_trimmed_by:
+            raise UsageError(f"{where}: {config.padding_trimmed_by} varies batch shapes, which a pipeline's stages cannot take; "
                              f"drop it under parallel {config.parallel}")
         if config.batch_size == "auto":
             raise UsageError(f"{where}: batch_size auto is not for parallel {config.parallel} (the batch must be a "
