@@ -9,9 +9,9 @@ from leantrain.config import RunConfig
 from leantrain.data.batches import TensorBatches, padded_lengths
 from leantrain.data.polynomial import polynomial
 from leantrain.errors import UsageError
+from leantrain.naming import settings_hash
 from leantrain.tasks import get_task
 from leantrain.train.adapters import task_for
-from leantrain.naming import settings_hash
 from leantrain.train.run import execute
 from leantrain.train.run_identity import differing_keys
 
