@@ -40,6 +40,8 @@ def _fails(capsys, argv, expected, out_dir=None):
     (["--data", "digits-image", "--model", "gpt2-tiny"], "gpt2"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
     (["--epochs", "many"], "invalid int value: 'many'"),
+    (["--trim-padding", "true"], "trim_padding needs padded token sequences held in memory (seq2seq data such as "
+                                 "polynomial); data healthcare-sim has none"),
 ])
 def test_bad_train_values(capsys, tmp_path, argv, expected):
     out = tmp_path / "out"

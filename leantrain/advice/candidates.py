@@ -97,6 +97,13 @@ def _switch(name: str, technique: str, key: str, value: Any, what: str) -> Calla
     return candidates
 
 
+def _trim_padding(base: dict[str, Any], machine: Machine) -> list[Candidate]:
+    if base["trim_padding"] or base["length_buckets"]:  # length buckets trim already
+        return []
+    return [Candidate("trimmed padding", "trim_padding", {"trim_padding": True}, "each batch of padded sequences "
+                      "trimmed to its longest row: the same batches, fewer positions computed")]
+
+
 def _threads(base: dict[str, Any], machine: Machine) -> list[Candidate]:
     if base["threads"] is not None or machine.cores < 2:
         return []
@@ -134,6 +141,7 @@ GENERATORS: dict[str, Callable[[dict[str, Any], Machine], list[Candidate]]] = {
                             "accumulated as the gradient noise grows (adaptive batching), lr scaled with them"),
     "complexity": _switch("complexity matching", "complexity", "complexity", "match", "start narrow and widen the "
                           "hidden layer while it helps (MLP)"),
+    "trim_padding": _trim_padding,
     "threads": _threads,
     "processes": _processes,
 }

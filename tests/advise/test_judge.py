@@ -156,6 +156,26 @@ def test_candidates_follow_the_baseline_and_the_machine() -> None:
     assert found["batch 256"].changes["lr"] == pytest.approx(0.4)  # sgd: linear
     assert "tensor batches" not in found and "fused Adam" not in found
     assert found["2 processes"].not_applicable == "1 core(s): nothing to split over"
+    assert found["trimmed padding"].changes == {"trim_padding": True}
+    bucketed = RunConfig.from_dict({"batch_size": 64, "length_buckets": True}).to_dict()
+    assert "trimmed padding" not in {c.name for c in candidates(bucketed, Machine("cpu", 2))}  # buckets trim already
+
+
+def test_trimmed_padding_is_screened_out_of_data_without_padding_and_in_for_padded_sequences() -> None:
+    from leantrain.advice.screen import screen
+    from leantrain.config import RunConfig
+    from leantrain.train.run import RunRequest
+
+    def request_for(config):
+        return RunRequest(config, quiet=True)
+
+    trim = next(c for c in candidates(RunConfig().to_dict(), Machine("cpu", 2)) if c.name == "trimmed padding")
+    images = RunConfig.from_dict({"model": "mlp", "data": "imagenet-sim:n=200", "epochs": 1}).to_dict()
+    out = screen(trim, images, request_for)
+    assert not out.applies and out.reason.startswith("trim_padding needs padded token sequences")
+    lines = RunConfig.from_dict({"model": "seq2seq-transformer:d_model=16,heads=2,encoder_layers=1,decoder_layers=1,"
+                                          "ff=32", "data": "polynomial:n=200", "epochs": 1}).to_dict()
+    assert screen(trim, lines, request_for).applies
 
 
 def test_the_guard_stops_inside_an_epoch() -> None:
