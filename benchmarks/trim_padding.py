@@ -4,7 +4,9 @@ the same batches at the data set's padded width.
 Both arms are leantrain runs (``execute``) of the seed-004 recipe's model on the same generated lines held in memory,
 one epoch each, interleaved (the arms' order alternates per repeat), repeated; each arm's figure is the record's
 ``samples_per_s`` (its first step left out), as median [min-max] over repeats, with the CPU other processes used
-meanwhile (``foreign_cpu_cores``: a median above 0.15 cores marks the figures noisy).
+meanwhile (``foreign_cpu_cores``: a median above 0.15 cores marks the figures noisy). The speed-up is also given
+paired: each repeat's trimmed rate over the padded one of the same repeat, a few seconds apart (a host whose speed
+drifts between repeats blurs these less), and the record's ``padding_trimmed`` (the share of padded positions cut).
 
     python benchmarks/trim_padding.py [--model seq2seq-transformer:...] [--data polynomial:n=3200]
                                       [--batch 64] [--threads 2] [--repeats 5]
@@ -49,13 +51,14 @@ def main() -> None:
     used = float((padded_lengths(data.x_train, pad) + padded_lengths(data.y_train, pad)).float().mean())
     rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
     foreign: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    load_before = os.getloadavg()[0]
+    load_before, trimmed = os.getloadavg()[0], 0.0
     run(data, args.data, args.model, args.batch, args.threads, False)  # untimed: first-call kernel selection
     for repeat in range(args.repeats):
         for arm in (list(ARMS) if repeat % 2 == 0 else list(reversed(ARMS))):
             record = run(data, args.data, args.model, args.batch, args.threads, ARMS[arm])
             rates[arm].append(record["samples_per_s"])
             foreign[arm].append(record["foreign_cpu_cores"] or 0.0)
+            trimmed = record.get("padding_trimmed", trimmed)
     print(f"# {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, {args.threads} "
           f"thread(s), {args.model}, {args.data} (mean {used:.1f} of {width} token positions a sample are not "
           f"padding), batch {args.batch}, {args.repeats} repeats, load average {load_before:.2f} before, "
@@ -66,6 +69,9 @@ def main() -> None:
         median, noisy = statistics.median(values), statistics.median(foreign[arm]) > NOISY_FOREIGN_CORES
         print(f"| {arm} | {median:,.0f} [{min(values):,.0f}–{max(values):,.0f}] | {median / base:.2f}× | "
               f"{statistics.median(foreign[arm]):.2f}{' (noisy)' if noisy else ''} |")
+    paired = [t / p for t, p in zip(rates["--trim-padding"], rates["padded width"])]
+    print(f"\npaired (each repeat's trimmed over padded): {statistics.median(paired):.2f}× [{min(paired):.2f}–"
+          f"{max(paired):.2f}]; padding_trimmed {trimmed:.3f} of the padded positions")
 
 
 if __name__ == "__main__":

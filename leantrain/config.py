@@ -69,8 +69,9 @@ class RunConfig:
                                         "or the index, of the tensor the loss takes (logits, 0); default logits for hf: models")
     length_buckets: bool = _opt(False, "padded token sequences (seq2seq): batch samples of similar length together "
                                        "and trim each batch's padding; the batch order stays random")
-    trim_padding: bool = _opt(False, "padded token sequences (seq2seq): trim each batch to its longest row; the same "
-                                     "batches as without, less padding computed (length_buckets trims too)")
+    trim_padding: bool = _opt(False, "padded token sequences, a model that masks padding (seq2seq-transformer, dropout "
+                                     "0): trim each batch to its longest row: the same batches and losses, less padding "
+                                     "computed (the record's padding_trimmed says how much)")
     loader: str = _opt(
         "tensor", "batch source: device-resident tensor slices, or PyTorch's DataLoader (the seeds' recipe)", LOADERS
     )

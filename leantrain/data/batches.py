@@ -8,8 +8,8 @@ Both draw epoch ``e``'s order from a generator seeded by ``(seed, e)``, so a run
 sees exactly the batches the uninterrupted run saw.
 
 ``TensorBatches(..., pad_index=P)`` trims each batch of padded token sequences to its longest sample: the same
-batches, without the padding columns every row of the batch has. Padding is masked (attention masks,
-``ignore_index``), so the losses are unchanged. With ``buckets=True`` it also batches them by length: within
+batches, without the padding columns every row of the batch has; where the model masks padding (attention masks,
+``ignore_index``: its ``padding_invariant``), the losses are unchanged. With ``buckets=True`` it also batches them by length: within
 windows of ``BUCKET_WINDOW`` global batches of the shuffled order, samples are sorted by length and cut into
 batches, and the batches are shuffled. A short-line batch then costs what its lines cost, not what the longest
 line of the data set costs.
@@ -32,6 +32,7 @@ Batch = tuple[Tensor, Tensor]
 
 class BatchSource(Protocol):
     batch_size: int
+    figures: dict[str, float]  # what the source measured of its last epoch, for the epoch's record
 
     def __len__(self) -> int: ...
 
@@ -104,6 +105,7 @@ class TensorBatches:
         self.rank, self.world_size, self.buckets = rank, world_size, buckets
         say_if_batch_outgrows_share(batch_size, len(x), world_size, rank)
         self.samples_per_rank = len(x) // world_size
+        self.figures: dict[str, float] = {}
         self.lengths: tuple[Tensor, Tensor] | None = None
         if pad_index is not None:
             self.lengths = padded_lengths(x, pad_index), padded_lengths(y, pad_index)
@@ -118,13 +120,18 @@ class TensorBatches:
             order = self._bucketed(order, generator)
         mine_cpu = rank_slice(order, self.rank, self.world_size, self.samples_per_rank)
         mine = mine_cpu.to(self.x.device)
+        kept = 0  # token positions the trimmed batches hold
         for start in range(0, self.samples_per_rank, self.batch_size):
             index = mine[start : start + self.batch_size]
             x, y = self.x.index_select(0, index), self.y.index_select(0, index)
             if self.lengths is not None:  # trim the padding every row of the batch has
                 rows = mine_cpu[start : start + self.batch_size]
                 x, y = x[:, : int(self.lengths[0][rows].max())], y[:, : int(self.lengths[1][rows].max())]
+                kept += x.numel() + y.numel()
             yield x, y
+        if self.lengths is not None and self.samples_per_rank:  # the effect, for the record: 0.0 saved nothing
+            padded = self.samples_per_rank * (self.x.shape[1] + self.y.shape[1])
+            self.figures = {"padding_trimmed": 1.0 - kept / padded}
 
     def _bucketed(self, order: Tensor, generator: torch.Generator) -> Tensor:
         """``order`` regrouped so that each global batch holds samples of similar length, in a random
@@ -156,6 +163,7 @@ class DataLoaderBatches:
         say_if_batch_outgrows_share(batch_size, len(x), world_size, rank)
         self.samples_per_rank = len(x) // world_size
         self.device = x.device
+        self.figures: dict[str, float] = {}
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_rank / self.batch_size)

@@ -86,6 +86,7 @@ class StreamBatches:
                  rank: int = 0, world_size: int = 1):
         self.stream, self.batch_size, self.device, self.shuffle, self.seed = stream, batch_size, device, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.figures: dict[str, float] = {}
         if not stream.iterable:  # an iterable one is counted only by reading it through
             say_if_batch_outgrows_share(batch_size, len(stream), world_size, rank)
 

@@ -119,6 +119,12 @@ class Seq2SeqTransformer(GreedyDecoding, nn.Module):
         self.blocks = nn.ModuleList()
         self.decode_cache = True  # False: decode by recomputing the prefix each step (same tokens, slower)
 
+    @property
+    def padding_invariant(self) -> bool:
+        """Whether a batch's outputs at its real tokens are the same at any padded width (``trim_padding`` relies on
+        it): padding is masked everywhere, positions count from the start, and no dropout mask spans the width."""
+        return self.drop.p == 0
+
     def encode(self, src: torch.Tensor) -> tuple[list[KV], torch.Tensor]:
         """Each decoder block's cross-attention keys/values of the source, and the source mask (N, 1, 1, S)."""
         mask = (src != self.pad_index)[:, None, None, :]

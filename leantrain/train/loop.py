@@ -122,8 +122,10 @@ def train_epoch(
     end = now(device)
     bar.close()
     guards.check(state)  # before the epoch is recorded (and checkpointed): no NaN epoch is ever saved
-    return _epoch_record(state, run, guards, foreign_cpu, clock.timed(end, exclude_warmup), clock.training(end),
-                         clock.compiled())
+    record = _epoch_record(state, run, guards, foreign_cpu, clock.timed(end, exclude_warmup), clock.training(end),
+                           clock.compiled())
+    record.update(batches.figures)  # what the batch source measured (the padding it trimmed)
+    return record
 
 
 @dataclass

@@ -46,6 +46,8 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "f
     if config.padding_trimmed_by:
         bucket_pad_index(dataset, config.padding_trimmed_by)
     name = config.model if config.model and type(model).__module__.startswith("leantrain") else type(model).__name__
+    if config.padding_trimmed_by == "trim_padding":
+        check_padding_invariant(model, name)
     custom_loss = getattr(task, "custom_loss", False)
     if check_data:
         if not custom_loss:
@@ -84,6 +86,15 @@ def dry_forward(model: nn.Module, dataset: Any, config: Any, precision: str = "f
                 p.grad = None
         model.train(was_training)
         torch.set_rng_state(rng)
+
+
+def check_padding_invariant(model: nn.Module, name: str) -> None:
+    """trim_padding promises the same losses at a batch's trimmed width, so it takes only a model that says so
+    (``padding_invariant``): a recurrent encoder reads the padding, dropout draws its masks over the width."""
+    if not getattr(model, "padding_invariant", False):
+        raise UsageError(f"trim_padding needs a model whose outputs do not depend on the batch's padded width; model "
+                         f"{name} does not declare padding_invariant (seq2seq-transformer with dropout 0 does; an LSTM "
+                         "reads the padding): use length_buckets, or set padding_invariant = True on a model that masks it")
 
 
 def check_targets(dataset: Any) -> None:

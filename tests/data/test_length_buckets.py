@@ -9,11 +9,9 @@ from leantrain.config import RunConfig
 from leantrain.data.batches import TensorBatches, padded_lengths
 from leantrain.data.polynomial import polynomial
 from leantrain.errors import UsageError
-from leantrain.naming import settings_hash
 from leantrain.tasks import get_task
 from leantrain.train.adapters import task_for
 from leantrain.train.run import execute
-from leantrain.train.run_identity import differing_keys
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +48,7 @@ def test_buckets_are_seeded_by_epoch_and_shared_out_between_ranks_as_one_global_
 
 def test_trimming_keeps_the_batches_and_cuts_only_the_padding_every_row_has(lines):
     x, y = lines.x_train, lines.y_train
+    widths = []
     for rank in range(2):
         plain = _epoch(TensorBatches(x, y, 50, seed=4, rank=rank, world_size=2), 1)
         trimmed = _epoch(TensorBatches(x, y, 50, seed=4, rank=rank, world_size=2, pad_index=0), 1)
@@ -58,8 +57,8 @@ def test_trimming_keeps_the_batches_and_cuts_only_the_padding_every_row_has(line
             assert tx.shape[1] == int(padded_lengths(px, 0).max()) and ty.shape[1] == int(padded_lengths(py, 0).max())
             assert torch.equal(px[:, : tx.shape[1]], tx) and torch.equal(py[:, : ty.shape[1]], ty)
             assert not px[:, tx.shape[1]:].any() and not py[:, ty.shape[1]:].any()  # only padding was cut
-    widths = [tx.shape[1] for tx, _ in trimmed]
-    assert max(widths) < x.shape[1]  # random batches of 25 rows rarely hold the longest line: work is saved
+            widths.append(tx.shape[1])
+    assert sum(widths) / len(widths) < x.shape[1]  # random batches of 25 rows rarely hold the longest line: work is saved
 
 
 def _unpadded(rows):
@@ -120,9 +119,23 @@ def test_a_bucketed_smoothed_run_trains_end_to_end(tmp_path):
 TRANSFORMER = "seq2seq-transformer:d_model=32,heads=2,encoder_layers=1,decoder_layers=1,ff=64"
 
 
-def test_a_trimmed_run_trains_as_the_untrimmed_one_and_resumes_it(tmp_path, monkeypatch):
-    """The same batches without their common padding: the same losses, to float rounding. So trim_padding is not part
-    of a run's identity: a run started without it resumes with it, under the same name."""
+class Crash(lt.Technique):
+    """Interrupts training at the start of an epoch, after the previous epoch's checkpoint was written."""
+
+    def before_step(self, state):
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+
+def _transformer(data, dropout=0.0):
+    torch.manual_seed(0)
+    return models.build(f"{TRANSFORMER},dropout={dropout}", data)
+
+
+def test_a_trimmed_run_trains_as_the_untrimmed_one_and_an_untrimmed_run_resumes_with_it(tmp_path, monkeypatch):
+    """The same batches without their common padding: the same losses, to float rounding, and each epoch's record
+    says how much padding was cut. So trim_padding is not part of a run's identity: a run interrupted without it
+    resumes with it."""
     from leantrain.models.seq2seq_transformer import Seq2SeqTransformer
 
     widths: list[int] = []
@@ -134,18 +147,35 @@ def test_a_trimmed_run_trains_as_the_untrimmed_one_and_resumes_it(tmp_path, monk
         return forward(self, src, tgt_in, decode)
 
     monkeypatch.setattr(Seq2SeqTransformer, "forward", seen)
+    data = polynomial(n=600, seed=1)
+    options = dict(epochs=2, batch_size=32, seed=3)
 
-    def run(trim):
-        config = RunConfig(model=TRANSFORMER, data="polynomial:n=600", epochs=2, batch_size=32, trim_padding=trim)
+    def fit(folder, trim, **more):
         widths.clear()
-        epochs = execute(config.validated(), out_dir=tmp_path / str(trim), quiet=True)["epochs"]
-        return config.validated(), epochs, sum(widths) / len(widths)
+        result = lt.fit(_transformer(data), data, checkpoint_dir=tmp_path / folder, trim_padding=trim, **options, **more)
+        return result.epochs, sum(widths) / len(widths)
 
-    (plain_config, plain, plain_width), (trimmed_config, trimmed, trimmed_width) = run(False), run(True)
-    assert trimmed_width < 0.95 * plain_width  # the run computed less padding
-    for key in ("train_loss", "val_loss", "val_exact_match"):
-        torch.testing.assert_close([e[key] for e in trimmed], [e[key] for e in plain], rtol=1e-4, atol=1e-5)
-    assert trimmed[0]["train_tokens"] == plain[0]["train_tokens"]  # padding is never counted as tokens
-    assert differing_keys(plain_config.to_dict(), trimmed_config.to_dict()) == []
-    assert trimmed_config.run_name == plain_config.run_name
-    assert settings_hash(plain_config.to_dict()) == settings_hash(trimmed_config.to_dict())
+    (plain, plain_width), (trimmed, trimmed_width) = fit("plain", False), fit("trimmed", True)
+    assert trimmed_width < 0.95 * plain_width  # the model was given less padding
+    assert all(e["padding_trimmed"] > 0.05 for e in trimmed) and "padding_trimmed" not in plain[0]
+
+    def losses(epochs):
+        return [[e[key] for key in ("train_loss", "val_loss", "val_exact_match")] for e in epochs]
+
+    torch.testing.assert_close(losses(trimmed), losses(plain), rtol=1e-4, atol=1e-5)
+    with pytest.raises(KeyboardInterrupt):
+        fit("resumed", False, techniques=[Crash()])
+    resumed, _ = fit("resumed", True, resume=True)
+    torch.testing.assert_close(losses(resumed), losses(plain), rtol=1e-4, atol=1e-5)
+    assert "padding_trimmed" not in resumed[0] and resumed[1]["padding_trimmed"] > 0.05
+
+
+@pytest.mark.parametrize("model", ["seq2seq", f"{TRANSFORMER},dropout=0.1"])
+def test_trimming_is_refused_for_a_model_whose_outputs_depend_on_the_padded_width(tmp_path, model):
+    """The LSTM encoder reads the padding (its backward direction starts there); dropout draws its masks over the
+    width: trimming would change their results, not only their speed."""
+    config = RunConfig(model=model, data="polynomial:n=300", epochs=1, trim_padding=True).validated()
+    with pytest.raises(UsageError, match="^trim_padding needs a model whose outputs do not depend on the batch's padded"):
+        execute(config, out_dir=tmp_path, quiet=True)
+    assert not [f for f in tmp_path.iterdir() if not f.name.startswith(".")]  # no record, no checkpoint (a lock)
+    execute(config.replace(trim_padding=False, length_buckets=True), out_dir=tmp_path, quiet=True)  # buckets: its own
