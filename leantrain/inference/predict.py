@@ -3,13 +3,16 @@
 Lines are checked as they are read and decoded a batch at a time; each batch is written and flushed before the
 next is read, so a long input streams. A bad line stops the run with its line number, after the lines before
 it have been written. A blank line gives a blank line; ``factored=expanded`` input is read as its factored side,
-so a data file can be piped in as it is.
+so a data file can be piped in as it is. For a model trained on the polynomial data, a product written otherwise
+than the data write it (``(x+1)*(x-2)``: the data write ``(x-2)*(x+1)``) is put in the data's form first: the same
+product, in the form the model was trained on.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
+from leantrain.data.polynomial_parse import canonical_factored
 from leantrain.errors import UsageError
 from leantrain.inference.lines import LineDecoder, numbered_lines
 
@@ -18,6 +21,7 @@ def predict_stream(decoder: LineDecoder, source: Iterable[str], out: TextIO, nam
     """Write one expansion per input line to ``out``; returns the number of lines written."""
     pending: list[str] = []
     written = 0
+    as_trained = _as_trained(decoder)
 
     def flush() -> None:
         nonlocal written
@@ -31,7 +35,7 @@ def predict_stream(decoder: LineDecoder, source: Iterable[str], out: TextIO, nam
     for number, line in numbered_lines(source):
         text = line.partition("=")[0]
         try:
-            pending.append(decoder.check(text, f"{name} line {number}", side="factored side"))
+            pending.append(as_trained(decoder.check(text, f"{name} line {number}", side="factored side")))
         except UsageError:
             flush()  # the good lines before the bad one are not lost
             raise
@@ -39,3 +43,10 @@ def predict_stream(decoder: LineDecoder, source: Iterable[str], out: TextIO, nam
             flush()
     flush()
     return written
+
+
+def _as_trained(decoder: LineDecoder) -> Callable[[str], str]:
+    """A line as the model's training data would write it: the polynomial data's factor order; else as it is."""
+    if decoder.saved.data_spec.partition(":")[0] == "polynomial":
+        return canonical_factored
+    return lambda text: text

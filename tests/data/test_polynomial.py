@@ -22,7 +22,8 @@ from leantrain.data.polynomial import (
     sample_factors,
     sympy_line,
 )
-from leantrain.data.polynomial_stats import compare_to_real, parse_factors, read_real_lines
+from leantrain.data.polynomial_parse import canonical_factored, parse_factors
+from leantrain.data.polynomial_stats import compare_to_real, read_real_lines
 from leantrain.errors import UsageError
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "polynomial" / "real-val-100k.txt"
@@ -124,3 +125,19 @@ def test_exact_match_on_strings_and_ids():
     predicted = torch.tensor([[5, 6, EOS, 9, 9, 9], [7, 7, EOS, 0, 0, 0], [8, 9, 9, 0, 0, 0]])  # no EOS: wrong
     assert exact_match_ids(predicted, target).tolist() == [True, False, False]
     assert exact_match_ids(target, target).all()
+
+
+def test_canonical_factored_writes_a_product_as_the_data_write_it():
+    assert {text: canonical_factored(text) for text in [
+        "(x+1)*(x-2)", "(-5*z-9)*(7-3*z)", "(sin(x)+1)*(sin(x)-2)", "(x+1)*(x+1)", "(x+1)*x", "(-x+5)*(x+1)",
+    ]} == {"(x+1)*(x-2)": "(x-2)*(x+1)", "(-5*z-9)*(7-3*z)": "(7-3*z)*(-5*z-9)",
+           "(sin(x)+1)*(sin(x)-2)": "(sin(x)-2)*(sin(x)+1)", "(x+1)*(x+1)": "(x+1)**2", "(x+1)*x": "x*(x+1)",
+           "(-x+5)*(x+1)": "(5-x)*(x+1)"}
+    for other in ["(x+1)*(y-2)", "(x+1)*(x-2)*(x+3)", "hello", "(x+1)", ""]:  # not a product the data could hold
+        assert canonical_factored(other) == other
+    for line in generate_lines(5_000, seed=21):
+        factored = line.partition("=")[0]
+        assert canonical_factored(factored) == factored  # the data's own lines are already so
+        if factored.count(")*(") == 1 and factored.startswith("(") and factored.endswith(")"):
+            first, second = factored[1:-1].split(")*(")
+            assert canonical_factored(f"({second})*({first})") == factored

@@ -71,3 +71,14 @@ def test_the_shipped_model_expands_the_issues_line_piped_to_predict():
     done = subprocess.run([sys.executable, "-m", "leantrain", "predict"], input="(x+1)*(x-2)\n", capture_output=True,
                           text=True, timeout=120)
     assert (done.returncode, done.stderr, done.stdout) == (0, "", "x**2-x-2\n")
+
+
+def test_predict_gives_a_polynomial_model_the_product_as_its_data_write_it(model_file):
+    """(x+1)*(x-2) is the same product as the data's (x-2)*(x+1), in an order the model never saw in training."""
+    decoder, seen = LineDecoder(load_model(model_file)), []
+    decoder.predict = lambda texts: seen.extend(texts) or ["" for _ in texts]
+    predict_stream(decoder, ["(x+1)*(x-2)", "(h+21)*(h+29)=h**2+50*h+609", "(x+1)*(x+1)"], io.StringIO(), "test")
+    assert seen == ["(x-2)*(x+1)", "(h+21)*(h+29)", "(x+1)**2"]
+    decoder.saved.data_spec, seen[:] = "text-pairs:path=pairs.txt", []  # a model trained on other text: as given
+    predict_stream(decoder, ["(x+1)*(x-2)"], io.StringIO(), "test")
+    assert seen == ["(x+1)*(x-2)"]
