@@ -42,12 +42,12 @@ def parse_factors(line: str) -> Factors:
     if m2 := re.fullmatch(rf"{_NUM_T}{te}\*\*2", left):
         return Factors(variable, wrap, _coefficient(m2.group(1)), 0, 1, 0)
     if m2 := re.fullmatch(rf"{_NUM_T}(?:{te}\*\((.*)\)|\((.*)\)\*{te})", left):
-        a, b = _parse_linear(m2.group(2) or m2.group(3), t)
+        a, b = _parse_linear(m2.group(2) if m2.group(2) is not None else m2.group(3), t)  # "" is a bad factor
         return Factors(variable, wrap, _coefficient(m2.group(1)), 0, a, b)
     depth, split = 0, -1
     for i, ch in enumerate(left):
         depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0 and ch == "*" and i > 0 and left[i - 1] == ")":
+        if depth == 0 and ch == "*" and i > 0 and left[i - 1] == ")" and left[i + 1 : i + 2] == "(":
             split = i
             break
     if split < 0 or not (left.startswith("(") and left.endswith(")")):
@@ -61,6 +61,8 @@ def canonical_factored(text: str) -> str:
     ``(x-2)*(x+1)``), a repeated factor as ``**2``, a factor as sympy prints it (``-x+5`` becomes ``5-x``): the same
     product, in the form a model trained on the data has seen. Text that is not such a product comes back as it is,
     and so does a product whose data form would be longer."""
+    if "=" in text:
+        return text  # a line, not a product
     try:
         canonical = format_factored(parse_factors(text))
     except ValueError:

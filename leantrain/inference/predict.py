@@ -3,8 +3,8 @@
 Lines are checked as they are read and decoded a batch at a time; each batch is written and flushed before the
 next is read, so a long input streams. A bad line stops the run with its line number, after the lines before
 it have been written. A blank line gives a blank line; ``factored=expanded`` input is read as its factored side,
-so a data file can be piped in as it is. For a model trained on the polynomial data, a product written otherwise
-than the data write it (``(x+1)*(x-2)``: the data write ``(x-2)*(x+1)``) is put in the data's form first: the same
+so a data file can be piped in as it is. For a model trained on the generated polynomial data, a product written
+otherwise than the data write it (``(x+1)*(x-2)``: the data write ``(x-2)*(x+1)``) is put in the data's form first: the same
 product, in the form the model was trained on.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TextIO
 from leantrain.data.polynomial_parse import canonical_factored
 from leantrain.errors import UsageError
 from leantrain.inference.lines import LineDecoder, numbered_lines
+from leantrain.registry import parse_spec
 
 
 def predict_stream(decoder: LineDecoder, source: Iterable[str], out: TextIO, name: str) -> int:
@@ -46,7 +47,9 @@ def predict_stream(decoder: LineDecoder, source: Iterable[str], out: TextIO, nam
 
 
 def _as_trained(decoder: LineDecoder) -> Callable[[str], str]:
-    """A line as the model's training data would write it: the polynomial data's factor order; else as it is."""
-    if decoder.saved.data_spec.partition(":")[0] == "polynomial":
+    """A line as the model's training data wrote it: the generated polynomial data's form (sympy's); any other
+    model's lines, one trained on a file of lines (in whatever order the file had) too, as they are."""
+    name, options = parse_spec(decoder.saved.data_spec)
+    if name == "polynomial" and "path" not in options:
         return canonical_factored
     return lambda text: text

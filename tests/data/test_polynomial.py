@@ -133,7 +133,8 @@ def test_canonical_factored_writes_a_product_as_the_data_write_it():
     ]} == {"(x+1)*(x-2)": "(x-2)*(x+1)", "(-5*z-9)*(7-3*z)": "(7-3*z)*(-5*z-9)",
            "(sin(x)+1)*(sin(x)-2)": "(sin(x)-2)*(sin(x)+1)", "(x+1)*(x+1)": "(x+1)**2", "(x+1)*x": "x*(x+1)",
            "(-x+5)*(x+1)": "(5-x)*(x+1)"}
-    for other in ["(x+1)*(y-2)", "(x+1)*(x-2)*(x+3)", "hello", "(x+1)", ""]:  # not a product the data could hold
+    for other in ["(x+1)*(y-2)", "(x+1)*(x-2)*(x+3)", "hello", "(x+1)", "", "x*()", "-3*x*()", "(x+1)**x-2)",
+                  "(x+1)*-x-2)", "(x+1)*(x-2)=x**2-x-2"]:  # not a product the data could hold
         assert canonical_factored(other) == other
     for line in generate_lines(5_000, seed=21):
         factored = line.partition("=")[0]

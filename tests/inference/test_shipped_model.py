@@ -3,9 +3,11 @@ import io
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from leantrain.cli import main
+from leantrain.errors import UsageError
 from leantrain.inference import shipped
 from leantrain.inference.lines import LineDecoder
 from leantrain.inference.model_file import load_model, save_model
@@ -79,6 +81,11 @@ def test_predict_gives_a_polynomial_model_the_product_as_its_data_write_it(model
     decoder.predict = lambda texts: seen.extend(texts) or ["" for _ in texts]
     predict_stream(decoder, ["(x+1)*(x-2)", "(h+21)*(h+29)=h**2+50*h+609", "(x+1)*(x+1)"], io.StringIO(), "test")
     assert seen == ["(x-2)*(x+1)", "(h+21)*(h+29)", "(x+1)**2"]
-    decoder.saved.data_spec, seen[:] = "text-pairs:path=pairs.txt", []  # a model trained on other text: as given
-    predict_stream(decoder, ["(x+1)*(x-2)"], io.StringIO(), "test")
-    assert seen == ["(x+1)*(x-2)"]
+    for other in ("text-pairs:path=pairs.txt", "polynomial:path=own.txt"):  # other text, or a file's own order
+        decoder.saved.data_spec, seen[:] = other, []
+        predict_stream(decoder, ["(x+1)*(x-2)"], io.StringIO(), "test")
+        assert seen == ["(x+1)*(x-2)"]
+    decoder.saved.data_spec, seen[:] = "polynomial:n=40", []
+    with pytest.raises(UsageError, match="line 2"):  # a bad line after a good one: the good one is still decoded
+        predict_stream(decoder, ["(x+1)*(x-2)", "x*()#"], io.StringIO(), "test")
+    assert seen == ["(x-2)*(x+1)"]
