@@ -50,6 +50,9 @@ class RunConfig:
                              "hf:MODEL_TYPE[:key=value,...] (fresh weights, never downloaded)")
     data: str = _opt("imagenet-sim", "registered data set, with options: NAME[:key=value,...]; your files: "
                                      "csv:path=F,target=COL / npy:x=X.npy,y=Y.npy / pt:path=F / imagefolder:path=DIR")
+    init_from: str | None = _opt(None, "start from the weights of a leantrain model file (a .model.pt, or a run folder "
+                                       "holding one) of the same model and vocabulary, not from a fresh initialisation; "
+                                       "the optimizer starts afresh")
     epochs: int = _opt(5, "passes over the training split")
     batch_size: int | str = _opt(64, "samples per optimizer step (per worker); auto: the smallest power-of-two "
                                      "multiple of lr_batch within a tenth of the best samples/s timed here, lr scaled "

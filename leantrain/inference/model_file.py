@@ -87,8 +87,8 @@ def find_model(path: Path) -> Path:
     return path
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> SavedModel:
-    file = find_model(path)
+def read_model_file(file: Path) -> dict[str, Any]:
+    """A model file's payload (weights, specs, the data's facts), checked to be one; nothing is built from it."""
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  # a cut file fails anywhere in the unpickler (even KeyError)
@@ -97,6 +97,12 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> SavedModel:
         raise UsageError(f"{file}: not a leantrain model file (write one with leantrain train --save-model)")
     if payload.get("version") != VERSION:
         raise UsageError(f"{file}: model file version {payload.get('version')!r}; this leantrain reads version {VERSION}")
+    return payload
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> SavedModel:
+    file = find_model(path)
+    payload = read_model_file(file)
     model = models.build(payload["model_spec"], _stand_in(payload))
     try:
         model.load_state_dict(payload["state_dict"])

@@ -50,6 +50,7 @@ from leantrain.train import checkpoint
 from leantrain.train.adapters import task_for, with_output_key
 from leantrain.train.allocator import keep_freed_memory
 from leantrain.train.guards import NonFiniteLoss
+from leantrain.train.init_weights import load_initial_weights
 from leantrain.train.loggers import open_log
 from leantrain.train.loop import train
 from leantrain.train.memory import check_memory
@@ -135,6 +136,7 @@ class Run:
         self.tuned: tuning.Tuned
         self.ckpt: TrainingCheckpoint
         self.saved: dict[str, Any] | None = None
+        self.initialized_from: dict[str, Any] | None = None  # init_from's file: path, checksum, specs
         self.plan: ParallelPlan
         self.progress: Progress
         self.state: TrainState
@@ -236,6 +238,9 @@ class Run:
                                        1 if ensemble else dist.world_size, run_fields=request.extra_run_fields,
                                        replaces=record_fingerprint(out_dir / f"{config.run_name}.json") if out_dir else None)
         self.saved = self.ckpt.read() if self.resume else None  # checked before anything is measured from it
+        if config.init_from is not None:  # a resume's checkpoint holds the weights, and what they started from
+            self.initialized_from = self.saved.get("initialized_from") if self.saved else load_initial_weights(
+                self.model, config.init_from, self.dataset)
         self.progress = Progress(quiet=request.quiet, rank=dist.rank, label=config.run_name)
         # auto knobs -> measured (or cached, or on resume saved) choices; `config` keeps "auto" for checkpoints
         with self.clock.part("probes"):
@@ -308,7 +313,8 @@ class Run:
 
         def save(state: TrainState) -> None:
             log.flush()  # the steps up to this checkpoint are on disk before it is: a resume finds no gap
-            self.ckpt.save(state, self.techniques, {"autotune": self.tuned.record})
+            self.ckpt.save(state, self.techniques, {"autotune": self.tuned.record,
+                                                    "initialized_from": self.initialized_from})
 
         val_x = StreamVal(dataset.streams[1], self.device) if dataset.streams else dataset.x_val
         try:
@@ -337,6 +343,8 @@ class Run:
         extra = {**TrainingCheckpoint.saved_run_fields(self.saved), **request.extra_run_fields, **self.plan.record()}
         if self.tuned.record:
             extra["autotune"] = self.tuned.record
+        if self.initialized_from is not None:
+            extra["initialized_from"] = self.initialized_from
         if self.member is not None:
             extra.update(members=ranks.gather(self.member), world_size=ranks.world_size,
                          procs_per_node=ranks.world.local_world_size, nodes=ranks.world.nodes, backend=ranks.backend,

@@ -27,6 +27,9 @@ class Ensemble(ParallelStrategy):
         from leantrain.registry import check_spec
 
         super().check(config, where)
+        if config.init_from is not None:
+            raise UsageError(f"{where}: init_from {config.init_from}: an ensemble trains a different model per worker, "
+                             "from its own initialisation; init_from takes parallel none, ddp, mpi, fsdp or pipeline")
         if config.members is None:
             return
         try:
