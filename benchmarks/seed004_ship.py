@@ -9,6 +9,7 @@ for reporting, never for choosing). Refused above MAX_BYTES.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -41,7 +42,26 @@ def _from_checkpoint(path: Path) -> tuple[dict[str, Any], str, str, dict[str, An
     provenance = {"checkpoint": path.name, "epochs_done": saved["epoch"], "step": saved["step"],
                   "samples_seen": saved["samples_seen"], "training_s": round(training_s, 1),
                   "schedule": saved.get("technique_labels")}
+    started = saved.get("initialized_from")
+    if started:  # init_from: this run went on from a model file; the totals count what made that file too
+        before = {key: value for key, value in started.items() if key != "record"}  # the file's record, read below
+        provenance["started_from"] = before = {**before, **_made_by(Path(started["path"]), started["sha256"])}
+        if "samples_seen" in before and "training_s" in before:
+            provenance["total_samples_seen"] = before["samples_seen"] + saved["samples_seen"]
+            provenance["total_training_s"] = round(before["training_s"] + training_s, 1)
     return saved["model"], config["model"], config["data"], provenance
+
+
+def _made_by(path: Path, sha256: str) -> dict[str, Any]:
+    """What a model file written by this script says of its own making (its ``record``), if it is still the file
+    the run started from."""
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        return {}
+    try:
+        made = json.loads(load_model(path).record or "")
+    except ValueError:
+        return {}
+    return {key: made[key] for key in ("samples_seen", "training_s", "schedule") if key in made}
 
 
 def _stand_in(data_spec: str) -> Any:
