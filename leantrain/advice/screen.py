@@ -15,6 +15,8 @@ from typing import Any
 
 from leantrain.advice.candidates import Candidate
 from leantrain.config import RunConfig
+from leantrain.data.batches import bucket_pad_index, expected_padding_trimmed
+from leantrain.data.dataset import Dataset
 from leantrain.errors import UsageError
 from leantrain.train.run import Run, RunRequest
 
@@ -23,6 +25,7 @@ MEMORY_KEYS = frozenset({"batch_size", "precision", "checkpointing", "accumulati
 # The auto settings screened beside the candidates: their probes choose on this machine, for this model.
 # Most informative first: batch_size auto finds a batch no candidate tries; the others choose among candidates.
 AUTO_SETTINGS = {"batch_size": "auto", "optimizer": "auto-adam", "threads": "auto", "precision": "auto"}
+MIN_TRIMMED = 0.05  # trim_padding: the share of padded positions it must be expected to cut to be raced
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,10 @@ def screen(candidate: Candidate, baseline: dict[str, Any], request_for: RequestF
         config = RunConfig.from_dict(candidate.apply(baseline), where=candidate.name).validated(candidate.name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a fallback's warning is the run's to give, when it is measured
-            tuned = Run(request_for(_dry(config, candidate))).dry_run()
+            run = Run(request_for(_dry(config, candidate)))
+            tuned = run.dry_run()
+        if candidate.technique == "trim_padding":
+            _check_worth_trimming(run.dataset, tuned.config)
     except Exception as error:  # noqa: BLE001  (any failure: the candidate does not apply, and why)
         reason = one_line(error).removeprefix(f"{candidate.name}: ")  # said beside the candidate's name already
         return Screened(candidate, None, reason, time.perf_counter() - start)
@@ -66,6 +72,16 @@ def screen(candidate: Candidate, baseline: dict[str, Any], request_for: RequestF
     if "lr" in tuned.record.get("batch_size", {}):
         chose["lr"] = tuned.record["batch_size"]["lr"]  # batch_size auto scales the lr with the batch it chose
     return Screened(candidate, config, None, time.perf_counter() - start, chose)
+
+
+def _check_worth_trimming(dataset: Dataset, config: RunConfig) -> None:
+    """Trimming saves only where a random batch's longest rows fall short of the padded width: below MIN_TRIMMED of
+    the positions it is not worth a race (data padded to nearly every row's length)."""
+    share = expected_padding_trimmed(dataset.x_train, dataset.y_train, bucket_pad_index(dataset, "trim_padding"),
+                                     int(config.batch_size))
+    if share < MIN_TRIMMED:
+        raise UsageError(f"a random batch of {config.batch_size} would be trimmed by {share:.1%} of its padded "
+                         f"positions (expected from the rows' lengths): below {MIN_TRIMMED:.0%}, not worth a race")
 
 
 def concrete(screened: Screened) -> dict[str, Any]:

@@ -94,6 +94,19 @@ def padded_lengths(tokens: Tensor, pad_index: int) -> Tensor:
     return ((tokens != pad_index) * positions).amax(dim=1)
 
 
+def expected_padding_trimmed(x: Tensor, y: Tensor, pad_index: int, batch_size: int) -> float:
+    """The share of the padded positions that trimming random batches of ``batch_size`` rows would cut, expected
+    from the rows' lengths (a batch keeps its longest row's width: E[max] over draws from the lengths' distribution)."""
+    def expected_width(tokens: Tensor) -> float:
+        lengths = padded_lengths(tokens, pad_index)
+        below = torch.bincount(lengths, minlength=tokens.shape[1] + 1).cumsum(0).double() / len(lengths)
+        return float((1.0 - below[:-1] ** batch_size).sum())  # sum over l >= 1 of P(max >= l)
+
+    if not len(x):
+        return 0.0
+    return 1.0 - (expected_width(x) + expected_width(y)) / (x.shape[1] + y.shape[1])
+
+
 class TensorBatches:
     def __init__(
         self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import leantrain as lt
 from leantrain import models
 from leantrain.config import RunConfig
-from leantrain.data.batches import TensorBatches, padded_lengths
+from leantrain.data.batches import TensorBatches, expected_padding_trimmed, padded_lengths
 from leantrain.data.polynomial import polynomial
 from leantrain.errors import UsageError
 from leantrain.tasks import get_task
@@ -59,6 +59,20 @@ def test_trimming_keeps_the_batches_and_cuts_only_the_padding_every_row_has(line
             assert not px[:, tx.shape[1]:].any() and not py[:, ty.shape[1]:].any()  # only padding was cut
             widths.append(tx.shape[1])
     assert sum(widths) / len(widths) < x.shape[1]  # random batches of 25 rows rarely hold the longest line: work is saved
+
+
+def test_the_expected_trimmed_share_is_what_trimmed_epochs_cut_on_average(lines):
+    x, y = lines.x_train, lines.y_train
+    for batch in (8, 50, 400):
+        source = TensorBatches(x, y, batch, seed=2, pad_index=0)
+        cut = []
+        for epoch in range(20):
+            _epoch(source, epoch)
+            cut.append(source.figures["padding_trimmed"])
+        assert expected_padding_trimmed(x, y, 0, batch) == pytest.approx(sum(cut) / len(cut), abs=0.015), batch
+    assert expected_padding_trimmed(x, y, 0, 8) > expected_padding_trimmed(x, y, 0, 400)  # bigger: a longer longest
+    assert expected_padding_trimmed(x, y, 0, 1) == pytest.approx(
+        1 - (padded_lengths(x, 0).double().mean() + padded_lengths(y, 0).double().mean()) / (x.shape[1] + y.shape[1]))
 
 
 def _unpadded(rows):
