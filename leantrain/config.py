@@ -9,6 +9,7 @@ a validated RunConfig.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,6 +262,11 @@ class RunConfig:
             check_name(self.name, f"{where}: run name")
         if self.checkpoint_every is not None:
             self._validate_checkpoint_every(where)
+        if self.init_from is not None:  # one file, one spelling: "./a.model.pt" is the run "a.model.pt" names
+            if not str(self.init_from).strip():
+                raise UsageError(f"{where}: init_from must name a model file (.model.pt) or a run folder holding one, "
+                                 "got an empty path")
+            self.init_from = os.path.normpath(self.init_from)
         self._validate_log(where)
         if not self.dist_timeout > 0:
             raise UsageError(f"{where}: dist_timeout must be > 0 seconds, got {self.dist_timeout}")

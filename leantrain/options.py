@@ -3,6 +3,7 @@ keys are described the same way, so TOML parsing, CLI flags and validation treat
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -37,6 +38,8 @@ class Option:
         if value is None and type(None) in allowed:
             return None
         for t in allowed:
+            if t is str and isinstance(value, os.PathLike):  # lt.fit(init_from=Path(...)): a path is its text
+                return os.fspath(value)
             if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
                 if not math.isfinite(value):
                     raise UsageError(f"{where}: {self.name} = {value!r} must be a finite number")

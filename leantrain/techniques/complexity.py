@@ -208,6 +208,9 @@ class ComplexityMatching(Technique):
             raise ValueError(f"need 1 <= start_width <= max_width, got {config.start_width} and {config.max_width}")
         if config.complexity != "off" and not config.model.split(":")[0] == "mlp":
             raise ValueError(f"complexity matching works on the mlp model, not {config.model!r}")
+        if config.complexity != "off" and config.init_from is not None:
+            raise ValueError(f"complexity matching starts narrow from fresh weights, so init_from {config.init_from} "
+                             "would be thrown away; use one of them")
 
     def __init__(self, start_width: int = 8, max_width: int = 256, factor: int = 2, patience: int = 2,
                  min_delta: float = 0.01, min_gain: float = 0.02, prune: bool = True, method: str = "fresh",

@@ -28,14 +28,19 @@ def load_initial_weights(model: nn.Module, source: str, dataset: Dataset) -> dic
     except UsageError as e:
         raise UsageError(f"init_from: {e}") from None
     where = f"init_from {file}"
-    saved_vocab, vocab = payload["info"].get("vocab"), dataset.info.get("vocab")
-    if saved_vocab is not None and vocab is not None and list(saved_vocab) != list(vocab):
-        raise UsageError(f"{where}: its vocabulary ({len(saved_vocab)} tokens) is not this data's ({len(vocab)} "
-                         "tokens): its token ids would mean other tokens; train on the data it was trained on")
+    for key, lists, ids in (("vocab", "vocabularies", "tokens"), ("classes", "class lists", "classes")):
+        saved, own = payload["info"].get(key), dataset.info.get(key)  # what the first and last layers' ids mean
+        if saved is not None and own is not None and list(saved) != list(own):
+            raise UsageError(f"{where}: the {lists} differ (the file's {len(saved)}: {_few(list(map(str, saved)))}; "
+                             f"this data's {len(own)}: {_few(list(map(str, own)))}), so its ids would mean other {ids}")
     _check_fits(where, payload["model_spec"], payload["state_dict"], model.state_dict())
     model.load_state_dict(payload["state_dict"])  # copies into the model's dtype: an fp16 file into fp32 weights
-    return {"path": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
-            "model_spec": payload["model_spec"], "data_spec": payload["data_spec"], "record": payload.get("record")}
+    checksum = hashlib.sha256()
+    with file.open("rb") as stream:  # in pieces: N ranks on a node need not hold N more copies of a big file
+        for piece in iter(lambda: stream.read(1 << 20), b""):
+            checksum.update(piece)
+    return {"path": str(file), "sha256": checksum.hexdigest(), "model_spec": payload["model_spec"],
+            "data_spec": payload["data_spec"], "record": payload.get("record")}
 
 
 def _check_fits(where: str, saved_spec: str, saved: dict[str, Any], own: dict[str, Any]) -> None:

@@ -71,12 +71,14 @@ class TrainingCheckpoint:
         if saved_world != self.world_size:
             raise UsageError(f"the checkpoint was written by {saved_world} worker(s); resume it with {saved_world}, "
                              f"not {self.world_size} (the batch order and per-rank random states depend on it)")
-        changed = differing_keys(saved["config"], self.config.to_dict())
+        now = self.config.to_dict()
+        changed = differing_keys(saved["config"], now)
         if changed:
-            raise UsageError(
-                f"the checkpoint was written by a run with other settings ({', '.join(changed)}); "
-                "resume with the original configuration"
-            )
+            defaults = RunConfig().to_dict()  # a key one side lacks counts as its default (differing_keys)
+            values = ", ".join(f"{key} {_brief(saved['config'].get(key, defaults.get(key)))} there, "
+                               f"{_brief(now.get(key, defaults.get(key)))} here" for key in changed[:3])
+            raise UsageError(f"the checkpoint was written by a run with other settings ({', '.join(changed)}): "
+                             f"{values}; resume with the original configuration")
 
     def save(self, state: TrainState, techniques: list[Technique], extra: dict[str, Any]) -> None:
         """Every rank calls it (each contributes its RNG states); the main rank of ``state.dist`` writes."""
@@ -151,3 +153,8 @@ def _gathered(dist: Dist, value: Any) -> Any:
 def _stateful_labels(techniques: list[Technique]) -> list[str]:
     """Techniques whose state a checkpoint carries; a stateless callback may come and go between sessions."""
     return [t.describe() for t in techniques if type(t).state_dict is not Technique.state_dict]
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)  # a long path keeps its end: the file's name
+    return text if len(text) <= 80 else text[:25] + "..." + text[-52:]

@@ -73,9 +73,10 @@ def test_a_file_that_does_not_fit_is_one_line_and_writes_nothing(tmp_path, capsy
     wider = MODEL.replace("d_model=32", "d_model=64")
     cases = [
         (["--init-from", str(source), "--model", wider], "do not fit this run's model"),
-        (["--init-from", str(other_vocab)], "vocabulary"),
+        (["--init-from", str(other_vocab)], "vocabularies differ"),
         (["--init-from", str(tmp_path / "missing.model.pt")], "init_from:"),
         (["--init-from", str(source), "--parallel", "ensemble"], "ensemble"),
+        (["--init-from", ""], "empty path"),
     ]
     for flags, said in cases:
         out = tmp_path / "out"
@@ -83,3 +84,24 @@ def test_a_file_that_does_not_fit_is_one_line_and_writes_nothing(tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and said in err, err
         assert not out.exists() or not list(out.glob("*.json")), flags
+
+
+def test_one_file_is_one_setting_however_it_is_spelled_and_complexity_matching_refuses_it(tmp_path):
+    from leantrain.config import RunConfig
+    from leantrain.errors import UsageError
+
+    plain = RunConfig.from_dict({"init_from": "runs/a.model.pt"})
+    assert RunConfig.from_dict({"init_from": "./runs//a.model.pt"}).run_name == plain.run_name
+    assert RunConfig(init_from=tmp_path / "a.model.pt").validated().init_from == str(tmp_path / "a.model.pt")
+    with pytest.raises(UsageError, match="complexity matching starts narrow from fresh weights"):
+        RunConfig.from_dict({"init_from": "a.model.pt", "complexity": "match"})
+
+
+def test_a_resume_under_another_init_from_names_both(tmp_path):
+    data = lt.data.load("healthcare-sim:n=400")
+    source = save_model(tmp_path / "source.model.pt", build("mlp", data), model_spec="mlp", data_spec="x", data=data)
+    with pytest.raises(KeyboardInterrupt):
+        lt.fit(build("mlp", data), data, checkpoint_dir=tmp_path, techniques=[Crash(1)], epochs=2, init_from=source)
+    with pytest.raises(lt.UsageError, match=r"other settings \(init_from\): init_from '.*source.model.pt' there, "
+                                            r"'elsewhere.model.pt' here"):
+        lt.fit(build("mlp", data), data, checkpoint_dir=tmp_path, resume=True, epochs=2, init_from="elsewhere.model.pt")

@@ -29,7 +29,7 @@ class Ensemble(ParallelStrategy):
         super().check(config, where)
         if config.init_from is not None:
             raise UsageError(f"{where}: init_from {config.init_from}: an ensemble trains a different model per worker, "
-                             "from its own initialisation; init_from takes parallel none, ddp, mpi, fsdp or pipeline")
+                             "from its own initialisation; init_from takes any other parallel mode")
         if config.members is None:
             return
         try:
