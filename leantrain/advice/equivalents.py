@@ -16,7 +16,8 @@ from leantrain.techniques.registry import techniques
 IN_THE_SCRIPT = frozenset({"precision", "grad_clip", "schedule", "compile", "checkpointing"})
 # Core keys the plain script carries out (model, data and the loop's own numbers).
 CORE_IN_THE_SCRIPT = frozenset({"model", "data", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer",
-                                "weight_decay", "label_smoothing", "output_key", "loader", "device", "seed", "threads"})
+                                "weight_decay", "label_smoothing", "output_key", "loader", "device", "seed", "threads",
+                                "init_from"})
 # Core keys that only matter beside another setting: with it at its default they change nothing.
 ONLY_WITH = {"lr_batch": ("batch_size", "auto")}
 PARALLEL_KEYS = ("parallel", "procs", "members", "ddp_bucket_mb", "ddp_static_graph", "ddp_grad_as_bucket_view",

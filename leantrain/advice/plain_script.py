@@ -44,7 +44,8 @@ def script_patch(baseline_script: str, recommended_script: str, baseline_name: s
 
 def _head(c: dict[str, Any], title: str, checkpointed: Sequence[str] | None) -> list[str]:
     uses_math = c["schedule"] == "warmup-cosine" or (c["checkpointing"] == "sqrt" and not checkpointed)
-    imports = ["import functools", *(["import math"] if uses_math else []), "import random", "",
+    imports = ["import functools", *(["import math"] if uses_math else []), "import random",
+               *(["from pathlib import Path"] if c["init_from"] else []), "",
                "import torch", "import torch.nn.functional as F"]
     if c["checkpointing"] != "off":
         imports += ["from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (",
@@ -58,7 +59,8 @@ def _head(c: dict[str, Any], title: str, checkpointed: Sequence[str] | None) -> 
         "leantrain only loads the data and builds the model (the same tensors and initial weights as `leantrain "
         "train`);", "the training is PyTorch. Each epoch prints its mean training loss (leantrain's train_loss) and "
         "validation loss.", "Run: python <this file>", '"""',
-        *imports, "", "from leantrain.data import load", "from leantrain.models import build", "",
+        *imports, "", "from leantrain.data import load", "from leantrain.models import build",
+        *(["from leantrain.inference.model_file import find_model, read_model_file"] if c["init_from"] else []), "",
     ]
 
 
@@ -66,6 +68,8 @@ def _settings(c: dict[str, Any]) -> list[str]:
     lines = [f"MODEL = {json.dumps(c['model'])}", f"DATA = {json.dumps(c['data'])}", f"EPOCHS = {c['epochs']!r}",
              f"BATCH_SIZE = {c['batch_size'] if isinstance(c['batch_size'], int) else c['lr_batch']!r}",
              f"EVAL_BATCH_SIZE = {c['eval_batch_size']!r}", f"LR = {c['lr']!r}", f"SEED = {c['seed']!r}"]
+    if c["init_from"] is not None:
+        lines.append(f"INIT_FROM = {json.dumps(c['init_from'])}  # a leantrain model file, or a run folder holding one")
     kept = leantrain_only(c)
     if kept:
         lines.append("# Keep leantrain for these (no plain-PyTorch equivalent written here):")
@@ -84,6 +88,9 @@ def _setup(c: dict[str, Any]) -> list[str]:
         f"device = {device}",
         "data = load(DATA, seed=SEED)",
         "model = build(MODEL, data).to(device)",
+        *(["# init_from: the saved weights (leantrain checks that the model and vocabulary are the file's own)",
+           "model.load_state_dict(read_model_file(find_model(Path(INIT_FROM)))[\"state_dict\"])"]
+          if c["init_from"] is not None else []),
         "x_train, y_train = data.x_train.to(device), data.y_train.to(device)",
         "x_val, y_val = data.x_val.to(device), data.y_val.to(device)",
     ]

@@ -93,6 +93,20 @@ def test_more_settings_carried_over_alike(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_a_run_from_a_saved_model_starts_the_script_from_its_weights(tmp_path):
+    source = _config(**{**BASELINE, "epochs": 1, "save_model": True})
+    _train(source, tmp_path / "source")
+    config = _config(**{**BASELINE, "init_from": str(tmp_path / "source")})  # the run folder holding the file
+    write_recipe(tmp_path / "advice", config, config)
+    assert "init_from" not in "".join(line for line in (tmp_path / "advice" / "train_plain.py").read_text().splitlines()
+                                      if line.startswith("#   "))  # carried out, not left to leantrain
+    plain, trained = _plain(tmp_path / "advice" / "train_plain.py"), _losses(_train(config, tmp_path / "out"))
+    assert [loss for epoch in plain for loss in epoch] == pytest.approx([loss for e in trained for loss in e], rel=1e-6)
+    fresh = _losses(_train(_config(**BASELINE), tmp_path / "fresh"))
+    assert fresh[0][0] != pytest.approx(trained[0][0], rel=1e-3)  # the saved weights made a difference
+
+
+@pytest.mark.timeout(300)
 def test_checkpointing_wraps_the_modules_leantrain_wraps_and_keeps_its_losses(tmp_path):
     model = "mlp:depth=4,hidden=32"
     baseline = _config(**{**BASELINE, "model": model})
