@@ -9,7 +9,6 @@ for reporting, never for choosing). Refused above MAX_BYTES.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -44,24 +43,26 @@ def _from_checkpoint(path: Path) -> tuple[dict[str, Any], str, str, dict[str, An
                   "schedule": saved.get("technique_labels")}
     started = saved.get("initialized_from")
     if started:  # init_from: this run went on from a model file; the totals count what made that file too
-        before = {key: value for key, value in started.items() if key != "record"}  # the file's record, read below
-        provenance["started_from"] = before = {**before, **_made_by(Path(started["path"]), started["sha256"])}
+        before = _made_by(started.get("record"))
+        provenance["started_from"] = {**{k: v for k, v in started.items() if k != "record"}, **before}
         if "samples_seen" in before and "training_s" in before:
             provenance["total_samples_seen"] = before["samples_seen"] + saved["samples_seen"]
             provenance["total_training_s"] = round(before["training_s"] + training_s, 1)
     return saved["model"], config["model"], config["data"], provenance
 
 
-def _made_by(path: Path, sha256: str) -> dict[str, Any]:
-    """What a model file written by this script says of its own making (its ``record``), if it is still the file
-    the run started from."""
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        return {}
+def _made_by(record: str | None) -> dict[str, Any]:
+    """What a model file shipped by this script said of its own making (its ``record``, as the checkpoint copied it
+    when the run started from the file): its samples and training time, over all its phases where it had several."""
     try:
-        made = json.loads(load_model(path).record or "")
+        made = json.loads(record or "")
     except ValueError:
         return {}
-    return {key: made[key] for key in ("samples_seen", "training_s", "schedule") if key in made}
+    if not isinstance(made, dict):
+        return {}
+    out = {key: made[key] for key in ("samples_seen", "training_s") if key in made}
+    out.update({key: made[f"total_{key}"] for key in ("samples_seen", "training_s") if f"total_{key}" in made})
+    return out
 
 
 def _stand_in(data_spec: str) -> Any:
