@@ -297,9 +297,15 @@ def _removed_if_unused(folder: Path, run_name: str, made: bool) -> Iterator[None
     try:
         yield
     except BaseException:
-        lock = folder / f".{run_name}.lock"
-        if made and [p.name for p in folder.iterdir()] == [lock.name]:
-            with suppress(OSError):  # the run's own error is the one to report
-                lock.unlink()  # still held: no other writer of the run can be inside
-                folder.rmdir()
+        if made:
+            remove_if_unused(folder, run_name)  # the lock still held: no other writer of the run can be inside
         raise
+
+
+def remove_if_unused(folder: Path, run_name: str) -> None:
+    """A folder made for a run that failed before writing anything but its lock: removed, lock and all."""
+    lock = folder / f".{run_name}.lock"
+    with suppress(OSError):  # the run's own error is the one to report
+        if [p.name for p in folder.iterdir()] in ([lock.name], []):
+            lock.unlink(missing_ok=True)
+            folder.rmdir()

@@ -22,6 +22,7 @@ from leantrain.parallel import failures
 from leantrain.parallel.launch import WorkersFailed, cores_available, run_local_workers
 from leantrain.parallel.mpirun import run_mpirun
 from leantrain.parallel.strategy import strategy_for
+from leantrain.train.preflight import remove_if_unused
 
 
 def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra_run_fields: dict[str, Any],
@@ -43,17 +44,20 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
             return 0
         config = config.replace(procs=chosen.procs, threads=chosen.threads, parallel=chosen.parallel)
     procs = int(config.procs or 1)
+    made = not out_dir.exists()
     prepare_output_dir(out_dir)
     interrupts.watch_checkpoint(out_dir, config.run_name)
     spec = out_dir / f".{config.run_name}.launch.json"
     fields = {"config": config.to_dict(), "out_dir": str(out_dir), "quiet": quiet, "force": force,
               "extra_run_fields": extra_run_fields}
+    trained = False
     try:
         for attempt in range(max_restarts + 1):
             # A restarted job resumes from the last checkpoint, as torch elastic's restarted workers do.
             write_json(spec, {**fields, "resume": resume or attempt > 0})
             try:
                 _run_workers(config, procs, ["-m", "leantrain.train.worker", str(spec)], max_restarts, verbose)
+                trained = True
                 return 0
             except WorkersFailed as failed:
                 # torch elastic restarts its workers itself; an mpirun job is relaunched here
@@ -64,6 +68,8 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool, quiet: bool, extra
         raise AssertionError("unreachable")
     finally:
         spec.unlink(missing_ok=True)
+        if made and not trained:  # the workers have gone: a bad input leaves no folder, as in one process
+            remove_if_unused(out_dir, config.run_name)
 
 
 def _run_workers(config: RunConfig, procs: int, args: list[str], max_restarts: int, verbose: bool) -> None:

@@ -45,6 +45,12 @@ def test_an_unknown_parallel_mode_lists_the_known_ones(capsys, tmp_path):
         capsys, tmp_path, "--parallel", "zero3")
 
 
+@pytest.mark.timeout(120)
+def test_a_model_that_does_not_take_the_data_under_launched_workers_leaves_no_folder(capsys, tmp_path):
+    err = _fails(capsys, tmp_path, "--model", "cnn", "--parallel", "ddp", "--procs", "2")  # no lock file left either
+    assert "needs float images" in err
+
+
 def test_more_procs_than_cores_warns_and_goes_on():
     from leantrain.parallel.launch import check_procs, cores_available
 
