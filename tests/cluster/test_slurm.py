@@ -68,6 +68,12 @@ def _wait(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _stopped(log: Path) -> list[str]:
+    """The ranks' lines in a job's log saying SIGTERM stopped them with their checkpoint kept."""
+    text = log.read_text() if log.exists() else ""
+    return re.findall(r"leantrain: terminated \(SIGTERM\); the last checkpoint is kept for --resume", text)
+
+
 def _wait_ended(slurm, job: str, timeout_s: float = 90) -> str:
     _wait(lambda: _state(slurm, job) in ENDED, timeout_s, f"job {job} to end")
     return _state(slurm, job)
@@ -108,18 +114,21 @@ def test_a_job_requeued_then_cancelled_and_resumed_ends_equal_to_an_uninterrupte
     assert record_path.parent == out
 
     job = _sbatch(slurm, script)
+    log_path = out / f"{record_path.stem}.slurm-{job}.out"
     _wait(checkpoint.exists, 90, "the first epoch's checkpoint")
-    first = checkpoint.stat().st_mtime_ns
     assert _run(slurm, "scontrol", "requeue", job, timeout=30).returncode == 0
+    # Only once both ranks of the first run have stopped is a newer checkpoint the requeued job's: the first run
+    # may write one more between the requeue and its ranks' SIGTERM (an epoch here is a fraction of a second).
+    _wait(lambda: len(_stopped(log_path)) >= 2, 90, "the first run's ranks to stop")
+    first = checkpoint.stat().st_mtime_ns
     # The requeued job starts again (Slurm holds it CredExpire + 1 s) and writes a later checkpoint.
     _wait(lambda: checkpoint.exists() and checkpoint.stat().st_mtime_ns != first, 90, "the requeued job's checkpoint")
     assert _run(slurm, "scancel", job, timeout=30).returncode == 0
     assert _wait_ended(slurm, job) == "CANCELLED"
     assert not record_path.exists() and checkpoint.exists()
 
-    log = (out / f"{record_path.stem}.slurm-{job}.out").read_text()
-    stopped = re.findall(r"leantrain: terminated \(SIGTERM\); the last checkpoint is kept for --resume", log)
-    assert len(stopped) == 4, log  # both ranks, twice
+    log = log_path.read_text()
+    assert len(_stopped(log_path)) == 4, log  # both ranks, twice
     assert len(re.findall(r"Exited with exit code 143", log)) >= 2, log  # srun's report of the ranks' status
 
     resumed = _sbatch(slurm, script, "--resume")
