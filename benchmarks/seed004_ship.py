@@ -1,9 +1,12 @@
 """Ship seed 004's model: a training checkpoint (or a model file) written as the model ``leantrain predict`` and
 ``leantrain evaluate`` use when none is named (leantrain/shipped/polynomial.model.pt): its weights in fp16 where
 the fp16 copy decodes held-out *generated* lines exactly as the fp32 weights do, else in fp32 (the real lines are
-for reporting, never for choosing). Refused above MAX_BYTES.
+for reporting, never for choosing). Refused above MAX_BYTES. Several checkpoints of one run (copies taken as it
+went) are averaged, weight by weight, into one model; whether that beats the last of them is for held-out generated
+lines to say.
 
     python benchmarks/seed004_ship.py results/seed004-best/transformer-d128-default-s0.ckpt [--check 5000]
+    python benchmarks/seed004_ship.py copies/a.ckpt copies/b.ckpt copies/c.ckpt --out averaged.model.pt
     leantrain evaluate --data polynomial-file:path=../shared/data/polynomial/real-val-100k.txt
 """
 from __future__ import annotations
@@ -51,6 +54,23 @@ def _from_checkpoint(path: Path) -> tuple[dict[str, Any], str, str, dict[str, An
     return saved["model"], config["model"], config["data"], provenance
 
 
+def _averaged(paths: list[Path]) -> tuple[dict[str, Any], str, str, dict[str, Any]]:
+    """The checkpoints' weights averaged (the newest one's where a tensor is not floating point), with the newest
+    one's specs and provenance and the list of what was averaged. They must be of one run: model, data, start."""
+    loaded = sorted((_from_checkpoint(path) for path in paths), key=lambda each: each[3]["samples_seen"])
+    weights, model_spec, data_spec, provenance = loaded[-1]
+    identity = (model_spec, data_spec, provenance.get("started_from"))
+    for _, other_model, other_data, other in loaded:
+        if (other_model, other_data, other.get("started_from")) != identity:
+            sys.exit(f"{other['checkpoint']}: another run than {provenance['checkpoint']} (model, data or starting "
+                     "weights differ); not averaged")
+    averaged = {name: (torch.stack([each[0][name].float() for each in loaded]).mean(0).to(tensor.dtype)
+                       if tensor.is_floating_point() else tensor) for name, tensor in weights.items()}
+    provenance["averaged"] = [{"checkpoint": each[3]["checkpoint"], "samples_seen": each[3]["samples_seen"]}
+                              for each in loaded]
+    return averaged, model_spec, data_spec, provenance
+
+
 def _made_by(record: str | None) -> dict[str, Any]:
     """What a model file shipped by this script said of its own making (its ``record``, as the checkpoint copied it
     when the run started from the file): its samples and training time, over all its phases where it had several."""
@@ -74,17 +94,23 @@ def _stand_in(data_spec: str) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path, help="a training checkpoint (*.ckpt) or a model file (*.model.pt)")
+    parser.add_argument("source", type=Path, nargs="+",
+                        help="a training checkpoint (*.ckpt) or a model file (*.model.pt); several checkpoints of one "
+                             "run are averaged")
     parser.add_argument("--out", type=Path, default=shipped_path())
     parser.add_argument("--check", type=int, default=5000,
                         help="generated lines the fp16 copy must decode alike (0: no check, fp32 weights)")
     args = parser.parse_args()
-    if args.source.suffix == ".ckpt":
-        weights, model_spec, data_spec, provenance = _from_checkpoint(args.source)
+    if len(args.source) > 1:
+        if any(path.suffix != ".ckpt" for path in args.source):
+            parser.error("only training checkpoints (*.ckpt) are averaged")
+        weights, model_spec, data_spec, provenance = _averaged(args.source)
+    elif args.source[0].suffix == ".ckpt":
+        weights, model_spec, data_spec, provenance = _from_checkpoint(args.source[0])
     else:
-        saved = load_model(args.source)
+        saved = load_model(args.source[0])
         weights, model_spec, data_spec = saved.model.state_dict(), saved.model_spec, saved.data_spec
-        provenance = {"model_file": args.source.name, "record": saved.record}
+        provenance = {"model_file": args.source[0].name, "record": saved.record}
     data = _stand_in(data_spec)
     model = models.build(model_spec, data)
     model.load_state_dict(weights)
