@@ -1,6 +1,7 @@
 """benchmarks/seed004_ship.py averages several checkpoints of one run into one model file, and refuses another run's."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,9 @@ def test_checkpoints_of_one_run_are_averaged_weight_by_weight(tmp_path: Path) ->
     for name, tensor in shipped.model.state_dict().items():
         if tensor.is_floating_point():
             torch.testing.assert_close(tensor, (first[name] + second[name]) / 2, msg=name)
-    assert '"samples_seen": 1600' in shipped.record  # the newest one's progress, whatever the order given
-    assert '"averaged"' in shipped.record
+    made = json.loads(shipped.record)
+    assert made["samples_seen"] == 1600  # the newest one's progress, whatever the order given
+    assert [(each["checkpoint"], each["samples_seen"]) for each in made["averaged"]] == [("a.ckpt", 800), ("b.ckpt", 1600)]
 
 
 @pytest.mark.timeout(180)
