@@ -2,14 +2,15 @@
 
 Non-finite check (stop mode, the default). Each step the loop hands the guard the step's summed loss.
   - On the CPU the losses are kept, and read every ``DEVICE_CHECK_EVERY`` steps, before every checkpoint is
-    written and at the epoch's end, with the weights (one stack, one host read for both): reading each step's
-    loss as it came made the guard's call 5.7 us at a small model's 0.85 ms step, now 2.1 us
-    (``benchmarks/framework_cost.py --in-situ``). The gradients are not read every step: a fused pass over
-    them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py), and ~1.3 ms (a full read of
-    21 MB) on a 5M-parameter model. A non-finite gradient with a finite loss makes the weights non-finite, so
-    the next step's loss is non-finite, and the weights themselves are checked at the same times (for the
-    weights no forward reads, such as an embedding row no batch looked up yet). The error names the first bad
-    step; several CPU ranks agree on the smallest (one small all-reduce), so every rank stops at the same step.
+    written and at the epoch's end (one stack, one host read): reading each step's loss as it came made the
+    guard's call 5.7 us at a small model's 0.85 ms step, now 2.1 us (``benchmarks/framework_cost.py
+    --in-situ``). The gradients are not read every step: a fused pass over them costs ~10-20 us, 2-4% of a small
+    model's step (benchmarks/guards.py), and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A
+    non-finite gradient with a finite loss makes the weights non-finite, so the next step's loss is non-finite;
+    the weights themselves are read with the losses before a checkpoint and at the epoch's end, where no later
+    loss would show them (and for the weights no forward reads, such as an embedding row no batch looked up
+    yet), not at the interval, where the next losses will. The error names the first bad step; several CPU
+    ranks agree on the smallest (one small all-reduce), so every rank stops at the same step.
   - On CUDA, the loss and the gradients' norms are folded into one scalar
     (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host
     sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
@@ -119,22 +120,23 @@ class NonFiniteGuard:
                 self.kept_from = step
             self.kept_losses.append(step_loss)
             if step % self.check_every == 0:
-                self.check(state)
+                self.check(state, weights=False)  # the next steps' losses read these weights
             return
         bad = ~torch.isfinite(self.total(step_loss, self.gradients(state)))
         self.first_bad = torch.where((self.first_bad == NO_STEP) & bad, step, self.first_bad)
         if step % self.check_every == 0:
             self.check(state)
 
-    def check(self, state: Any) -> None:
-        """Raise NonFiniteLoss (on every rank alike) if any rank saw a bad step, or (one CPU process) if a
-        weight the optimizer updates is not finite."""
+    def check(self, state: Any, weights: bool = True) -> None:
+        """Raise NonFiniteLoss (on every rank alike) if any rank saw a bad step, or (on the CPU, with ``weights``) if
+        a weight the optimizer updates is not finite."""
         if self.mode != "stop":
             return
         if self.loss_on_host:
             losses, self.kept_losses = torch.stack(self.kept_losses) if self.kept_losses else None, []
-            weights = [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
-            checked = weights + [losses] if losses is not None else weights
+            checked = [losses] if losses is not None else []
+            if weights:
+                checked += [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
             # One read for the kept losses and the weights together; only a bad one is looked at again.
             all_finite = not checked or _all_finite(checked)
             first_bad_loss = NO_STEP if all_finite else self._first_bad(losses)
