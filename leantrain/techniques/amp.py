@@ -18,6 +18,7 @@ from leantrain._torch_private import found_inf_flags, scale_tensor
 from leantrain.errors import UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NO_CONTEXT = contextlib.nullcontext()  # a context that does nothing; it holds no state, so one serves every step
 
 
 def autocast_for(device: torch.device, precision: str) -> torch.autocast:
@@ -40,6 +41,7 @@ class Precision:
         self.device = device
         self.compute_dtype = torch.float32
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.loss_scaling = False  # the scaler is on (fp16); asked three times a step, so a flag, not a call
 
     def use(self, dtype: torch.dtype, *, loss_scaling: bool = False, init_scale: float = 2.0**16,
             growth_interval: int = 2000) -> None:
@@ -47,6 +49,7 @@ class Precision:
         self.compute_dtype = dtype
         if loss_scaling:
             self.scaler = torch.amp.GradScaler(self.device.type, init_scale=init_scale, growth_interval=growth_interval)
+            self.loss_scaling = self.scaler.is_enabled()
 
     def check_master_weights(self, model: nn.Module) -> None:
         """Mixed precision keeps the weights (and so the gradients) in ``grad_dtype``; refuse a model cast down."""
@@ -62,25 +65,25 @@ class Precision:
     def autocast(self) -> AbstractContextManager[Any]:
         """The context a forward pass runs in: autocast to the compute dtype; for fp32, nothing (not a disabled
         autocast, which would switch off one the caller entered)."""
-        return torch.autocast(self.device.type, dtype=self.compute_dtype) if self.mixed else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype) if self.mixed else NO_CONTEXT
 
     @property
     def scaler_checks_grads(self) -> bool:
         """Whether the loss scaler already finds inf/NaN gradients (and skips their step): fp16 only."""
-        return self.scaler.is_enabled()
+        return self.loss_scaling
 
     # Without loss scaling the loop calls the optimizer itself: a disabled GradScaler's three calls a step are
     # ~1.5 us of Python that returns what it was given.
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return self.scaler.scale(loss) if self.scaler.is_enabled() else loss
+        return self.scaler.scale(loss) if self.loss_scaling else loss
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler.is_enabled():
+        if self.loss_scaling:
             self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step (skipped by the scaler if the gradients held inf/NaN), then the scale's update."""
-        if not self.scaler.is_enabled():
+        if not self.loss_scaling:
             optimizer.step()
             return
         self.scaler.step(optimizer)
@@ -100,4 +103,4 @@ class Precision:
 
     def loss_scale(self) -> float | None:
         """The loss scale as a number (a host sync on CUDA); None without loss scaling."""
-        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+        return self.scaler.get_scale() if self.loss_scaling else None

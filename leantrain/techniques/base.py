@@ -23,7 +23,9 @@ A technique that holds state across steps returns it from ``state_dict`` so a ch
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -183,3 +185,27 @@ def in_hook_order(techniques: list[Technique]) -> list[Technique]:
 def fire(techniques: list[Technique], event: Event, state: StepState, *args: Any) -> None:
     for technique in techniques:
         getattr(technique, event.value)(state, *args)
+
+
+def implementations(techniques: list[Technique], event: Event) -> list[Callable[..., None]]:
+    """What ``fire`` calls for ``event``, less the calls of ``Technique``'s own no-op: the bound methods of the
+    techniques whose class implements it."""
+    name = event.value
+    return [getattr(t, name) for t in techniques if getattr(type(t), name, None) is not getattr(Technique, name)]
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """The per-step events' implementations, looked up once an epoch: a step calls only techniques that implement
+    an event, so an event none implements costs it nothing (``fire``'s lookups and no-op calls were four Python
+    calls a step per technique and event; a small model's step on a CPU is ~1 ms)."""
+
+    before_step: list[Callable[[StepState], None]]
+    after_micro_backward: list[Callable[[StepState, int], None]]
+    before_optimizer_step: list[Callable[[StepState], None]]
+    after_optimizer_step: list[Callable[[StepState], None]]
+
+    @classmethod
+    def of(cls, techniques: list[Technique]) -> StepHooks:
+        return cls(*(implementations(techniques, event) for event in (
+            Event.BEFORE_STEP, Event.AFTER_MICRO_BACKWARD, Event.BEFORE_OPTIMIZER_STEP, Event.AFTER_OPTIMIZER_STEP)))

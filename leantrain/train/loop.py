@@ -23,7 +23,8 @@ from leantrain.data.batches import BatchSource, sequential_batches
 from leantrain.data.streaming import StreamVal
 from leantrain.models import flops_per_sample
 from leantrain.parallel.dist import Dist
-from leantrain.techniques.base import Event, Technique, fire
+from leantrain.techniques.amp import NO_CONTEXT
+from leantrain.techniques.base import Event, StepHooks, Technique, fire
 from leantrain.train.correct_count import CorrectCount
 from leantrain.train.guards import Guards
 from leantrain.train.loggers import NO_LOG, StepLog
@@ -103,16 +104,18 @@ def train_epoch(
     epoch_batches = len(batches)
     bar = progress.epoch_bar(state.epoch, state.total_epochs, epoch_batches)
     clock = _Clock(now(device), compile_seconds())
+    hooks = StepHooks.of(techniques)
     log.start_epoch()
     while True:
-        fire(techniques, Event.BEFORE_STEP, state)
+        for hook in hooks.before_step:
+            hook(state)
         step_batches = list(islice(micro_batches, state.accum_steps))
         if not step_batches:
             break
         # The epoch's first step; or, resumed, its first step here when the saved part carries no figure (it was
         # not this epoch that measured, in the interrupted process)
         measure = measure_activations and clock.steps == 0 and (run.sums.steps == 0 or run.activation_bytes == 0)
-        step_samples = _train_step(state, run, step_batches, techniques, guards, log, measure)
+        step_samples = _train_step(state, run, step_batches, hooks, guards, log, measure)
         clock.step_done(device, step_samples)
         bar.update(len(step_batches), step_samples)
         if run.drawn < epoch_batches and guards.checkpoint_due(state):  # the epoch's last step: its end saves anyway
@@ -205,7 +208,7 @@ class _Clock:
 
 
 def _train_step(
-    state: TrainState, run: _EpochRun, step_batches: list[tuple[Any, torch.Tensor]], techniques: list[Technique],
+    state: TrainState, run: _EpochRun, step_batches: list[tuple[Any, torch.Tensor]], hooks: StepHooks,
     guards: Guards, log: StepLog, measure: bool,
 ) -> int:
     """One optimizer step over ``step_batches``, counted into ``run``; returns its samples."""
@@ -213,11 +216,12 @@ def _train_step(
     meter = SavedTensorMeter(list(state.model.parameters())) if measure else None
     step_units, step_samples, step_tokens = _count(state.task, step_batches)
     corrects_before = run.correct.mark()
-    step_loss = _backward_step(state, step_batches, techniques, _loss_divisor(state, step_units), meter,
+    step_loss = _backward_step(state, step_batches, hooks, _loss_divisor(state, step_units), meter,
                                run.correct)
     state.precision.unscale_(state.optimizer)
     log.step(state, step_loss, step_units, step_samples, step_tokens, len(step_batches))
-    fire(techniques, Event.BEFORE_OPTIMIZER_STEP, state)
+    for hook in hooks.before_optimizer_step:
+        hook(state)
     if guards.before_optimizer_step(state, step_loss):  # skip mode: leave this step's update out
         state.optimizer.zero_grad(set_to_none=True)
         run.correct.drop_since(corrects_before)
@@ -226,7 +230,8 @@ def _train_step(
         state.precision.step(state.optimizer)
         state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    fire(techniques, Event.AFTER_OPTIMIZER_STEP, state)
+    for hook in hooks.after_optimizer_step:
+        hook(state)
     run.correct.step_done()
     run.step_losses.append(step_loss)
     run.step_units.append(step_units)
@@ -238,7 +243,7 @@ def _train_step(
 
 
 def _backward_step(
-    state: TrainState, step_batches: list[tuple[Any, torch.Tensor]], techniques: list[Technique],
+    state: TrainState, step_batches: list[tuple[Any, torch.Tensor]], hooks: StepHooks,
     loss_divisor: float | int, meter: SavedTensorMeter | None, correct: CorrectCount,
 ) -> torch.Tensor:
     """Forward and backward over a step's micro-batches, the mode's gradient sync after the last; returns the
@@ -253,7 +258,8 @@ def _backward_step(
             loss = _forward_backward(state, x, y, loss_divisor, meter, correct)
             state.sync_gradients()
         step_loss = loss if step_loss is None else step_loss + loss  # no kernel at one micro-batch per step
-        fire(techniques, Event.AFTER_MICRO_BACKWARD, state, index)
+        for hook in hooks.after_micro_backward:
+            hook(state, index)
     assert step_loss is not None
     return step_loss
 
@@ -348,7 +354,7 @@ def _forward_backward(
     gradient is of the per-unit mean over the step: backward starts from 1 / loss_divisor rather than
     from a divided loss, which spares a kernel forward and one backward (the same numbers)."""
     if meter is None:  # every step but a measured one: no context to enter
-        return _forward_backward_plain(state, x, y, loss_divisor, contextlib.nullcontext(), correct)
+        return _forward_backward_plain(state, x, y, loss_divisor, NO_CONTEXT, correct)
     with meter.measure():
         return _forward_backward_plain(state, x, y, loss_divisor, meter.backward(), correct)
 
