@@ -189,9 +189,10 @@ def fire(techniques: list[Technique], event: Event, state: StepState, *args: Any
 
 def implementations(techniques: list[Technique], event: Event) -> list[Callable[..., None]]:
     """What ``fire`` calls for ``event``, less the calls of ``Technique``'s own no-op: the bound methods of the
-    techniques whose class implements it."""
+    techniques whose class implements it, and hooks set on an instance."""
     name = event.value
-    return [getattr(t, name) for t in techniques if getattr(type(t), name, None) is not getattr(Technique, name)]
+    return [getattr(t, name) for t in techniques
+            if name in getattr(t, "__dict__", ()) or getattr(type(t), name, None) is not getattr(Technique, name)]
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ Non-finite check (stop mode, the default). Each step the loop hands the guard th
     sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
     epoch's end (where the loop syncs anyway). With several ranks, reading is one all-reduce, so every rank
     stops at the same step.
-  Either way a bad step's weights may live for a few steps, but are never saved: the last good checkpoint
-  is kept, and the error names the step the guard saw go bad.
+  Either way a bad step's weights are never saved: the last good checkpoint is kept, and the error names the step
+  the guard saw go bad. Weights a forward reads live at most an interval; on the CPU, weights no forward reads
+  live until the next checkpoint or the epoch's end (where a later forward reads one first, the error names that
+  forward's step).
 ``skip`` mode must know before each optimizer step, so it reads the loss and every gradient every step
 (one fused pass; documented cost). Under fp16 the GradScaler already checks gradients and skips
 overflowing steps (and counts them): the guard then checks only the loss, and in skip mode leaves skipping

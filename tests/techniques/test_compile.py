@@ -13,12 +13,12 @@ import leantrain as lt
 from leantrain.cli import main
 from leantrain.techniques import Compile
 
-COMPILE_SLEEP_S = 1  # inductor sleeps this long in each graph's code generation: compilation that takes seconds
+COMPILE_SLEEP_S = 2  # inductor sleeps this long in each graph's code generation: compilation that takes seconds
 
 
 @pytest.fixture
 def slow_cold_compile():
-    """Every graph compiled afresh (no cache hit from an earlier test) and a second longer: compile time is then
+    """Every graph compiled afresh (no cache hit from an earlier test) and COMPILE_SLEEP_S longer: compile time is then
     seconds whatever the machine, while training the tests' few steps of a tiny MLP takes milliseconds (0.8 s seen
     beside another test on a loaded 2-core CI machine), so "compilation is not in time_s" is checked with a margin
     no machine's load erases."""
@@ -63,8 +63,9 @@ def test_the_loop_compiles_a_graph_with_the_memory_meter_measuring_the_first_ste
     assert not model._forward_pre_hooks  # the probe is gone: the user's module as it came
     # Compilation is timed apart, not hidden in epoch 1: seconds of it, against milliseconds of training 4 steps of
     # a tiny MLP (time_s would hold both). Eval mode compiles its own graph, in validation; epoch 2 compiles nothing.
-    # The forward's and the backward's graphs, one sleep each; time_s would hold both had it counted them.
-    assert first["compile_s"] >= 2 * COMPILE_SLEEP_S and first["time_s"] < 2 * COMPILE_SLEEP_S
+    # One sleep for each graph compiled (a forward and a backward for each batch shape): time_s would hold at least
+    # one had it counted any.
+    assert first["compile_s"] >= 2 * COMPILE_SLEEP_S and first["time_s"] < COMPILE_SLEEP_S
     assert first["val_compile_s"] >= COMPILE_SLEEP_S
     assert second["compile_s"] == 0 and second["val_compile_s"] == 0
     summary, wall = record["summary"], record["run"]["wall"]["parts_s"]
@@ -84,7 +85,7 @@ def test_leantrain_train_compile_true_traces_a_graph_and_records_its_compile_tim
     (path,) = tmp_path.glob("*.json")
     epoch = json.loads(path.read_text())["epochs"][0]
     assert epoch["compiled"] is True
-    assert epoch["compile_s"] >= 2 * COMPILE_SLEEP_S and epoch["time_s"] < 2 * COMPILE_SLEEP_S
+    assert epoch["compile_s"] >= 2 * COMPILE_SLEEP_S and epoch["time_s"] < COMPILE_SLEEP_S
 
 
 @pytest.mark.timeout(240)

@@ -70,3 +70,10 @@ def test_the_loop_fires_the_step_events_in_order_with_their_arguments():
                 ("before_step", 6)]
     assert trace.events == expected
     assert epoch_only.epochs == 2 and counter.epochs == 2 and counter.steps == 6
+
+
+def test_a_hook_set_on_an_instance_is_called_too():
+    calls = []
+    callback = lt.Callback()
+    callback.after_optimizer_step = lambda state: calls.append(state.step)
+    assert StepHooks.of([callback]).after_optimizer_step == [callback.after_optimizer_step]
