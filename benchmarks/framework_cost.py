@@ -9,7 +9,8 @@ after the first of an epoch's training time over its steps, then median [min-max
 the CPU other processes used meanwhile (a median above 0.15 cores marks the row noisy: re-run it).
 
     python benchmarks/framework_cost.py [--batch 64 512] [--loader tensor|dataloader] [--threads 1] [--repeats 5]
-                                        [--epochs 4] [--data imagenet-sim:n=20000] [--paired N | --in-situ | --ops]
+                                        [--epochs 4] [--data imagenet-sim:n=20000]
+                                        [--paired N [--count-arms] | --in-situ | --ops]
 
 ``--paired N`` alternates the two loops epoch by epoch in one leantrain run instead (N epochs of each): after each
 of leantrain's epochs a callback trains one epoch of the plain loop on its own model and optimizer, so each of
@@ -17,8 +18,9 @@ leantrain's epochs lies between two of the plain loop's, a fraction of a second 
 mean. A machine whose speed drifts by ±20% between whole runs blurs these pairs far less. ``--repeats`` such runs
 per variant: a run's pairs share one placement of the models in memory, which moves a whole run by a few percent
 (its pairs' 95% confidence interval does not cover the next run's median), so the runs are the repeats.
+``--count-arms`` makes the arms the training-accuracy count's parts (keeping the outputs, the targets, the compare).
 ``--in-situ`` times each per-step piece (the count, the guard, ...) inside leantrain's loop; ``--ops`` counts the
-aten operators a step dispatches in each loop (what a noisy machine cannot blur).
+Python calls and the aten operators a step makes in each loop (what a noisy machine cannot blur).
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ import contextlib
 import functools
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from unittest import mock
 
 import torch
@@ -42,7 +46,7 @@ from leantrain.data.dataset import Dataset
 from leantrain.machine import cpu_name
 from leantrain.models import build
 from leantrain.techniques.amp import Precision
-from leantrain.train import loop
+from leantrain.train import correct_count, loop
 from leantrain.train.callbacks import Callback
 from leantrain.train.correct_count import KEEP_BATCHES, CorrectCount
 from leantrain.train.guards import Guards
@@ -125,6 +129,35 @@ LEANTRAIN_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
 }
 
 
+_NOTHING = torch.empty(0)  # the half a diagnostic arm does not keep
+
+
+def _keep_outputs_only(self: CorrectCount, output: torch.Tensor, target: torch.Tensor) -> None:
+    self.kept_outputs.append((output.detach(), _NOTHING))
+
+
+def _keep_targets_only(self: CorrectCount, output: torch.Tensor, target: torch.Tensor) -> None:
+    self.kept_outputs.append((_NOTHING, target))
+
+
+def _drop_kept(self: CorrectCount) -> None:
+    self.kept_outputs, self.kept, self._kept_bytes = [], [], 0
+
+
+NEVER_COMPARE = (CorrectCount, "_compare_kept", _drop_kept)
+# ``--count-arms``: which part of the training-accuracy count costs what (diagnosis: the arms without a compare count
+# nothing, and those keeping one half could not count right).
+COUNT_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
+    "leantrain": (),
+    "no training-accuracy count": (NO_COUNT,),
+    "keep outputs and targets, never compare": (NEVER_COMPARE,),
+    "keep the outputs only, never compare": ((CorrectCount, "add", _keep_outputs_only), NEVER_COMPARE),
+    "keep the targets only, never compare": ((CorrectCount, "add", _keep_targets_only), NEVER_COMPARE),
+    "compare every 16 micro-batches": ((correct_count, "KEEP_BATCHES", 16),),
+    "predictions each step (argmax a step, no output kept)": ((CorrectCount, "_reserve", lambda self, output: False),),
+}
+
+
 def variants(data: Dataset, spec: str, batch: int, loader: str, epochs: int) -> dict[str, Callable[[], float]]:
     arms: dict[str, Callable[[], float]] = {"plain loop": lambda: plain(data, batch, loader, epochs)}
     for name, patches in LEANTRAIN_ARMS.items():
@@ -195,10 +228,10 @@ def median_interval(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), ordered[low], ordered[high]
 
 
-def paired_table(data: Dataset, spec: str, batch: int, loader: str, pairs: int, runs: int) -> str:
+def paired_table(data: Dataset, spec: str, batch: int, loader: str, pairs: int, runs: int,
+                 arms: dict[str, tuple[tuple[object, str, object], ...]] = LEANTRAIN_ARMS) -> str:
     """Each variant ``runs`` times (runs interleaved, the order rotated): a run's pairs share one placement of each
     model in memory, which shifts a whole run by a few percent, so runs, not pairs, are the repeats."""
-    arms = LEANTRAIN_ARMS
     names = list(arms)
     per_run: dict[str, list[float]] = {name: [] for name in names}
     pooled: dict[str, list[float]] = {name: [] for name in names}
@@ -263,25 +296,48 @@ class _OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class _PythonCalls:
+    """Python function calls (Python's own and builtins/C functions) while entered: what a step's Python costs, in
+    calls (``sys.setprofile``), which a noisy machine cannot blur either."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _count(self, frame: object, event: str, arg: object) -> None:
+        if event in ("call", "c_call"):
+            self.calls += 1
+
+    def __enter__(self) -> None:
+        sys.setprofile(self._count)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(None)
+
+
 OPS_STEPS = 4  # steps whose operators ``--ops`` counts, after two
 
 
-def operators(data: Dataset, spec: str, batch: int, loader: str) -> dict[str, collections.Counter[str]]:
-    """The aten operators of ``OPS_STEPS`` training steps (after two) in the plain loop and in leantrain's
-    (``_train_step``: batch drawing, the same in both, left out)."""
+Counter = TypeVar("Counter", bound=contextlib.AbstractContextManager[object])
+
+
+def per_step_counts(data: Dataset, spec: str, batch: int, loader: str,
+                    counter: Callable[[], Counter]) -> dict[str, Counter]:
+    """A counter (``_OperatorCount``, ``_PythonCalls``) over ``OPS_STEPS`` training steps (after two) of the plain loop
+    and of leantrain's (``_train_step``: batch drawing, the same in both, and the loop's lines between steps left
+    out); each loop's counter, by name."""
     steps = OPS_STEPS
     torch.manual_seed(0)
     model = build("mlp", data)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     batches = list(_batches(data, batch, loader, 0))[: steps + 2]
-    plain_count = _OperatorCount()
+    plain_count = counter()
     for index, (x, y) in enumerate(batches):
         with plain_count if index >= 2 else contextlib.nullcontext():
             loss_fn(model(x), y).backward()
             optimizer.step()
             optimizer.zero_grad()
-    lean_count, calls = _OperatorCount(), [0]
+    lean_count, calls = counter(), [0]
     original = loop._train_step
 
     def counted(*args: object, **kwargs: object) -> int:
@@ -290,7 +346,7 @@ def operators(data: Dataset, spec: str, batch: int, loader: str) -> dict[str, co
             return original(*args, **kwargs)  # type: ignore[arg-type]
 
     leantrain(data, batch, loader, 2, ((loop, "_train_step", counted),), spec)
-    return {"plain loop": plain_count.counts, "leantrain": lean_count.counts}
+    return {"plain loop": plain_count, "leantrain": lean_count}
 
 
 def main() -> None:
@@ -304,14 +360,20 @@ def main() -> None:
     parser.add_argument("--in-situ", action="store_true", help="time each per-step piece inside leantrain's loop")
     parser.add_argument("--ops", action="store_true", help="count each loop's aten operators per step")
     parser.add_argument("--paired", type=int, metavar="N", help="alternate the two loops epoch by epoch, N pairs")
+    parser.add_argument("--count-arms", action="store_true",
+                        help="with --paired: the training-accuracy count's parts as arms, not the guard's and the count's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load(args.data)
     for batch in args.batch:
         if args.ops:
-            counts = operators(data, args.data, batch, args.loader)
-            plain_ops, lean_ops = counts["plain loop"], counts["leantrain"]
-            print(f"\n# aten operators per step, batch {batch}: plain loop {sum(plain_ops.values()) / OPS_STEPS:g}, "
+            # Counted apart: the operator count's own Python (a dispatch mode) would be counted as the step's.
+            python = per_step_counts(data, args.data, batch, args.loader, _PythonCalls)
+            counts = per_step_counts(data, args.data, batch, args.loader, _OperatorCount)
+            plain_ops, lean_ops = counts["plain loop"].counts, counts["leantrain"].counts
+            print(f"\n# per step, batch {batch}: Python calls: plain loop "
+                  f"{python['plain loop'].calls / OPS_STEPS:g}, leantrain {python['leantrain'].calls / OPS_STEPS:g}"
+                  f"; aten operators: plain loop {sum(plain_ops.values()) / OPS_STEPS:g}, "
                   f"leantrain {sum(lean_ops.values()) / OPS_STEPS:g}\n| operator | plain loop | leantrain |\n|---|---|---|")
             for name in sorted(set(plain_ops) | set(lean_ops)):
                 if plain_ops[name] != lean_ops[name]:
@@ -321,7 +383,8 @@ def main() -> None:
             print(f"\n# paired epochs: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch "
                   f"{torch.__version__}, {args.threads} thread(s), {args.data}, {args.loader} batches of {batch}, "
                   f"{args.repeats} runs of {args.paired} pairs a variant, load average {os.getloadavg()[0]:.2f} before")
-            print(paired_table(data, args.data, batch, args.loader, args.paired, args.repeats))
+            arms = COUNT_ARMS if args.count_arms else LEANTRAIN_ARMS
+            print(paired_table(data, args.data, batch, args.loader, args.paired, args.repeats, arms))
             print(f"load average {os.getloadavg()[0]:.2f} after")
             continue
         if args.in_situ:

@@ -41,7 +41,6 @@ class Precision:
         self.device = device
         self.compute_dtype = torch.float32
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
-        self.loss_scaling = False  # the scaler is on (fp16); asked three times a step, so a flag, not a call
 
     def use(self, dtype: torch.dtype, *, loss_scaling: bool = False, init_scale: float = 2.0**16,
             growth_interval: int = 2000) -> None:
@@ -49,7 +48,6 @@ class Precision:
         self.compute_dtype = dtype
         if loss_scaling:
             self.scaler = torch.amp.GradScaler(self.device.type, init_scale=init_scale, growth_interval=growth_interval)
-            self.loss_scaling = self.scaler.is_enabled()
 
     def check_master_weights(self, model: nn.Module) -> None:
         """Mixed precision keeps the weights (and so the gradients) in ``grad_dtype``; refuse a model cast down."""
@@ -70,20 +68,20 @@ class Precision:
     @property
     def scaler_checks_grads(self) -> bool:
         """Whether the loss scaler already finds inf/NaN gradients (and skips their step): fp16 only."""
-        return self.loss_scaling
+        return self.scaler.is_enabled()
 
     # Without loss scaling the loop calls the optimizer itself: a disabled GradScaler's three calls a step are
     # ~1.5 us of Python that returns what it was given.
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return self.scaler.scale(loss) if self.loss_scaling else loss
+        return self.scaler.scale(loss) if self.scaler.is_enabled() else loss
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.loss_scaling:
+        if self.scaler.is_enabled():
             self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step (skipped by the scaler if the gradients held inf/NaN), then the scale's update."""
-        if not self.loss_scaling:
+        if not self.scaler.is_enabled():
             optimizer.step()
             return
         self.scaler.step(optimizer)
@@ -103,4 +101,4 @@ class Precision:
 
     def loss_scale(self) -> float | None:
         """The loss scale as a number (a host sync on CUDA); None without loss scaling."""
-        return self.scaler.get_scale() if self.loss_scaling else None
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None

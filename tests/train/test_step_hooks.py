@@ -57,12 +57,16 @@ def test_each_step_event_calls_only_the_techniques_that_implement_it():
     assert hooks.after_optimizer_step == [trace.after_optimizer_step, counter.after_optimizer_step]
 
 
-def test_the_loop_fires_the_step_events_in_order_with_their_arguments():
+def _data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
-    data = lt.data.from_tensors(x, (x[:, 0] > 0).long(), val_fraction=0.25)  # 48 to train: 3 steps of 2 x 8
+    return lt.data.from_tensors(x, (x[:, 0] > 0).long(), val_fraction=0.25)  # 48 to train
+
+
+def test_the_loop_fires_the_step_events_in_order_with_their_arguments():
     trace, epoch_only, counter = Trace(), EpochOnly(), StepCounter()
-    lt.fit(torch.nn.Linear(4, 2), data, epochs=2, batch_size=8, techniques=[trace, epoch_only, counter])
+    # 3 steps of 2 micro-batches of 8 an epoch
+    lt.fit(torch.nn.Linear(4, 2), _data(), epochs=2, batch_size=8, techniques=[trace, epoch_only, counter])
     steps = [[("before_step", s), ("after_micro_backward", s, 0), ("after_micro_backward", s, 1),
               ("before_optimizer_step", s), ("after_optimizer_step", s + 1)] for s in range(6)]  # the step counted
     # An epoch asks before each step and once more, finding no batch left.
@@ -73,7 +77,9 @@ def test_the_loop_fires_the_step_events_in_order_with_their_arguments():
 
 
 def test_a_hook_set_on_an_instance_is_called_too():
-    calls = []
+    steps, epochs = [], []
     callback = lt.Callback()
-    callback.after_optimizer_step = lambda state: calls.append(state.step)
-    assert StepHooks.of([callback]).after_optimizer_step == [callback.after_optimizer_step]
+    callback.after_optimizer_step = lambda state: steps.append(state.step)
+    callback.on_epoch_end = lambda state, record: epochs.append(state.epoch)  # fired through ``fire``
+    lt.fit(torch.nn.Linear(4, 2), _data(), epochs=2, batch_size=16, callbacks=[callback])
+    assert steps == [1, 2, 3, 4, 5, 6] and epochs == [0, 1]
