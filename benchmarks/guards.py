@@ -2,9 +2,10 @@
 process, variants interleaved and repeated, median and spread, other processes' CPU use recorded).
 
 Variants, each against "none" (guard switched off by patching, no checkpoints):
-  nonfinite      the non-finite check (the default, --on-nonfinite stop): on one CPU process the loss each
-                 step, the weights every 32 steps and before a checkpoint
-  nonfinite/every-step  the same with the weights read every step (what checking every step would cost)
+  nonfinite      the non-finite check (the default, --on-nonfinite stop): on one CPU process the loss kept
+                 each step and read every 32 steps (at most every 0.25 s), the weights before a checkpoint and at
+                 the epoch's end
+  nonfinite/every-step  the same with the losses read every step (what reading each step would cost)
   nonfinite/deferred  the same check the way CUDA and several ranks run it (a device flag, read every 32
                  steps), forced here: on a CPU it saves no sync, only shows what the kernels cost
   ckpt/epoch     checkpoint at each epoch end: checksummed, fsynced (file and folder)
@@ -34,7 +35,7 @@ from leantrain import fileio
 from leantrain.config import RunConfig
 from leantrain.experiments.report import median_spread
 from leantrain.machine import cpu_name
-from leantrain.train import checkpoint
+from leantrain.train import checkpoint, guards
 from leantrain.train.guards import Guards, NonFiniteGuard
 from leantrain.train.run import execute
 
@@ -59,8 +60,9 @@ def variant(name: str) -> Iterator[None]:
                 self.loss_on_host = False
             else:
                 self.check_every = 1
-
         patches.append(mock.patch.object(NonFiniteGuard, "__init__", patched))
+        if name == "nonfinite/every-step":
+            patches.append(mock.patch.object(guards, "MIN_READ_INTERVAL_S", 0.0))  # not spaced by time
     if name == "ckpt/epoch raw":
         patches += [mock.patch.object(fileio, "_fsync_file", lambda path: None),
                     mock.patch.object(fileio, "fsync_dir", lambda folder: None),

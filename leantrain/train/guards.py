@@ -1,9 +1,10 @@
 """Guards against silent divergence: non-finite losses/gradients before the optimizer step, and loss spikes.
 
 Non-finite check (stop mode, the default). Each step the loop hands the guard the step's summed loss.
-  - On the CPU the losses are kept, and read every ``DEVICE_CHECK_EVERY`` steps, before every checkpoint is
-    written and at the epoch's end (one stack, one host read): reading each step's loss as it came made the
-    guard's call 5.7 us at a small model's 0.85 ms step, now 2.1 us (``benchmarks/framework_cost.py
+  - On the CPU the losses are kept, and read every ``DEVICE_CHECK_EVERY`` steps (one process: not sooner than
+    ``MIN_READ_INTERVAL_S`` after its last read), before every checkpoint is written and at the epoch's end (one
+    stack, one host read): reading each step's loss as it came made the guard's call 5.7 us at a small model's
+    0.85 ms step, now 2.1 us (``benchmarks/framework_cost.py
     --in-situ``). The gradients are not read every step: a fused pass over them costs ~10-20 us, 2-4% of a small
     model's step (benchmarks/guards.py), and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A
     non-finite gradient with a finite loss makes the weights non-finite, so the next step's loss is non-finite;
@@ -17,9 +18,9 @@ Non-finite check (stop mode, the default). Each step the loop hands the guard th
     epoch's end (where the loop syncs anyway). With several ranks, reading is one all-reduce, so every rank
     stops at the same step.
   Either way a bad step's weights are never saved: the last good checkpoint is kept, and the error names the step
-  the guard saw go bad. Weights a forward reads live at most an interval; on the CPU, weights no forward reads
-  live until the next checkpoint or the epoch's end (where a later forward reads one first, the error names that
-  forward's step).
+  the guard saw go bad. Weights a forward reads live at most an interval (one CPU process: a quarter of a second
+  and at most 32 steps more); on the CPU, weights no forward reads live until the next checkpoint or the epoch's
+  end (where a later forward reads one first, the error names that forward's step).
 ``skip`` mode must know before each optimizer step, so it reads the loss and every gradient every step
 (one fused pass; documented cost). Under fp16 the GradScaler already checks gradients and skips
 overflowing steps (and counts them): the guard then checks only the loss, and in skip mode leaves skipping
@@ -47,6 +48,11 @@ from leantrain._torch_private import foreach_norm, non_finite_check_
 from leantrain.errors import TrainingDiverged
 
 DEVICE_CHECK_EVERY = 32
+# One CPU process reads its kept losses at the interval only this long after its last read: a read is a few cold
+# kernels (~0.1 ms), 0.4% of a small model's 0.85 ms steps at every 32nd; spaced so, at most 0.04%, and a bad step
+# is still found within a quarter of a second and at most 32 steps more. Ranks keep the plain interval: they read
+# together (a collective), and their clocks differ.
+MIN_READ_INTERVAL_S = 0.25
 NO_STEP = -1
 MAX_SKIPPED_FRACTION = 0.5  # skip mode: more of an epoch's steps skipped than this stops the run
 
@@ -64,6 +70,7 @@ class NonFiniteGuard:
         self.kept_losses: list[torch.Tensor] = []  # the CPU's step losses since the last check
         self.kept_from = 0  # the step (from 1) of kept_losses[0]
         self.check_every = DEVICE_CHECK_EVERY
+        self._last_read = time.monotonic()  # when this process last read its kept losses
         self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
         self.skipped = 0  # steps of this epoch skipped by this guard (skip mode, fp32/bf16); fp16's are the scaler's
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (found, one), reused
@@ -121,7 +128,7 @@ class NonFiniteGuard:
             if not self.kept_losses:
                 self.kept_from = step
             self.kept_losses.append(step_loss)
-            if step % self.check_every == 0:
+            if step % self.check_every == 0 and (not self.alone or self._read_due()):
                 self.check(state, weights=False)  # the next steps' losses read these weights
             return
         bad = ~torch.isfinite(self.total(step_loss, self.gradients(state)))
@@ -136,6 +143,7 @@ class NonFiniteGuard:
             return
         if self.loss_on_host:
             losses, self.kept_losses = torch.stack(self.kept_losses) if self.kept_losses else None, []
+            self._last_read = time.monotonic()
             checked = [losses] if losses is not None else []
             if weights:
                 checked += [_dense(p.detach()) for group in state.optimizer.param_groups for p in group["params"]]
@@ -162,6 +170,9 @@ class NonFiniteGuard:
         worst = state.dist.max([-local if local != NO_STEP else -math.inf])[0]
         if worst != -math.inf:
             self._raise(int(-worst), state.epoch + 1)
+
+    def _read_due(self) -> bool:
+        return time.monotonic() - self._last_read >= MIN_READ_INTERVAL_S
 
     def _first_bad(self, losses: torch.Tensor | None) -> int:
         """The first step among the kept ``losses`` (stacked) whose loss is not finite; NO_STEP if none is."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from leantrain.errors import TrainingDiverged
+from leantrain.train import guards
 from leantrain.train.guards import NonFiniteGuard
 
 CPU = torch.device("cpu")
@@ -101,3 +102,23 @@ def test_several_cpu_ranks_read_the_loss_on_the_host_and_agree_on_the_first_bad_
         with pytest.raises(TrainingDiverged, match=rf"at step {stop} \(epoch 1\)"):
             guard.check(_cpu_state(dist, 8))
     assert dist.calls == 1
+
+
+@pytest.mark.parametrize("min_interval_s, reads", [(3600.0, 0), (0.0, 1)])
+def test_one_process_reads_its_losses_at_the_interval_only_when_its_last_read_is_old_enough(
+        monkeypatch, min_interval_s, reads):
+    monkeypatch.setattr(guards, "MIN_READ_INTERVAL_S", min_interval_s)
+    guard = NonFiniteGuard("stop", CPU, 1, scaler_checks_grads=False)
+    for step in range(guards.DEVICE_CHECK_EVERY):
+        guard.note(_cpu_state(None, step), torch.tensor(1.0))
+    assert len(guard.kept_losses) == guards.DEVICE_CHECK_EVERY * (1 - reads)  # a read empties them
+
+
+def test_ranks_read_together_at_the_interval_however_recent_their_last_read(monkeypatch):
+    """Each rank's clock differs: spacing reads by time would leave one rank in the collective alone."""
+    monkeypatch.setattr(guards, "MIN_READ_INTERVAL_S", 3600.0)
+    dist = _TwoRanks(None)
+    guard = NonFiniteGuard("stop", CPU, 2, scaler_checks_grads=False)
+    for step in range(guards.DEVICE_CHECK_EVERY):
+        guard.note(_cpu_state(dist, step), torch.tensor(1.0))
+    assert dist.calls == 1 and not guard.kept_losses
