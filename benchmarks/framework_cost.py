@@ -48,7 +48,7 @@ from leantrain.models import build
 from leantrain.techniques.amp import Precision
 from leantrain.train import correct_count, loop
 from leantrain.train.callbacks import Callback
-from leantrain.train.correct_count import KEEP_BATCHES, CorrectCount
+from leantrain.train.correct_count import CorrectCount
 from leantrain.train.guards import Guards
 from leantrain.train.metrics import NOISY_FOREIGN_CORES, ForeignCpuMeter
 from leantrain.train.run import execute
@@ -141,10 +141,10 @@ def _keep_targets_only(self: CorrectCount, output: torch.Tensor, target: torch.T
 
 
 def _drop_kept(self: CorrectCount) -> None:
-    self.kept_outputs, self.kept, self._kept_bytes = [], [], 0
+    self.kept_outputs, self.kept, self._kept_bytes, self._bytes_before_step, self._refused = [], [], 0, 0, False
 
 
-NEVER_COMPARE = (CorrectCount, "_compare_kept", _drop_kept)
+NEVER_COMPARE = (CorrectCount, "compare_kept", _drop_kept)
 # ``--count-arms``: which part of the training-accuracy count costs what (diagnosis: the arms without a compare count
 # nothing, and those keeping one half could not count right).
 COUNT_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
@@ -153,7 +153,7 @@ COUNT_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
     "keep outputs and targets, never compare": (NEVER_COMPARE,),
     "keep the outputs only, never compare": ((CorrectCount, "add", _keep_outputs_only), NEVER_COMPARE),
     "keep the targets only, never compare": ((CorrectCount, "add", _keep_targets_only), NEVER_COMPARE),
-    "compare every 16 micro-batches": ((correct_count, "KEEP_BATCHES", 16),),
+    "compare every 64 micro-batches": ((correct_count, "KEEP_OUTPUTS", 64),),
     "predictions each step (argmax a step, no output kept)": ((CorrectCount, "_reserve", lambda self, output: False),),
 }
 
@@ -255,8 +255,8 @@ PIECES = (
     (loop, "_backward_step", "forward and backward (with the count)"),
     (Precision, "step", "optimizer step"),
     (CorrectCount, "add", "training-accuracy count: keep the output (or its predictions)"),
-    (CorrectCount, "_compare_kept", "training-accuracy count: predict and compare the kept ones "
-                                    f"(every {KEEP_BATCHES} micro-batches, and at the epoch's end)"),
+    (CorrectCount, "compare_kept", "training-accuracy count: predict and compare the kept ones "
+                                   "(when the memory bound nears, and at the epoch's end)"),
     (Guards, "before_optimizer_step", "non-finite guard"),
     (loop, "_count", "counting units and samples"),
 )

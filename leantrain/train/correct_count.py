@@ -1,14 +1,20 @@
 """The training-accuracy count of one epoch on one rank: correct units, counted on the training forward passes
 already made (the task's ``correct``), kept on the device and read once, at the epoch's end or a checkpoint.
 
-A classifier's count is three small kernels a step (argmax, compare, sum): at a small model's step (~0.8 ms on a
-CPU) they were the loop's largest own cost (``benchmarks/framework_cost.py --in-situ``). Where the task names its
-predictions (``predictions``: its count is ``(predictions(output) == target).sum()``), a step makes only them;
-they and the targets (one value a sample) are compared and summed together every ``KEEP_BATCHES`` micro-batches:
-the same number from one kernel a step and three every ``KEEP_BATCHES``. On the CPU, while the kept outputs fit in
-``KEEP_OUTPUT_BYTES``, a step keeps its output itself (detached: the same memory, no kernel) and the predictions of
-all of them are made in one argmax: no kernel a step. Only a plain tensor the forward pass made afresh is kept so: a
-view (of a weight, say, or of a larger tensor) could change, or hold more memory, before it is read.
+A classifier's count is three small kernels (argmax, compare, sum): at a small model's step (~0.8 ms on a CPU) made
+each step they were the loop's largest own cost (``benchmarks/framework_cost.py --in-situ``), and each call of them
+costs more than its share of rows: the kernels' code and the kept data are cold by the time they run. Where the task
+names its predictions (``predictions``: its count is ``(predictions(output) == target).sum()``), the count is made
+over many micro-batches at once:
+
+- On the CPU a step keeps its output itself (detached: the same memory, no kernel) while the kept outputs fit in
+  ``KEEP_OUTPUT_BYTES``; their predictions are made in one argmax with one compare when the next step's would not
+  fit (or ``KEEP_OUTPUTS`` are kept), and at the epoch's end (``compare_kept``, which the loop calls inside the
+  epoch's timed part): at a small model's batch that is once an epoch. Only a plain tensor the forward pass made
+  afresh is kept so: a view (of a weight, say, or of a larger tensor) could change, or hold more memory, before it
+  is read.
+- Otherwise (a CUDA output, a view, an output past the bound by itself) a step makes only its predictions; they and
+  the targets (one value a sample) are compared and summed together every ``KEEP_BATCHES`` micro-batches.
 """
 from __future__ import annotations
 
@@ -18,12 +24,14 @@ import torch
 from torch import Tensor
 
 KEEP_BATCHES = 64  # micro-batches whose predictions are kept before they are compared and summed together
-# Most memory the kept outputs may hold together (20 classes at batch 512: 2.5 MiB for KEEP_BATCHES of them); an
-# output past it (1000 classes at 64 rows would need 16 MiB) gives its predictions at once, its argmax a small part
-# of its step.
+# Most memory the kept outputs may hold together (an epoch of 10 classes at batch 64 on 20,000 samples: 0.8 MB; the
+# targets kept beside them, 8 bytes a row, are not counted); an output past it by itself (1000 classes at batch
+# 2048 in fp32: 8 MB) gives its predictions at once, its argmax a small part of its step.
 # Only on the CPU: a CUDA graph (compile's reduce-overhead) may reuse an output's memory for the next step, and a
 # CUDA step's argmax is an asynchronous launch the step does not wait for.
 KEEP_OUTPUT_BYTES = 4 << 20
+KEEP_OUTPUTS = 1024  # kept outputs compared at the end of the step that reaches this many (each holds a few
+# hundred bytes of Python objects beside its memory)
 
 
 class CorrectCount:
@@ -38,6 +46,8 @@ class CorrectCount:
         self.kept: list[tuple[Tensor, Tensor]] = []  # (predictions, targets) not yet compared
         self.kept_outputs: list[tuple[Tensor, Tensor]] = []  # (detached outputs, targets) not yet predicted
         self._kept_bytes = 0  # the kept outputs' memory
+        self._bytes_before_step = 0  # ... when this step began
+        self._refused = False  # an output was predicted at once for want of room the kept ones hold: compare them
         self._predictions = getattr(task, "predictions", None)
 
     def add(self, output: Any, target: Tensor) -> None:
@@ -56,6 +66,7 @@ class CorrectCount:
             return False
         size = output.untyped_storage().nbytes()
         if self._kept_bytes + size > KEEP_OUTPUT_BYTES:
+            self._refused = bool(self.kept_outputs)  # comparing those would make room (never one alone too large)
             return False
         self._kept_bytes += size
         return True
@@ -66,6 +77,8 @@ class CorrectCount:
             self.counts.append(counted)
 
     def mark(self) -> tuple[int, int, int]:
+        """Where this step's part starts (``drop_since`` leaves it out)."""
+        self._bytes_before_step = self._kept_bytes
         return len(self.counts), len(self.kept), len(self.kept_outputs)
 
     def drop_since(self, mark: tuple[int, int, int]) -> None:
@@ -74,26 +87,34 @@ class CorrectCount:
         del self.counts[counts:]
         del self.kept[kept:]
         del self.kept_outputs[kept_outputs:]
-        self._kept_bytes = sum(o.untyped_storage().nbytes() for o, _ in self.kept_outputs)
+        self._kept_bytes = self._bytes_before_step = sum(o.untyped_storage().nbytes() for o, _ in self.kept_outputs)
 
     def step_done(self) -> None:
-        if len(self.kept) + len(self.kept_outputs) >= KEEP_BATCHES:
-            self._compare_kept()
+        """Between steps: compare what is kept if another step like this one would pass a bound, or if this one's
+        output found no room (after a skipped step, whose bytes are dropped, the estimate is 0)."""
+        step_bytes = self._kept_bytes - self._bytes_before_step
+        if (self._refused or len(self.kept) >= KEEP_BATCHES or len(self.kept_outputs) >= KEEP_OUTPUTS
+                or self._kept_bytes + step_bytes > KEEP_OUTPUT_BYTES):
+            self.compare_kept()
+        self._bytes_before_step = self._kept_bytes
 
     def total(self) -> Tensor | None:
         """The count so far, a device scalar (None where the task counts none); read between steps."""
-        self._compare_kept()
+        if self.kept or self.kept_outputs:
+            self.compare_kept()
         total = torch.stack(self.counts).sum() if self.counts else None  # one kernel, when read
         if self.before is None:
             return total
         return self.before if total is None else total + self.before
 
-    def _compare_kept(self) -> None:
+    def compare_kept(self) -> None:
+        """Predict, compare and sum what is kept (between steps); the loop calls it at the epoch's end inside the
+        timed part, where the rest of the count's work is."""
         if self.kept_outputs:
             assert self._predictions is not None  # outputs are kept only where the task names its predictions
             self.kept.append((self._predictions(_cat([o for o, _ in self.kept_outputs])),
                               _cat([t for _, t in self.kept_outputs])))
-            self.kept_outputs, self._kept_bytes = [], 0
+            self.kept_outputs, self._kept_bytes, self._bytes_before_step, self._refused = [], 0, 0, False
         if not self.kept:
             return
         predictions, targets = _cat([p for p, _ in self.kept]), _cat([t for _, t in self.kept])

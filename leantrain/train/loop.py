@@ -122,9 +122,13 @@ def train_epoch(
             state.progress = run.progress(clock.training(now(device)))
             guards.save(state)
             state.progress = None
-    end = now(device)
-    bar.close()
-    guards.check(state)  # before the epoch is recorded (and checkpointed): no NaN epoch is ever saved
+    # The count's last compare and the guard's last read are the epoch's work too: timed with it.
+    run.correct.compare_kept()
+    try:
+        guards.check(state)  # before the epoch is recorded (and checkpointed): no NaN epoch is ever saved
+    finally:
+        end = now(device)
+        bar.close()
     record = _epoch_record(state, run, guards, foreign_cpu, clock.timed(end, exclude_warmup), clock.training(end),
                            clock.compiled())
     record.update(batches.figures)  # what the batch source measured (the padding it trimmed)

@@ -1,5 +1,6 @@
 """Per-epoch training accuracy, counted on the forward passes training makes anyway."""
 import copy
+import time
 
 import pytest
 import torch
@@ -8,6 +9,9 @@ from torch import nn
 import leantrain as lt
 from leantrain.data.batches import TensorBatches
 from leantrain.techniques import Technique
+from leantrain.train import correct_count
+from leantrain.train.correct_count import CorrectCount
+from leantrain.train.guards import Guards
 
 
 class Snapshots(Technique):
@@ -29,9 +33,11 @@ def _data(n=250, seed=0):
     return lt.data.from_tensors(x, y)
 
 
-# 8 steps an epoch (their predictions compared at its end), and 163 (compared every 64 steps, then the rest)
-@pytest.mark.parametrize("n, batch_size", [(250, 32), (1300, 8)])
-def test_train_accuracy_equals_a_direct_count_of_each_steps_predictions(n, batch_size):
+# 8 steps an epoch and 163 (their outputs compared at its end), and 163 compared every 64 steps, then the rest
+@pytest.mark.parametrize("n, batch_size, keep_outputs", [(250, 32, None), (1300, 8, None), (1300, 8, 64)])
+def test_train_accuracy_equals_a_direct_count_of_each_steps_predictions(monkeypatch, n, batch_size, keep_outputs):
+    if keep_outputs:
+        monkeypatch.setattr(correct_count, "KEEP_OUTPUTS", keep_outputs)
     data = _data(n)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -51,6 +57,25 @@ def test_train_accuracy_equals_a_direct_count_of_each_steps_predictions(n, batch
     assert total == len(data.x_train)
     # Training moved the weights, so the two epochs' counts differ: the figure follows the model.
     assert record["epochs"][0]["train_acc"] != record["epochs"][1]["train_acc"]
+
+
+def test_the_work_at_an_epochs_end_is_timed_with_the_epoch(monkeypatch):
+    """The count's last compare (its kept outputs) and the guard's last read are training work: inside time_s."""
+    compare, check = CorrectCount.compare_kept, Guards.check
+
+    def slow_compare(self):
+        if self.kept_outputs:
+            time.sleep(0.2)
+        compare(self)
+
+    def slow_check(self, state):
+        time.sleep(0.2)
+        check(self, state)
+
+    monkeypatch.setattr(CorrectCount, "compare_kept", slow_compare)
+    monkeypatch.setattr(Guards, "check", slow_check)
+    record = lt.fit(nn.Linear(6, 3), _data(), epochs=2, batch_size=32)
+    assert all(epoch["time_s"] >= 0.4 for epoch in record["epochs"])  # 8 steps of a linear model: milliseconds
 
 
 def test_a_language_model_records_train_token_accuracy_and_tokens_per_second():
