@@ -140,8 +140,16 @@ def _keep_targets_only(self: CorrectCount, output: torch.Tensor, target: torch.T
     self.kept_outputs.append((_NOTHING, target))
 
 
+_HELD: list[object] = []  # what a diagnostic arm holds outside the count's lists (the outputs' memory alone)
+
+
+def _hold_output_memory_only(self: CorrectCount, output: torch.Tensor, target: torch.Tensor) -> None:
+    _HELD.append(output.untyped_storage())  # the output's memory held, without a detached tensor made for it
+
+
 def _drop_kept(self: CorrectCount) -> None:
     self.kept_outputs, self.kept, self._kept_bytes, self._bytes_before_step, self._refused = [], [], 0, 0, False
+    _HELD.clear()
 
 
 NEVER_COMPARE = (CorrectCount, "compare_kept", _drop_kept)
@@ -153,6 +161,9 @@ COUNT_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
     "keep outputs and targets, never compare": (NEVER_COMPARE,),
     "keep the outputs only, never compare": ((CorrectCount, "add", _keep_outputs_only), NEVER_COMPARE),
     "keep the targets only, never compare": ((CorrectCount, "add", _keep_targets_only), NEVER_COMPARE),
+    "hold the outputs' memory only (no tensor made), never compare": (
+        (CorrectCount, "add", _hold_output_memory_only), NEVER_COMPARE),
+    "detach each output, keep nothing": ((CorrectCount, "add", lambda self, output, target: output.detach()),),
     "compare every 64 micro-batches": ((correct_count, "KEEP_OUTPUTS", 64),),
     "predictions each step (argmax a step, no output kept)": ((CorrectCount, "_reserve", lambda self, output: False),),
 }
