@@ -4,14 +4,14 @@ Non-finite check (stop mode, the default). Each step the loop hands the guard th
   - On the CPU the losses are kept, and read every ``DEVICE_CHECK_EVERY`` steps (one process: not sooner than
     ``MIN_READ_INTERVAL_S`` after its last read), before every checkpoint is written and at the epoch's end (one
     stack, one host read): reading each step's loss as it came made the guard's call 5.7 us at a small model's
-    0.85 ms step, now 2.1 us (``benchmarks/framework_cost.py
-    --in-situ``). The gradients are not read every step: a fused pass over them costs ~10-20 us, 2-4% of a small
-    model's step (benchmarks/guards.py), and ~1.3 ms (a full read of 21 MB) on a 5M-parameter model. A
-    non-finite gradient with a finite loss makes the weights non-finite, so the next step's loss is non-finite;
-    the weights themselves are read with the losses before a checkpoint and at the epoch's end, where no later
-    loss would show them (and for the weights no forward reads, such as an embedding row no batch looked up
-    yet), not at the interval, where the next losses will. The error names the first bad step; several CPU
-    ranks agree on the smallest (one small all-reduce), so every rank stops at the same step.
+    0.85 ms step, now 2.1 us (``benchmarks/framework_cost.py --in-situ``). The gradients are not read every
+    step: a fused pass over them costs ~10-20 us, 2-4% of a small model's step (benchmarks/guards.py), and ~1.3 ms
+    (a full read of 21 MB) on a 5M-parameter model. A non-finite gradient with a finite loss makes the weights
+    non-finite, so the next step's loss is non-finite; the weights themselves are read with the losses before a
+    checkpoint and at the epoch's end, where no later loss would show them (and for the weights no forward reads,
+    such as an embedding row no batch looked up yet), not at the interval, where the next losses will. The error
+    names the first bad step; several CPU ranks agree on the smallest (one small all-reduce), so every rank stops
+    at the same step.
   - On CUDA, the loss and the gradients' norms are folded into one scalar
     (``NonFiniteGuard.total``: finite iff all of them are); "first bad step" is kept on the device (no host
     sync) and read every ``DEVICE_CHECK_EVERY`` steps, always before a checkpoint is written and at the
