@@ -148,7 +148,7 @@ def _hold_output_memory_only(self: CorrectCount, output: torch.Tensor, target: t
 
 
 def _drop_kept(self: CorrectCount) -> None:
-    self.kept_outputs, self.kept, self._kept_bytes, self._bytes_before_step, self._refused = [], [], 0, 0, False
+    self._clear_kept()
     _HELD.clear()
 
 

@@ -46,7 +46,7 @@ class CorrectCount:
         self.kept: list[tuple[Tensor, Tensor]] = []  # (predictions, targets) not yet compared
         self.kept_outputs: list[tuple[Tensor, Tensor]] = []  # (detached outputs, targets) not yet predicted
         self._kept_bytes = 0  # the kept outputs' memory
-        self._bytes_before_step = 0  # ... when this step began
+        self._bytes_before_step = 0  # ... when this step began (set between steps)
         self._refused = False  # an output was predicted at once for want of room the kept ones hold: compare them
         self._predictions = getattr(task, "predictions", None)
 
@@ -78,7 +78,6 @@ class CorrectCount:
 
     def mark(self) -> tuple[int, int, int]:
         """Where this step's part starts (``drop_since`` leaves it out)."""
-        self._bytes_before_step = self._kept_bytes
         return len(self.counts), len(self.kept), len(self.kept_outputs)
 
     def drop_since(self, mark: tuple[int, int, int]) -> None:
@@ -110,16 +109,20 @@ class CorrectCount:
     def compare_kept(self) -> None:
         """Predict, compare and sum what is kept (between steps); the loop calls it at the epoch's end inside the
         timed part, where the rest of the count's work is."""
-        if self.kept_outputs:
+        kept, outputs = self.kept, self.kept_outputs
+        self._clear_kept()
+        if outputs:
             assert self._predictions is not None  # outputs are kept only where the task names its predictions
-            self.kept.append((self._predictions(_cat([o for o, _ in self.kept_outputs])),
-                              _cat([t for _, t in self.kept_outputs])))
-            self.kept_outputs, self._kept_bytes, self._bytes_before_step, self._refused = [], 0, 0, False
-        if not self.kept:
-            return
-        predictions, targets = _cat([p for p, _ in self.kept]), _cat([t for _, t in self.kept])
-        self.kept = []
-        self.counts.append((predictions == targets).sum())  # not in place: a task's predictions may be its output
+            kept.append((self._predictions(_cat([o for o, _ in outputs])), _cat([t for _, t in outputs])))
+        if kept:
+            predictions, targets = _cat([p for p, _ in kept]), _cat([t for _, t in kept])
+            self.counts.append((predictions == targets).sum())  # not in place: a task's predictions may be its output
+
+    def _clear_kept(self) -> None:
+        """Nothing kept any more (what was kept is compared, or dropped)."""
+        self.kept, self.kept_outputs = [], []
+        self._kept_bytes = self._bytes_before_step = 0
+        self._refused = False
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:
