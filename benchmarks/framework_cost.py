@@ -2,8 +2,9 @@
 
 The seed's model (MLP, Adam 1e-3, fp32) trained by a hand-written loop and by leantrain (``execute``, what lt.fit
 runs), and leantrain again with one piece switched off by patching: the non-finite guard, the training-accuracy
-count. Batches are sliced from tensors (``--loader tensor``, the default: a shuffled order per epoch, each batch
-gathered by index, on both sides) or drawn from a DataLoader (``--loader dataloader``, the seed's recipe), at each
+count; or with its backward made as a plain loop makes it (``loss.backward(gradient)``, not the engine call).
+Batches are sliced from tensors (``--loader tensor``, the default: a shuffled order per epoch, each batch gathered
+by index, on both sides) or drawn from a DataLoader (``--loader dataloader``, the seed's recipe), at each
 ``--batch``. Interleaved (the arms' order rotates per repeat), repeated; per-step time = the median over epochs
 after the first of an epoch's training time over its steps, then median [min-max] over repeats. Every arm records
 the CPU other processes used meanwhile (a median above 0.15 cores marks the row noisy: re-run it).
@@ -119,13 +120,16 @@ def leantrain(data: Dataset, batch: int, loader: str, epochs: int, patches: tupl
 
 NO_GUARD = (Guards, "before_optimizer_step", lambda self, state, loss: False)
 NO_COUNT = (CorrectCount, "add", lambda self, output, target: None)  # training's count; validation's is kept
+# What a plain loop's ``loss.backward(gradient)`` costs beside the engine call leantrain makes.
+PUBLIC_BACKWARD = (loop, "backward_from", lambda loss, gradient: loss.backward(gradient))
 
 
-# leantrain as it runs, and with one piece switched off: the patches of each.
+# leantrain as it runs, and with one piece switched off or made as a plain loop makes it: the patches of each.
 LEANTRAIN_ARMS: dict[str, tuple[tuple[object, str, object], ...]] = {
     "leantrain": (),
     "leantrain, no non-finite guard": (NO_GUARD,),
     "leantrain, no training-accuracy count": (NO_COUNT,),
+    "leantrain, backward through torch.autograd.backward": (PUBLIC_BACKWARD,),
 }
 
 

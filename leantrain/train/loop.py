@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from leantrain._torch_private import compile_seconds
+from leantrain._torch_private import backward_from, compile_seconds
 from leantrain.data.batches import BatchSource, sequential_batches
 from leantrain.data.streaming import StreamVal
 from leantrain.models import flops_per_sample
@@ -379,7 +379,7 @@ def _forward_backward_plain(
     correct.add(output, y)  # builds no graph; keeps the predictions, or a small CPU output detached
     del output  # not held through backward: a language model's logits are the largest activation
     with backward:
-        state.precision.scale(loss).backward(state.mean_gradient(loss_divisor, loss))
+        backward_from(state.precision.scale(loss), state.mean_gradient(loss_divisor, loss))
     return loss.detach()
 
 
