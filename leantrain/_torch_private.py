@@ -51,10 +51,12 @@ def backward_from(loss: torch.Tensor, gradient: torch.Tensor) -> None:
     """``loss.backward(gradient)`` for the loop's own loss, a plain scalar tensor, and its gradient, a scalar of the
     loss's dtype and device: straight to the autograd engine, as ``torch.autograd.backward`` ends by doing.
 
-    Its Python before that (the arguments made tuples, the gradient checked against the loss's shape, dtype and
-    device, the autograd logger's level read) cost ~13 µs a backward here, 2% of a small model's CPU step; the loop
-    made the gradient itself. A tensor subclass or an active ``__torch_function__`` mode, and autograd's debug
-    logging, still go through ``loss.backward``, which honours them.
+    What it skips is Python the loop made redundant by making the gradient itself: the arguments made tuples, the
+    gradient checked against the loss's shape, the autograd logger's level read. On the seed MLP at 1 thread the
+    step ran 4% faster at batch 64 and 3% at 512 for it (``benchmarks/framework_cost.py --paired``, its arm with
+    the public backward): more than the 28 Python calls a step it spares (``--ops``) take alone; why is not pinned
+    down. A tensor subclass, an active ``__torch_function__`` mode and autograd's debug logging still go through
+    ``loss.backward``, which honours them.
     """
     if has_torch_function_unary(loss) or _AUTOGRAD_LOG.isEnabledFor(logging.DEBUG):
         loss.backward(gradient)
