@@ -53,7 +53,7 @@ def backward_from(loss: torch.Tensor, gradient: torch.Tensor) -> None:
 
     What it skips is Python the loop made redundant by making the gradient itself: the arguments made tuples, the
     gradient checked against the loss's shape, the autograd logger's level read. On the seed MLP at 1 thread the
-    step ran 4% faster at batch 64 and 3% at 512 for it (``benchmarks/framework_cost.py --paired``, its arm with
+    step ran 4% faster at batch 64 and 2–3% at 512 for it (``benchmarks/framework_cost.py --paired``, its arm with
     the public backward): more than the 28 Python calls a step it spares (``--ops``) take alone; why is not pinned
     down. A tensor subclass, an active ``__torch_function__`` mode and autograd's debug logging still go through
     ``loss.backward``, which honours them.
