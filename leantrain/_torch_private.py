@@ -44,31 +44,41 @@ def inside_backward() -> bool:
 
 _AUTOGRAD_ENGINE = _Variable._execution_engine
 _AUTOGRAD_LOG = logging.getLogger("torch.autograd.graph")  # at DEBUG, torch.autograd.backward hooks every node to log it
-_STASH_CONTEXT = hasattr(torch._C, "_stash_obj_in_tls")  # newer torch hands the Python context to device threads
+
+
+def engine_call_known(c_module: Any = torch._C) -> bool:
+    """Whether this torch's ``torch.autograd.backward`` ends as ``backward_from`` does: the Python context stashed
+    for the engine's device threads, the engine run, the stash removed (torch 2.13; the removal's function is newer
+    than the stash's). Elsewhere ``backward_from`` is ``loss.backward``: right, without the saving."""
+    return hasattr(c_module, "_stash_obj_in_tls") and hasattr(c_module, "_remove_obj_from_tls")
+
+
+_ENGINE_CALL_KNOWN = engine_call_known()
 
 
 def backward_from(loss: torch.Tensor, gradient: torch.Tensor) -> None:
-    """``loss.backward(gradient)`` for the loop's own loss, a plain scalar tensor, and its gradient, a scalar of the
-    loss's dtype and device: straight to the autograd engine, as ``torch.autograd.backward`` ends by doing.
+    """``loss.backward(gradient)`` for the loop's own loss, a scalar, and the gradient the loop made for it, a scalar
+    on its device: straight to the autograd engine, as ``torch.autograd.backward`` ends by doing.
 
     What it skips is Python the loop made redundant by making the gradient itself: the arguments made tuples, the
-    gradient checked against the loss's shape, the autograd logger's level read. On the seed MLP at 1 thread the
-    step ran 4% faster at batch 64 and 2–3% at 512 for it (``benchmarks/framework_cost.py --paired``, its arm with
-    the public backward): more than the 28 Python calls a step it spares (``--ops``) take alone; why is not pinned
-    down. A tensor subclass, an active ``__torch_function__`` mode and autograd's debug logging still go through
-    ``loss.backward``, which honours them.
+    gradient checked against the loss's shape (the engine checks it too, more loosely: a ``(1,)`` gradient of a
+    scalar is summed, not refused), the autograd logger's level read. On the seed MLP at 1 thread it was worth
+    3.6-4.4 points of the plain loop's speed at batch 64 and 1.8-3.2 at 512 (``benchmarks/framework_cost.py
+    --paired``, its arm with the public backward): more than the 28 Python calls a step it spares (``--ops``) take
+    alone; why is not pinned down. Whatever could intercept the public call still goes through ``loss.backward``:
+    a tensor with a ``__torch_function__`` override, an active ``__torch_function__`` mode (``with
+    torch.device(...)`` is one: right, without the saving), a ``torch.func`` transform, autograd's debug logging.
     """
-    if has_torch_function_unary(loss) or _AUTOGRAD_LOG.isEnabledFor(logging.DEBUG):
+    if (not _ENGINE_CALL_KNOWN or has_torch_function_unary(loss) or torch._C._are_functorch_transforms_active()
+            or _AUTOGRAD_LOG.isEnabledFor(logging.DEBUG)):
         loss.backward(gradient)
         return
-    if _STASH_CONTEXT:  # as torch.autograd.backward: compiler settings visible in the engine's device threads
-        torch._C._stash_obj_in_tls("context", contextvars.copy_context())
+    torch._C._stash_obj_in_tls("context", contextvars.copy_context())  # compiler settings seen in device threads
     try:
         _AUTOGRAD_ENGINE.run_backward((loss,), (gradient,), False, False, (), allow_unreachable=True,
                                       accumulate_grad=True)
     finally:
-        if _STASH_CONTEXT:
-            torch._C._remove_obj_from_tls("context")
+        torch._C._remove_obj_from_tls("context")
 
 
 def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> dict[Any, torch.Tensor] | None:

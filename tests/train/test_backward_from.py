@@ -1,5 +1,6 @@
 """The loop's backward straight to the autograd engine: the same gradients and hooks as ``loss.backward(gradient)``,
-and the public path wherever something may intercept it (a tensor subclass, a torch-function mode, debug logging)."""
+and the public path wherever something may intercept it (a tensor subclass, a torch-function mode, a torch.func
+transform, debug logging) or this torch ends its backward otherwise."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from leantrain import _torch_private
 from leantrain._torch_private import backward_from
 
 
@@ -86,4 +88,41 @@ def test_autograd_debug_logging_takes_the_public_path():
             backward_from(loss, torch.ones(()))
     finally:
         log.setLevel(level)
+    assert public.call_count == 1
+
+
+def test_a_loss_scaled_for_fp16_gives_the_public_gradients():
+    """As the loop runs fp16: the GradScaler's scaled loss, the gradient made from the unscaled one."""
+    grads = []
+    for backward in (lambda loss, gradient: loss.backward(gradient), backward_from):
+        model, loss = _model_and_loss()
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        backward(scaler.scale(loss), torch.full((), 1 / 32, dtype=loss.dtype))
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(g.abs().sum() > 0 for g in grads[1])
+
+
+def test_inside_a_torch_func_transform_the_public_refusal_stands():
+    x = torch.randn(3, requires_grad=True)
+
+    def backward_inside(weight: torch.Tensor) -> torch.Tensor:
+        backward_from((x * weight).sum(), torch.ones(()))
+        return weight.sum()
+
+    with pytest.raises(RuntimeError, match="functorch transform"):
+        torch.func.grad(backward_inside)(torch.ones(3))
+
+
+def test_a_torch_whose_backward_ends_otherwise_takes_the_public_path(monkeypatch):
+    """Older torch stashes no context, or clears it another way: the engine call is made only where it is known."""
+    class OlderC:
+        _stash_obj_in_tls = staticmethod(torch._C._stash_obj_in_tls)  # no _remove_obj_from_tls
+
+    assert _torch_private.engine_call_known()
+    assert not _torch_private.engine_call_known(OlderC)
+    monkeypatch.setattr(_torch_private, "_ENGINE_CALL_KNOWN", False)
+    _, loss = _model_and_loss()
+    with mock.patch.object(torch.autograd, "backward", wraps=torch.autograd.backward) as public:
+        backward_from(loss, torch.ones(()))
     assert public.call_count == 1
