@@ -63,7 +63,7 @@ def backward_from(loss: torch.Tensor, gradient: torch.Tensor) -> None:
     What it skips is Python the loop made redundant by making the gradient itself: the arguments made tuples, the
     gradient checked against the loss's shape (the engine checks it too, more loosely: a ``(1,)`` gradient of a
     scalar is summed, not refused), the autograd logger's level read. On the seed MLP at 1 thread it was worth
-    3.6-4.4 points of the plain loop's speed at batch 64 and 1.8-3.2 at 512 (``benchmarks/framework_cost.py
+    about 4 points of the plain loop's speed at batch 64 and 2-3 at 512 (``benchmarks/framework_cost.py
     --paired``, its arm with the public backward): more than the 28 Python calls a step it spares (``--ops``) take
     alone; why is not pinned down. Whatever could intercept the public call still goes through ``loss.backward``:
     a tensor with a ``__torch_function__`` override, an active ``__torch_function__`` mode (``with
