@@ -99,8 +99,7 @@ class CorrectCount:
 
     def total(self) -> Tensor | None:
         """The count so far, a device scalar (None where the task counts none); read between steps."""
-        if self.kept or self.kept_outputs:
-            self.compare_kept()
+        self.compare_kept()
         total = torch.stack(self.counts).sum() if self.counts else None  # one kernel, when read
         if self.before is None:
             return total
